@@ -1,0 +1,128 @@
+"""``make_app(settings)``: the one place HealthSync is assembled.
+
+It builds the ``Database`` and the services, puts them on a ``Context``, and
+hands that to every handler through the route table (``initialize``).  All
+state lives on the returned application object; ``cli.py`` and every test
+use this factory.  ``startup()`` opens and migrates the database before the
+server listens; ``shutdown()`` closes in order.
+
+Thread-safety: the application and its context belong to the event loop that
+called ``startup()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tornado.web
+
+from settings import Settings
+
+from .resources import Resources
+from .storage import Database
+from .web.base import BaseHandler, NotFoundHandler
+from .web.health import HealthHandler
+from .web.resources import PatientHandler, PatientListHandler, RecordHandler, RecordListHandler
+
+log = logging.getLogger("healthsync")
+access_log = logging.getLogger("healthsync.access")
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+
+@dataclass
+class Context:
+    """The services every handler may use, injected through ``initialize``."""
+
+    settings: Settings
+    db: Database
+    resources: Resources
+    started: float = field(default_factory=time.time)
+    inflight: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def owner_for(self, handler: BaseHandler) -> str | None:
+        """The ``owner`` recorded on a patient created by this request."""
+        return None  # open mode: the seed keeps owner null
+
+    async def health(self) -> dict[str, Any]:
+        report: dict[str, Any] = {
+            "status": "ok",
+            "auth": self.settings.auth_mode,
+            "uptime_seconds": round(time.time() - self.started, 3),
+        }
+        try:
+            row = await self.db.fetchone("SELECT seq FROM clock")
+            report["database"] = {"ok": True, "schema_version": self.db.schema_version, "head": row[0]}
+        except Exception as exc:  # any failure to read is "down", not a 500
+            report["status"] = "unavailable"
+            report["database"] = {"ok": False, "error": str(exc)}
+        return report
+
+
+class HealthSyncApp(tornado.web.Application):
+    ctx: Context
+
+    async def startup(self) -> None:
+        await self.ctx.db.open()
+        if self.ctx.settings.synchronous != "FULL":
+            log.warning(
+                "synchronous=%s: acknowledged writes may be lost on a power cut",
+                self.ctx.settings.synchronous,
+            )
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (up to ``timeout``) for in-flight requests to finish."""
+        if self.ctx.inflight:
+            try:
+                await asyncio.wait_for(self.ctx.idle.wait(), timeout)
+            except TimeoutError:
+                log.warning("%d requests still running at shutdown", self.ctx.inflight)
+
+    async def shutdown(self) -> None:
+        await self.ctx.db.close()
+
+
+def _log_request(handler: tornado.web.RequestHandler) -> None:
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    access_log.log(
+        level,
+        "%s %s %d %.1fms",
+        handler.request.method,
+        handler.request.path,
+        status,
+        1000.0 * handler.request.request_time(),
+    )
+
+
+def make_app(settings: Settings) -> HealthSyncApp:
+    """Build the application for ``settings`` (nothing is opened until startup)."""
+    db = Database(settings.db_path, synchronous=settings.synchronous, readers=settings.read_connections)
+    ctx = Context(settings=settings, db=db, resources=Resources(db))
+    ctx.idle.set()
+    kw = {"ctx": ctx}
+    uuid_ish = r"([^/]+)"
+    routes: list[Any] = [
+        (r"/api/patients/?", PatientListHandler, kw),
+        (rf"/api/patients/{uuid_ish}/?", PatientHandler, kw),
+        (r"/api/records/?", RecordListHandler, kw),
+        (rf"/api/records/{uuid_ish}/?", RecordHandler, kw),
+        (r"/api/health/?", HealthHandler, kw),
+        (r"/()", tornado.web.StaticFileHandler, {"path": str(STATIC_DIR), "default_filename": "index.html"}),
+        (r"/static/(.*)", tornado.web.StaticFileHandler, {"path": str(STATIC_DIR)}),
+    ]
+    app = HealthSyncApp(
+        routes,
+        default_handler_class=NotFoundHandler,
+        default_handler_args=kw,
+        log_function=_log_request,
+        compress_response=False,
+    )
+    app.ctx = ctx
+    return app

@@ -1,0 +1,157 @@
+"""The command line: ``python run.py [serve|…] [flags]``.
+
+``serve`` (the default) opens and migrates the database, listens, logs one
+ready line (``listening on http://HOST:PORT``) and runs until SIGINT or
+SIGTERM, then shuts down in order: stop accepting, let in-flight requests
+finish, close the database.  Exit code 0 on a clean stop, 2 on a bad setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import settings as settings_mod
+from settings import Settings, SettingsError
+
+log = logging.getLogger("healthsync")
+
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="folder holding the database files (default ./data)")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run.py",
+        description="HealthSync: the clinic sync server.  Every flag also has a "
+        "HEALTHSYNC_<NAME> environment variable; flags win.",
+    )
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="serve the API, the websocket and the dashboard (default)")
+    _serve_flags(serve)
+    return parser
+
+
+def _serve_flags(parser: argparse.ArgumentParser) -> None:
+    _common(parser)
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default 8000; 0 picks a free one)")
+    parser.add_argument("--auth", choices=["auto", "open", "token"], help="authentication mode")
+    parser.add_argument(
+        "--allow-open-network",
+        action="store_true",
+        default=None,
+        help="let --auth open serve on a non-loopback address (logged loudly)",
+    )
+    parser.add_argument("--synchronous", choices=["FULL", "NORMAL"], help="SQLite synchronous pragma")
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = build_parser()
+    argv = list(argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["serve", *argv]
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["serve", *argv])
+    return args
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    return settings_mod.load(overrides=overrides)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    try:
+        settings = load_settings(args)
+    except SettingsError as exc:
+        print(f"healthsync: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+    if args.command == "serve":
+        return asyncio.run(serve(settings))
+    raise AssertionError(args.command)
+
+
+def check_exposure(settings: Settings) -> str | None:
+    """Why ``settings`` must not serve, or None.  Open mode off loopback needs the opt-out."""
+    if settings.auth_mode == "open" and not settings.on_loopback:
+        if not settings.allow_open_network:
+            return (
+                f"refusing to serve patient data without authentication on {settings.host}: "
+                "use --auth token, or add --allow-open-network to accept the risk"
+            )
+        log.warning(
+            "SERVING WITHOUT AUTHENTICATION ON %s (--allow-open-network): anyone on the "
+            "network can read and change patient data",
+            settings.host,
+        )
+    if settings.auth_mode == "token":
+        return "token authentication is not available in this version: serve on a loopback address with --auth open"
+    return None
+
+
+async def serve(settings: Settings) -> int:
+    from tornado.httpserver import HTTPServer
+    from tornado.netutil import bind_sockets
+
+    from .app import make_app
+
+    problem = check_exposure(settings)
+    if problem:
+        log.error("%s", problem)
+        return 2
+    app = make_app(settings)
+    await app.startup()
+    # Tornado's own body limit answers a bare 400; keep it above ours (413, JSON).
+    server = HTTPServer(app, max_body_size=settings.max_body_bytes * 2 + 1024)
+    try:
+        sockets = bind_sockets(settings.port, settings.host)
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc)
+        await app.shutdown()
+        return 1
+    server.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]
+    host = settings.host if ":" not in settings.host else f"[{settings.host}]"
+    log.info("listening on http://%s:%d", host, port)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    server.stop()
+    await app.drain(SHUTDOWN_GRACE_SECONDS)
+    await app.shutdown()
+    try:
+        await asyncio.wait_for(server.close_all_connections(), 5)
+    except TimeoutError:
+        log.warning("some connections did not close in time")
+    log.info("stopped")
+    return 0

@@ -1,0 +1,92 @@
+"""Domain errors: what went wrong, as data the web layer turns into JSON.
+
+Every error carries the HTTP status it maps to, a human message and a list of
+``details`` (dicts naming the field, and for uploads the change index).  The
+web layer's one ``write_error`` renders them as ``{"error", "details"}``;
+nothing else writes an error body.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class HealthSyncError(Exception):
+    """Base class: ``status`` is the HTTP status the error maps to."""
+
+    status = 500
+
+    def __init__(
+        self,
+        message: str,
+        details: list[dict[str, Any]] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+        #: extra top-level keys for the error body (e.g. ``resync``).
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"error": self.message, "details": self.details}
+        out.update(self.extra)
+        return out
+
+
+class Invalid(HealthSyncError):
+    """The request is malformed or a field has a bad value (400)."""
+
+    status = 400
+
+
+class Unauthorized(HealthSyncError):
+    status = 401
+
+
+class Forbidden(HealthSyncError):
+    status = 403
+
+
+class NotFound(HealthSyncError):
+    status = 404
+
+
+class MethodNotAllowed(HealthSyncError):
+    status = 405
+
+
+class Conflict(HealthSyncError):
+    """The target is in a state that forbids the request (409)."""
+
+    status = 409
+
+
+class Gone(HealthSyncError):
+    """A cursor older than what the server still keeps (410)."""
+
+    status = 410
+
+
+class PreconditionFailed(HealthSyncError):
+    """``If-Match`` no longer matches the stored version (412)."""
+
+    status = 412
+
+
+class TooLarge(HealthSyncError):
+    status = 413
+
+
+class UnsupportedMediaType(HealthSyncError):
+    """The body is not JSON by its ``Content-Type`` (415)."""
+
+    status = 415
+
+
+class RateLimited(HealthSyncError):
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

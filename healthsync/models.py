@@ -1,0 +1,193 @@
+"""Pydantic models for what clients send, and JSON helpers.
+
+``PatientIn`` and ``RecordIn`` are the writable fields of the two resources;
+read-only keys a client echoes back (``id``, ``server_version``…) are ignored,
+unknown keys are refused so a typo never silently drops data.  The upload
+envelope models live in ``sync/`` beside the code that applies them.
+
+``validation_details`` turns a pydantic ``ValidationError`` into the
+``details`` list of our error body, each entry naming its field.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from . import clock
+from .errors import Invalid
+from .fhir import record_type_error
+
+#: Keys of a resource's representation that clients may send back but not set.
+READ_ONLY_KEYS = frozenset({"id", "owner", "server_version", "updated_at", "deleted"})
+MAX_JSON_DEPTH = 32
+
+
+def loads(body: bytes | str) -> Any:
+    """Parse a JSON body; ``Invalid`` with a clear message when it is not JSON."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise Invalid(f"request body is not valid JSON: {exc}") from None
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a JSON value (a scalar is 0, ``{}`` is 1)."""
+    depth = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            level += 1
+            stack.extend((v, level) for v in item.values() if isinstance(v, (dict, list)))
+        elif isinstance(item, list):
+            level += 1
+            stack.extend((v, level) for v in item if isinstance(v, (dict, list)))
+        if level > depth:
+            depth = level
+    return depth
+
+
+def dump_document(value: Any, field: str) -> str:
+    """Serialize a stored JSON document (``data``, ``identifiers``, ``fhir``).
+
+    Raises ``ValueError`` naming ``field`` when it nests deeper than we keep.
+    """
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(f"{field} is nested deeper than {MAX_JSON_DEPTH} levels")
+    return orjson.dumps(value).decode()
+
+
+def parse_uuid(text: str, field: str = "id") -> str:
+    """Canonical lower-case UUID text, or ``Invalid`` naming ``field``."""
+    try:
+        return str(uuid.UUID(text))
+    except (ValueError, TypeError, AttributeError):
+        raise Invalid(
+            f"{field} must be a UUID",
+            [{"field": field, "message": f"{str(text)[:64]!r} is not a UUID"}],
+        ) from None
+
+
+def validation_details(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    details = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = prefix + tuple(err["loc"])
+        message = err["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        detail: dict[str, Any] = {"field": ".".join(str(p) for p in loc if not isinstance(p, int)) or "body"}
+        indexes = [p for p in loc if isinstance(p, int)]
+        if indexes and loc and loc[0] == "changes":
+            detail["index"] = indexes[0]
+        detail["message"] = message
+        details.append(detail)
+    return details
+
+
+def invalid_from(exc: ValidationError, what: str) -> Invalid:
+    details = validation_details(exc)
+    named = ", ".join(sorted({d["field"] for d in details}))
+    return Invalid(f"invalid {what}: {named}", details)
+
+
+class _Writable(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_max_length=1_000_000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_read_only(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: v for k, v in value.items() if k not in READ_ONLY_KEYS}
+        return value
+
+
+def check_dob(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        day = date.fromisoformat(value)
+        if len(value) != 10:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{value[:64]!r} is not a date in YYYY-MM-DD form") from None
+    if day > clock.today_utc():
+        raise ValueError(f"{value} is in the future")
+    return value
+
+
+class PatientIn(_Writable):
+    """A patient's writable fields, as a create or PUT body gives them."""
+
+    name: str = Field(min_length=1, max_length=256)
+    dob: str | None = None
+    identifiers: dict[str, Any] = Field(default_factory=dict)
+    fhir: dict[str, Any] | None = None
+
+    @field_validator("dob")
+    @classmethod
+    def _dob(cls, v: str | None) -> str | None:
+        return check_dob(v)
+
+    @field_validator("name")
+    @classmethod
+    def _name_not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("name must not be blank")
+        return v
+
+    @field_validator("identifiers", "fhir")
+    @classmethod
+    def _not_too_deep(cls, v: Any) -> Any:
+        if v is not None and json_depth(v) > MAX_JSON_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+        return v
+
+
+class RecordIn(_Writable):
+    """A health record's writable fields."""
+
+    patient: str
+    resource_type: str
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("patient")
+    @classmethod
+    def _patient_uuid(cls, v: str) -> str:
+        try:
+            return str(uuid.UUID(v))
+        except ValueError:
+            raise ValueError(f"{v[:64]!r} is not a patient id (a UUID)") from None
+
+    @field_validator("resource_type")
+    @classmethod
+    def _fhir_type(cls, v: str) -> str:
+        problem = record_type_error(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("data")
+    @classmethod
+    def _not_too_deep(cls, v: Any) -> Any:
+        if json_depth(v) > MAX_JSON_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+        return v
+
+
+def parse_model(model: type[BaseModel], body: Any, what: str) -> Any:
+    """Validate ``body`` into ``model``; ``Invalid`` naming each bad field."""
+    if not isinstance(body, dict):
+        raise Invalid(f"{what} must be a JSON object", [{"field": "body", "message": "expected a JSON object"}])
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise invalid_from(exc, what) from None

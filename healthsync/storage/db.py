@@ -1,0 +1,256 @@
+"""``Database``: one SQLite file, one writer, a small pool of readers.
+
+Every mutation in HealthSync goes through :meth:`Database.write`, which runs a
+coroutine function inside ``BEGIN IMMEDIATE`` … ``COMMIT`` on the single
+writer connection.  Inside, :class:`WriteTx` hands out the change sequence
+number ``seq`` and the ``updated_at`` stamp of every changed row.  Both come
+from the ``clock`` row *of the database*, read and advanced inside the same
+transaction, never from a counter in this process's memory: ``BEGIN
+IMMEDIATE`` takes SQLite's write lock, so a second process (a Huey worker)
+writing the same file waits its turn and continues the same sequence.
+
+After the commit, every registered commit hook is called with a
+:class:`CommitInfo` (the new high-water mark and any events the write
+recorded); a failed write calls no hook.
+
+Reads run on read-only connections, each call inside one read transaction, so
+everything a call reads comes from one snapshot.  WAL mode means readers never
+block the writer.
+
+Loop rules: all methods are coroutines for the event loop that opened the
+database.  A different thread or process must open its own ``Database``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import warnings
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from .. import clock
+
+log = logging.getLogger("healthsync.storage")
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+class DatabaseClosed(RuntimeError):
+    """The database was closed; no further reads or writes are possible."""
+
+
+@dataclass
+class CommitInfo:
+    """What a committed write tells the commit hooks."""
+
+    head_seq: int
+    head_us: int
+    changed: int
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+class WriteTx:
+    """The state of one write transaction, given to the write function.
+
+    ``conn`` is the writer connection, inside ``BEGIN IMMEDIATE``.
+    """
+
+    def __init__(self, conn: aiosqlite.Connection, seq: int, last_us: int) -> None:
+        self.conn = conn
+        self.seq = seq
+        self.last_us = last_us
+        self.changed = 0
+        self.events: list[dict[str, Any]] = []
+        self._now = clock.now_us()
+
+    def stamp(self) -> tuple[int, str]:
+        """Next (seq, updated_at) for one changed row: both strictly increasing."""
+        self.seq += 1
+        self.last_us = clock.step(self.last_us, self._now)
+        self.changed += 1
+        return self.seq, clock.format_us(self.last_us)
+
+    def now(self) -> str:
+        """The transaction's wall-clock time, canonical (for bookkeeping columns)."""
+        return clock.format_us(self._now)
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Record an event for the commit hooks; dropped if the write fails."""
+        self.events.append(event)
+
+
+CommitHook = Callable[[CommitInfo], None]
+
+
+class Database:
+    """One SQLite database file in WAL mode.  Open with :meth:`open`."""
+
+    def __init__(self, path: Path | str, *, synchronous: str = "FULL", readers: int = 2) -> None:
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self._reader_count = readers
+        self._writer: aiosqlite.Connection | None = None
+        self._readers: asyncio.Queue[aiosqlite.Connection] | None = None
+        self._all_readers: list[aiosqlite.Connection] = []
+        self._write_lock = asyncio.Lock()
+        self._open_lock = asyncio.Lock()
+        self._hooks: list[CommitHook] = []
+        self._closed = False
+        self.schema_version = 0
+
+    # Lifecycle --------------------------------------------------------------
+
+    async def open(self) -> Database:
+        """Open the connections, set pragmas and migrate the schema (idempotent)."""
+        if self._closed:
+            raise DatabaseClosed(str(self.path))
+        if self._writer is not None:
+            return self
+        async with self._open_lock:
+            if self._writer is not None:
+                return self
+            from .migrations import migrate  # migrations build on this module
+
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            writer = await aiosqlite.connect(self.path, isolation_level=None)
+            try:
+                await writer.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                mode = await (await writer.execute("PRAGMA journal_mode = WAL")).fetchone()
+                if mode is None or mode[0].lower() != "wal":
+                    raise RuntimeError(f"could not put {self.path} in WAL mode")
+                await writer.execute(f"PRAGMA synchronous = {self.synchronous}")
+                await writer.execute("PRAGMA foreign_keys = ON")
+                self.schema_version = await migrate(writer)
+                readers = []
+                for _ in range(self._reader_count):
+                    reader = await aiosqlite.connect(
+                        f"file:{self.path}?mode=ro", uri=True, isolation_level=None
+                    )
+                    await reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                    readers.append(reader)
+            except BaseException:
+                await writer.close()
+                raise
+            self._all_readers = readers
+            self._readers = asyncio.Queue()
+            for reader in readers:
+                self._readers.put_nowait(reader)
+            self._writer = writer
+        return self
+
+    async def close(self) -> None:
+        """Let queued writes finish, then close every connection (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        async with self._write_lock:
+            writer, self._writer = self._writer, None
+        for reader in self._all_readers:
+            await reader.close()
+        self._all_readers = []
+        if writer is not None:
+            # A clean close checkpoints the WAL into the main file.
+            await writer.close()
+
+    def __del__(self) -> None:
+        if self._writer is not None and not self._closed:
+            warnings.warn(f"Database {self.path} was never closed", ResourceWarning, stacklevel=1)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def add_commit_hook(self, hook: CommitHook) -> None:
+        """Call ``hook(CommitInfo)`` on the event loop after every committed write."""
+        self._hooks.append(hook)
+
+    # Writes -----------------------------------------------------------------
+
+    async def write(self, fn: Callable[[WriteTx], Awaitable[T]]) -> T:
+        """Run ``fn(tx)`` in one ``BEGIN IMMEDIATE`` transaction and commit.
+
+        Any exception from ``fn`` rolls the whole transaction back and is
+        re-raised; nothing it did is kept and no commit hook runs.
+        """
+        await self.open()
+        # aiosqlite runs one statement at a time, but a transaction is several
+        # awaits: the lock keeps two coroutines from interleaving on the writer.
+        async with self._write_lock:
+            conn = self._writer
+            if conn is None:
+                raise DatabaseClosed(str(self.path))
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = await (await conn.execute("SELECT seq, last_us FROM clock")).fetchone()
+                assert row is not None
+                tx = WriteTx(conn, row[0], row[1])
+                result = await fn(tx)
+                if tx.changed:
+                    await conn.execute(
+                        "UPDATE clock SET seq = ?, last_us = ? WHERE id = 1", (tx.seq, tx.last_us)
+                    )
+                await conn.execute("COMMIT")
+            except BaseException:
+                await _rollback(conn)
+                raise
+        info = CommitInfo(tx.seq, tx.last_us, tx.changed, tx.events)
+        for hook in self._hooks:
+            try:
+                hook(info)
+            except Exception:
+                log.exception("commit hook failed")
+        return result
+
+    # Reads ------------------------------------------------------------------
+
+    async def read(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """Run ``fn(conn)`` on a read-only connection, inside one snapshot."""
+        await self.open()
+        if self._readers is None or self._closed:
+            raise DatabaseClosed(str(self.path))
+        conn = await self._readers.get()
+        try:
+            await conn.execute("BEGIN")
+            try:
+                return await fn(conn)
+            finally:
+                await _rollback(conn)
+        finally:
+            self._readers.put_nowait(conn)
+
+    async def fetchall(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[Any]:
+        """Convenience: one statement's rows."""
+
+        async def run(conn: aiosqlite.Connection) -> list[Any]:
+            return list(await conn.execute_fetchall(sql, params))
+
+        return await self.read(run)
+
+    async def fetchone(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    async def backup_to(self, dest: Path) -> None:
+        """A consistent copy of the live database into ``dest`` (online backup API)."""
+        await self.open()
+        assert self._writer is not None
+        target = await aiosqlite.connect(dest)
+        try:
+            await self._writer.backup(target)
+        finally:
+            await target.close()
+
+
+async def _rollback(conn: aiosqlite.Connection) -> None:
+    try:
+        await conn.execute("ROLLBACK")
+    except sqlite3.OperationalError:
+        pass  # no transaction is active: SQLite already rolled back

@@ -1,0 +1,149 @@
+"""Schema migrations, in order, keyed by ``PRAGMA user_version``.
+
+Each step runs in its own ``BEGIN IMMEDIATE`` transaction together with the
+``user_version`` bump that records it, so a crash leaves the file either
+before or after the step, never half-way.  Steps are append-only: never edit
+one that has shipped, add the next.  A file newer than this code refuses to
+open rather than be written by software that does not understand it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import aiosqlite
+
+log = logging.getLogger("healthsync.storage")
+
+
+class SchemaTooNew(RuntimeError):
+    pass
+
+
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "core: clock, patients, records",
+        """
+        CREATE TABLE clock (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            seq INTEGER NOT NULL,
+            last_us INTEGER NOT NULL
+        );
+        INSERT INTO clock (id, seq, last_us) VALUES (1, 0, 0);
+        CREATE TABLE patients (
+            id TEXT PRIMARY KEY,
+            owner TEXT,
+            name TEXT NOT NULL,
+            dob TEXT,
+            identifiers TEXT NOT NULL DEFAULT '{}',
+            fhir TEXT,
+            server_version INTEGER NOT NULL,
+            updated_at TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            deleted INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL
+        );
+        CREATE UNIQUE INDEX patients_seq ON patients (seq);
+        CREATE UNIQUE INDEX patients_updated_at ON patients (updated_at);
+        CREATE TABLE records (
+            id TEXT PRIMARY KEY,
+            patient TEXT NOT NULL REFERENCES patients (id),
+            resource_type TEXT NOT NULL,
+            data TEXT NOT NULL DEFAULT '{}',
+            server_version INTEGER NOT NULL,
+            updated_at TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            deleted INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL
+        );
+        CREATE UNIQUE INDEX records_seq ON records (seq);
+        CREATE UNIQUE INDEX records_updated_at ON records (updated_at);
+        CREATE INDEX records_patient ON records (patient, seq);
+        CREATE INDEX records_resource_type ON records (resource_type, seq)
+        """,
+    ),
+    (
+        "sync: batches, temp ids, conflicts",
+        """
+        CREATE TABLE batches (
+            id TEXT PRIMARY KEY,
+            device_id TEXT NOT NULL,
+            status TEXT NOT NULL,
+            change_count INTEGER NOT NULL,
+            request TEXT,
+            response TEXT,
+            error TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            task_id TEXT,
+            created_at TEXT NOT NULL,
+            claimed_at TEXT,
+            finished_at TEXT,
+            updated_at TEXT NOT NULL
+        );
+        CREATE INDEX batches_device ON batches (device_id, created_at);
+        CREATE INDEX batches_status ON batches (status, claimed_at);
+        CREATE TABLE temp_ids (
+            device_id TEXT NOT NULL,
+            client_temp_id TEXT NOT NULL,
+            server_id TEXT NOT NULL,
+            resource_type TEXT NOT NULL,
+            PRIMARY KEY (device_id, client_temp_id)
+        ) WITHOUT ROWID;
+        CREATE TABLE conflicts (
+            id TEXT PRIMARY KEY,
+            batch_id TEXT,
+            device_id TEXT NOT NULL,
+            server_id TEXT NOT NULL,
+            resource_type TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            change TEXT NOT NULL,
+            server_copy TEXT,
+            created_at TEXT NOT NULL,
+            resolved INTEGER NOT NULL DEFAULT 0,
+            resolved_at TEXT,
+            resolution TEXT
+        );
+        CREATE INDEX conflicts_device ON conflicts (device_id, created_at);
+        CREATE INDEX conflicts_open ON conflicts (resolved, created_at)
+        """,
+    ),
+]
+
+LATEST = len(MIGRATIONS)
+
+
+def statements(script: str) -> list[str]:
+    """Split a migration script into statements (no ';' inside our SQL literals)."""
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+async def migrate(conn: aiosqlite.Connection, target: int = LATEST) -> int:
+    """Apply pending steps up to ``target``; return the schema version reached."""
+    row = await (await conn.execute("PRAGMA user_version")).fetchone()
+    current = row[0] if row else 0
+    if current > LATEST:
+        raise SchemaTooNew(
+            f"database schema version {current} is newer than this HealthSync "
+            f"understands ({LATEST}); upgrade HealthSync"
+        )
+    while current < target:
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-read under the write lock: another process may have migrated.
+            row = await (await conn.execute("PRAGMA user_version")).fetchone()
+            current = row[0] if row else 0
+            if current >= target:
+                await conn.execute("COMMIT")
+                break
+            version = current + 1
+            name, script = MIGRATIONS[version - 1]
+            for statement in statements(script):
+                await conn.execute(statement)
+            await conn.execute(f"PRAGMA user_version = {version}")
+            await conn.execute("COMMIT")
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+        log.info("migrated database to schema %d (%s)", version, name)
+        current = version
+    return current

@@ -1,0 +1,1 @@
+"""The sync engine: rules (pure), apply (uploads), download (pages of changes)."""

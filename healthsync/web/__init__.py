@@ -1,0 +1,1 @@
+"""Tornado handlers: thin adapters from HTTP to the services."""

@@ -1,0 +1,251 @@
+"""``BaseHandler``: what every HealthSync endpoint shares.
+
+- Request bodies are streamed (``stream_request_body``) so an oversized body
+  is refused with 413 from its ``Content-Length`` before it is read, and a
+  chunked one is cut off at the limit instead of filling memory.
+- One error exit: ``write_error`` renders every error, ours or Tornado's, as
+  ``{"error": …, "details": […]}``.  Domain errors (``HealthSyncError``) are
+  logged as warnings without a traceback; anything else is a 500 whose body
+  says nothing about internals, logged with its traceback.
+- CORS: allowed origins come from settings; a preflight ``OPTIONS`` is
+  answered here for every route.
+- Services arrive through ``initialize`` from the route table.
+
+Thread-safety: handlers run on the event loop only.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import tornado.web
+
+from ..errors import (
+    Forbidden,
+    HealthSyncError,
+    Invalid,
+    MethodNotAllowed,
+    NotFound,
+    RateLimited,
+    TooLarge,
+    UnsupportedMediaType,
+)
+from ..models import loads, parse_uuid
+
+if TYPE_CHECKING:
+    from ..app import Context
+
+log = logging.getLogger("healthsync.web")
+
+JSON_TYPES = ("application/json",)
+ALLOWED_HEADERS = "Authorization, Content-Type, If-Match, If-None-Match"
+EXPOSED_HEADERS = "ETag, Link, Location, Retry-After"
+TRUE_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def origin_allowed(origin: str, patterns: list[str]) -> bool:
+    """Whether ``origin`` matches one of ``patterns`` ('*' matches anything)."""
+    return any(fnmatch.fnmatchcase(origin, p) for p in patterns)
+
+
+@tornado.web.stream_request_body
+class BaseHandler(tornado.web.RequestHandler):
+    ctx: Context
+
+    def initialize(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._chunks: list[bytes] = []
+        self._received = 0
+        self._too_large = False
+
+    # Headers and CORS -------------------------------------------------------
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        origin = self.request.headers.get("Origin")
+        if origin and origin_allowed(origin, self.ctx.settings.effective_cors_origins):
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Access-Control-Expose-Headers", EXPOSED_HEADERS)
+            self.set_header("Vary", "Origin")
+
+    def compute_etag(self) -> str | None:
+        return None  # ETags are resource versions, set by the handlers
+
+    async def options(self, *args: Any) -> None:
+        origin = self.request.headers.get("Origin")
+        if not origin or not origin_allowed(origin, self.ctx.settings.effective_cors_origins):
+            raise Forbidden(f"origin {origin!r} is not allowed by CORS settings")
+        self.set_header("Access-Control-Allow-Methods", ", ".join(self._allowed_methods()))
+        self.set_header("Access-Control-Allow-Headers", ALLOWED_HEADERS)
+        self.set_header("Access-Control-Max-Age", "600")
+        self.set_status(204)
+        self.finish()
+
+    def _allowed_methods(self) -> list[str]:
+        own = []
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+            impl = getattr(type(self), method.lower(), None)
+            if impl is not None and impl is not getattr(tornado.web.RequestHandler, method.lower(), None):
+                own.append(method)
+        return own + ["OPTIONS"]
+
+    # Body -------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        self._track()
+        length = self.request.headers.get("Content-Length")
+        limit = self.ctx.settings.max_body_bytes
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                raise Invalid("Content-Length is not a number") from None
+            if declared > limit:
+                raise TooLarge(f"request body of {declared} bytes is over the limit of {limit} bytes")
+        # Tornado's own limit answers a bare 400; ours (above) answers first.
+        self.request.connection.set_max_body_size(limit + 1)  # type: ignore[union-attr]
+
+    def _track(self) -> None:
+        """Count this request as in flight until it finishes (for graceful shutdown)."""
+        if not getattr(self, "_tracked", False):
+            self._tracked = True
+            self.ctx.inflight += 1
+            self.ctx.idle.clear()
+
+    def on_finish(self) -> None:
+        if getattr(self, "_tracked", False):
+            self._tracked = False
+            self.ctx.inflight -= 1
+            if not self.ctx.inflight:
+                self.ctx.idle.set()
+
+    on_connection_close = on_finish
+
+    def data_received(self, chunk: bytes) -> None:
+        self._received += len(chunk)
+        if self._received > self.ctx.settings.max_body_bytes:
+            self._too_large = True
+            self._chunks = []
+        elif not self._too_large:
+            self._chunks.append(chunk)
+
+    def json_body(self) -> Any:
+        """The request body parsed as JSON; 413, 415 or 400 when it cannot be."""
+        if self._too_large:
+            limit = self.ctx.settings.max_body_bytes
+            raise TooLarge(f"request body is over the limit of {limit} bytes")
+        body = b"".join(self._chunks)
+        ctype = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if ctype and ctype not in JSON_TYPES and not ctype.endswith("+json"):
+            raise UnsupportedMediaType(
+                f"Content-Type {ctype!r} is not supported: send application/json",
+                [{"field": "Content-Type", "message": "expected application/json"}],
+            )
+        if not body.strip():
+            raise Invalid("request body is empty: send a JSON object", [{"field": "body", "message": "empty"}])
+        return loads(body)
+
+    # Query arguments --------------------------------------------------------
+
+    def arg(self, name: str) -> str | None:
+        values = self.request.query_arguments.get(name)
+        if not values:
+            return None
+        try:
+            return values[-1].decode("utf-8")
+        except UnicodeDecodeError:
+            raise Invalid(f"{name} is not valid UTF-8", [{"field": name, "message": "not UTF-8"}]) from None
+
+    def bool_arg(self, name: str, default: bool = False) -> bool:
+        value = self.arg(name)
+        if value is None or value == "":
+            return default
+        try:
+            return TRUE_WORDS[value.lower()]
+        except KeyError:
+            raise Invalid(
+                f"{name} must be true or false", [{"field": name, "message": f"{value[:40]!r} is not true or false"}]
+            ) from None
+
+    def int_arg(self, name: str, *, minimum: int, maximum: int) -> int | None:
+        value = self.arg(name)
+        if value is None or value == "":
+            return None
+        if not value.isascii() or not value.isdigit() or not minimum <= int(value) <= maximum:
+            raise Invalid(
+                f"{name} must be a whole number from {minimum} to {maximum}",
+                [{"field": name, "message": f"{value[:40]!r} is not a number from {minimum} to {maximum}"}],
+            )
+        return int(value)
+
+    def limit_arg(self) -> int | None:
+        return self.int_arg("limit", minimum=1, maximum=self.ctx.settings.page_limit_max)
+
+    def uuid_arg(self, name: str) -> str | None:
+        value = self.arg(name)
+        return None if value is None else parse_uuid(value, name)
+
+    def path_id(self, value: str, what: str = "id") -> str:
+        return parse_uuid(value, what)
+
+    # Responses --------------------------------------------------------------
+
+    def write_json(self, value: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(orjson.dumps(value))
+
+    def set_link_next(self, after: int | None, **params: Any) -> None:
+        """An RFC 8288 ``Link: <…>; rel="next"`` keeping this request's other arguments."""
+        if after is None:
+            return
+        from urllib.parse import urlencode
+
+        args = {k: v[-1].decode("utf-8", "replace") for k, v in self.request.query_arguments.items()}
+        args.update({k: str(v) for k, v in params.items()})
+        args["after"] = str(after)
+        url = f"{self.request.protocol}://{self.request.host}{self.request.path}?{urlencode(args)}"
+        self.set_header("Link", f'<{url}>; rel="next"')
+
+    # Errors -----------------------------------------------------------------
+
+    def _handle_request_exception(self, e: BaseException) -> None:
+        if isinstance(e, HealthSyncError) and not self._finished:
+            log.info("%s %s -> %d %s", self.request.method, self.request.path, e.status, e.message)
+            self._reason = tornado.httputil.responses.get(e.status, "Error")
+            self.send_error(e.status, exc_info=(type(e), e, e.__traceback__))
+            return
+        super()._handle_request_exception(e)  # type: ignore[arg-type]
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, HealthSyncError):
+            body = exc.body()
+            if isinstance(exc, RateLimited):
+                self.set_header("Retry-After", str(exc.retry_after))
+        elif isinstance(exc, tornado.web.HTTPError) and status_code < 500:
+            body = {"error": exc.log_message or self._reason, "details": []}
+            if status_code == 405:
+                body = {"error": f"method {self.request.method} is not allowed on {self.request.path}", "details": []}
+                self.set_header("Allow", ", ".join(self._allowed_methods()))
+        elif status_code < 500:
+            body = {"error": self._reason, "details": []}
+        else:
+            body = {"error": "internal server error", "details": []}
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(orjson.dumps(body))
+
+
+class NotFoundHandler(BaseHandler):
+    """The default handler: any unknown path is a JSON 404, whatever the method."""
+
+    def prepare(self) -> None:
+        if self.request.method == "OPTIONS":
+            return
+        raise NotFound(f"no such path: {self.request.path}")
+
+
+__all__ = ["BaseHandler", "MethodNotAllowed", "NotFoundHandler", "origin_allowed"]

@@ -1,0 +1,11 @@
+"""``GET /api/health``: is this box able to serve?"""
+
+from __future__ import annotations
+
+from .base import BaseHandler
+
+
+class HealthHandler(BaseHandler):
+    async def get(self) -> None:
+        report = await self.ctx.health()
+        self.write_json(report, 200 if report["status"] == "ok" else 503)

@@ -1,0 +1,147 @@
+"""Every HealthSync setting, declared once: name, default, help.
+
+Values come from, in rising order of precedence: the defaults below,
+``HEALTHSYNC_<NAME>`` environment variables, then ``run.py`` flags.  They are
+validated by pydantic, so a bad value stops the server at start with a message
+that names the variable.  ``load()`` takes the environment as a mapping so
+tests can inject one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "HEALTHSYNC_"
+
+LOOPBACK_CORS_ORIGINS = ["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"]
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names it."""
+
+
+class Settings(BaseModel):
+    """HealthSync's configuration.  Field descriptions are the help text."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on (0 picks a free one).")
+    data_dir: Path = Field(Path("data"), description="Folder holding the database files.")
+    auth: Literal["auto", "open", "token"] = Field(
+        "auto",
+        description="open: no credentials (the seed's AllowAny); token: bearer tokens; "
+        "auto: open on a loopback address, token anywhere else.",
+    )
+    allow_open_network: bool = Field(
+        False, description="Let --auth open serve on a non-loopback address (loudly logged)."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed by CORS and the websocket, comma separated; '*' in a "
+        "pattern matches anything.  Empty: local development origins in open mode on "
+        "loopback, none otherwise.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    synchronous: Literal["FULL", "NORMAL"] = Field(
+        "FULL",
+        description="SQLite synchronous pragma.  FULL survives a power cut; NORMAL is faster "
+        "and may lose the last acknowledged writes on power loss (logged as a warning).",
+    )
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above).")
+    max_batch_changes: int = Field(10_000, ge=1, description="Most changes in one sync upload.")
+    page_limit_default: int = Field(1000, ge=1, description="Download page size when no limit is given.")
+    page_limit_max: int = Field(10_000, ge=1, description="Largest limit a list or download accepts.")
+    read_connections: int = Field(2, ge=1, le=32, description="SQLite read connections.")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("log_level", "synchronous", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    # Derived values -------------------------------------------------------
+
+    @property
+    def on_loopback(self) -> bool:
+        return is_loopback(self.host)
+
+    @property
+    def auth_mode(self) -> Literal["open", "token"]:
+        """The effective mode: ``auto`` resolved against the listen address."""
+        if self.auth == "auto":
+            return "open" if self.on_loopback else "token"
+        return self.auth
+
+    @property
+    def effective_cors_origins(self) -> list[str]:
+        if self.cors_origins:
+            return list(self.cors_origins)
+        if self.auth_mode == "open" and self.on_loopback:
+            return list(LOOPBACK_CORS_ORIGINS)
+        return []
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "healthsync.db"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def load(environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Build ``Settings`` from an environment mapping and flag overrides.
+
+    Raises ``SettingsError`` naming the variable or flag when a value is bad.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    for name in Settings.model_fields:
+        key = env_name(name)
+        if key in environ:
+            values[name] = environ[key]
+            source[name] = key
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = value
+            source[name] = "--" + name.replace("_", "-")
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            name = str(err["loc"][0]) if err["loc"] else "?"
+            problems.append(f"{source.get(name, name)}: {err['msg']}")
+        raise SettingsError("bad setting: " + "; ".join(problems)) from None
+
+
+def describe() -> list[tuple[str, Any, str]]:
+    """(name, default, help) of every setting, for docs and ``--help``."""
+    out = []
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        out.append((name, default, field.description or ""))
+    return out
