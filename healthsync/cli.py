@@ -120,6 +120,7 @@ async def serve(settings: Settings) -> int:
     from tornado.netutil import bind_sockets
 
     from .app import make_app
+    from .web.base import tornado_body_limit
 
     problem = check_exposure(settings)
     if problem:
@@ -127,8 +128,7 @@ async def serve(settings: Settings) -> int:
         return 2
     app = make_app(settings)
     await app.startup()
-    # Tornado's own body limit answers a bare 400; keep it above ours (413, JSON).
-    server = HTTPServer(app, max_body_size=settings.max_body_bytes * 2 + 1024)
+    server = HTTPServer(app, max_body_size=tornado_body_limit(settings.max_body_bytes))
     try:
         sockets = bind_sockets(settings.port, settings.host)
     except OSError as exc:

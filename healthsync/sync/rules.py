@@ -31,7 +31,7 @@ def encode_cursor(seq: int) -> str:
 
 def decode_cursor(text: str) -> int:
     """Parse a cursor; ``Invalid`` naming the parameter when it is not one of ours."""
-    if not text.isascii() or not text.isdigit() or len(text) > 18:
+    if not text.isascii() or not text.isdigit() or len(text) > 19 or int(text) >= 2**63:
         raise Invalid(
             "cursor must be a value returned by a previous download",
             [{"field": "cursor", "message": f"{text[:40]!r} is not a cursor"}],

@@ -46,6 +46,11 @@ EXPOSED_HEADERS = "ETag, Link, Location, Retry-After"
 TRUE_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
+def tornado_body_limit(limit: int) -> int:
+    """Tornado's hard cut-off for a body, kept above our own 413 limit."""
+    return limit * 2 + 1024
+
+
 def origin_allowed(origin: str, patterns: list[str]) -> bool:
     """Whether ``origin`` matches one of ``patterns`` ('*' matches anything)."""
     return any(fnmatch.fnmatchcase(origin, p) for p in patterns)
@@ -57,6 +62,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def initialize(self, ctx: Context) -> None:
         self.ctx = ctx
+        self._set_cors_headers()  # set_default_headers ran before ctx existed
         self._chunks: list[bytes] = []
         self._received = 0
         self._too_large = False
@@ -66,6 +72,10 @@ class BaseHandler(tornado.web.RequestHandler):
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
+        if hasattr(self, "ctx"):
+            self._set_cors_headers()
+
+    def _set_cors_headers(self) -> None:
         origin = self.request.headers.get("Origin")
         if origin and origin_allowed(origin, self.ctx.settings.effective_cors_origins):
             self.set_header("Access-Control-Allow-Origin", origin)
@@ -106,8 +116,10 @@ class BaseHandler(tornado.web.RequestHandler):
                 raise Invalid("Content-Length is not a number") from None
             if declared > limit:
                 raise TooLarge(f"request body of {declared} bytes is over the limit of {limit} bytes")
-        # Tornado's own limit answers a bare 400; ours (above) answers first.
-        self.request.connection.set_max_body_size(limit + 1)  # type: ignore[union-attr]
+        # Tornado's own limit answers a bare 400 (and cuts the connection), so
+        # it sits above ours: a chunked body past our limit is read and
+        # dropped up to it, then answered 413 by json_body.
+        self.request.connection.set_max_body_size(tornado_body_limit(limit))  # type: ignore[union-attr]
 
     def _track(self) -> None:
         """Count this request as in flight until it finishes (for graceful shutdown)."""

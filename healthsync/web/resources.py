@@ -13,6 +13,10 @@ from .base import BaseHandler
 class _ItemHandler(BaseHandler):
     def write_item(self, item: dict[str, Any], status: int = 200) -> None:
         self.set_header("ETag", weak_etag(item["server_version"]))
+        if self.request.method == "GET" and self.check_etag_header():
+            self.set_status(304)
+            self.finish()
+            return
         self.write_json(item, status)
 
     def if_match(self) -> str | None:

@@ -1,0 +1,250 @@
+"""Shared fixtures: real servers on real SQLite files in temporary folders.
+
+- ``settings``: open mode on loopback, data in ``tmp_path``; no environment leaks in.
+- ``app``: ``make_app(settings)``, started and shut down (the name pytest-tornasync wants).
+- ``api``: a small JSON client over ``http_server_client`` (real HTTP to the real app).
+- ``server_process``: ``python run.py`` as a subprocess on a free port.
+- Any ERROR log from HealthSync or Tornado fails the test unless it is marked
+  ``expect_error_logs``: a 500 can never pass unnoticed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import settings as settings_mod  # noqa: E402
+from healthsync.app import make_app  # noqa: E402
+
+
+def pytest_report_header(config: Any) -> str:
+    return f"sqlite {sqlite3.sqlite_version}"
+
+
+def pytest_configure(config: Any) -> None:
+    config.addinivalue_line("markers", "expect_error_logs: the test expects ERROR logs")
+
+
+class _ErrorCollector(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def fail_on_error_logs(request: pytest.FixtureRequest) -> Iterator[None]:
+    collector = _ErrorCollector()
+    loggers = [logging.getLogger("healthsync"), logging.getLogger("tornado")]
+    for lg in loggers:
+        lg.addHandler(collector)
+    yield
+    for lg in loggers:
+        lg.removeHandler(collector)
+    if collector.records and not request.node.get_closest_marker("expect_error_logs"):
+        lines = "\n".join(f"{r.name}: {r.getMessage()}" for r in collector.records)
+        pytest.fail(f"unexpected error logs:\n{lines}")
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> settings_mod.Settings:
+    values: dict[str, Any] = {"data_dir": data_dir, "auth": "open"}
+    values.update(overrides)
+    return settings_mod.load({}, values)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def settings(data_dir: Path) -> settings_mod.Settings:
+    return make_settings(data_dir)
+
+
+@pytest.fixture
+def app(settings: settings_mod.Settings, io_loop: Any) -> Iterator[Any]:
+    application = make_app(settings)
+    io_loop.run_sync(application.startup)
+    yield application
+    io_loop.run_sync(application.shutdown)
+
+
+@dataclass
+class Response:
+    status: int
+    headers: Any
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return orjson.loads(self.body) if self.body else None
+
+
+class Api:
+    """JSON over real HTTP to the app under test."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    @property
+    def base(self) -> str:
+        return self.client.get_url("")
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        hdrs = {"Content-Type": "application/json"}
+        hdrs.update(headers or {})
+        data = raw if raw is not None else (None if body is None else orjson.dumps(body))
+        if data is None and method in ("POST", "PUT", "PATCH"):
+            data = b""
+        resp = await self.client.fetch(
+            path,
+            method=method,
+            body=data,
+            headers=hdrs,
+            raise_error=False,
+            allow_nonstandard_methods=True,
+            request_timeout=120,
+        )
+        return Response(resp.code, resp.headers, resp.body or b"")
+
+    async def get(self, path: str, **kw: Any) -> Response:
+        return await self.request("GET", path, **kw)
+
+    async def post(self, path: str, body: Any = None, **kw: Any) -> Response:
+        return await self.request("POST", path, body, **kw)
+
+    async def put(self, path: str, body: Any = None, **kw: Any) -> Response:
+        return await self.request("PUT", path, body, **kw)
+
+    async def patch(self, path: str, body: Any = None, **kw: Any) -> Response:
+        return await self.request("PATCH", path, body, **kw)
+
+    async def delete(self, path: str, **kw: Any) -> Response:
+        return await self.request("DELETE", path, **kw)
+
+    async def new_patient(self, **fields: Any) -> dict[str, Any]:
+        body = {"name": "John Doe", "dob": "1990-01-01", "identifiers": {}, "fhir": {}}
+        body.update(fields)
+        resp = await self.post("/api/patients/", body)
+        assert resp.status == 201, resp.body
+        return resp.json
+
+    async def new_record(self, patient: str, **fields: Any) -> dict[str, Any]:
+        body = {"patient": patient, "resource_type": "Observation", "data": {"value": 1}}
+        body.update(fields)
+        resp = await self.post("/api/records/", body)
+        assert resp.status == 201, resp.body
+        return resp.json
+
+
+@pytest.fixture
+def api(http_server_client: Any) -> Api:
+    return Api(http_server_client)
+
+
+# Subprocess servers -------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """``python run.py …`` in a subprocess; ``start`` waits for the ready line."""
+
+    def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.args = list(args)
+        self.env = env
+        self.proc: subprocess.Popen[str] | None = None
+        self.port: int | None = None
+        self.log: list[str] = []
+
+    def start(self, timeout: float = 30) -> ServerProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
+        env.update(self.env or {})
+        cmd = [sys.executable, "run.py", *self.args]
+        if not any(a == "--port" for a in self.args):
+            cmd += ["--port", "0"]
+        cmd += ["--data-dir", str(self.data_dir)]
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.log.append(line)
+            if "listening on http://" in line:
+                self.port = int(line.rsplit(":", 1)[1])
+                return self
+        self.stop()
+        raise RuntimeError("server did not start:\n" + "".join(self.log))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        self.log.append(out or "")
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.communicate()
+
+
+@pytest.fixture
+def server_process(tmp_path: Path) -> Iterator[Any]:
+    """A factory: ``server_process(*args)`` starts ``run.py``; all are stopped after."""
+    started: list[ServerProcess] = []
+
+    def start(*args: str, data_dir: Path | None = None, env: dict[str, str] | None = None) -> ServerProcess:
+        proc = ServerProcess(data_dir or tmp_path / "data", *args, env=env).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.proc is not None and proc.proc.poll() is None:
+            proc.kill()

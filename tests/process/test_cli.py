@@ -1,0 +1,97 @@
+"""``python run.py`` as a real subprocess: ready line, signals, restart, settings."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.storage.test_migrations import V1_FILE
+
+pytestmark = pytest.mark.slow
+
+
+def call(method: str, url: str, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            raw = resp.read()
+            return resp.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serve_ready_line_and_clean_stop(server_process, sig):
+    server = server_process()
+    assert any(f"listening on http://127.0.0.1:{server.port}" in line for line in server.log)
+    assert call("GET", server.url + "/api/health")[0] == 200
+    assert server.stop(sig) == 0
+    assert "stopped" in "".join(server.log)
+
+
+def test_restart_keeps_everything(server_process, tmp_path):
+    data = tmp_path / "data"
+    first = server_process(data_dir=data)
+    status, patient = call("POST", first.url + "/api/patients/", {"name": "Ada", "dob": "1815-12-10"})
+    assert status == 201
+    status, record = call("POST", first.url + "/api/records/",
+                          {"patient": patient["id"], "resource_type": "Observation", "data": {"v": 1}})
+    assert status == 201
+    assert call("DELETE", first.url + f"/api/records/{record['id']}/")[0] == 204
+    assert first.stop() == 0
+    second = server_process(data_dir=data)
+    assert call("GET", second.url + "/api/patients/")[1] == [patient]
+    status, tomb = call("GET", second.url + f"/api/records/{record['id']}/?include_deleted=true")
+    assert status == 200 and tomb["deleted"] is True and tomb["server_version"] == 2
+    status, again = call("PATCH", second.url + f"/api/patients/{patient['id']}/", {"name": "Ada L."})
+    assert again["server_version"] == 2 and again["updated_at"] > tomb["updated_at"]
+
+
+def test_old_schema_file_is_migrated_on_start(server_process, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(V1_FILE, data / "healthsync.db")
+    server = server_process(data_dir=data)
+    assert "migrated database to schema 2" in "".join(server.log)
+    status, patients = call("GET", server.url + "/api/patients/")
+    assert status == 200 and [p["name"] for p in patients] == ["Ada Lovelace", "Grace Hopper"]
+    status, records = call("GET", server.url + "/api/records/")
+    assert records[0]["data"] == {"v": 1}
+
+
+def run_cli(*args: str, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=30, env=env)
+
+
+def test_bad_setting_fails_at_start_naming_it(tmp_path):
+    import os
+
+    env = dict(os.environ, HEALTHSYNC_PORT="eighty")
+    result = run_cli("--data-dir", str(tmp_path), env=env)
+    assert result.returncode == 2
+    assert "HEALTHSYNC_PORT" in result.stderr
+    result = run_cli("--data-dir", str(tmp_path), "--port", "99999")
+    assert result.returncode == 2 and "--port" in result.stderr
+
+
+def test_open_mode_on_the_network_refuses_without_opt_out(tmp_path):
+    result = run_cli("--host", "0.0.0.0", "--auth", "open", "--port", "0", "--data-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "--allow-open-network" in result.stderr
+
+
+def test_help_lists_flags():
+    result = run_cli("--help")
+    assert result.returncode == 0 and "serve" in result.stdout
+    serve = run_cli("serve", "--help")
+    for flag in ("--host", "--port", "--data-dir", "--auth", "--allow-open-network"):
+        assert flag in serve.stdout
