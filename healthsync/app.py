@@ -27,7 +27,9 @@ from .resources import Resources
 from .storage import Database
 from .web.base import BaseHandler, NotFoundHandler
 from .web.health import HealthHandler
+from .sync.service import SyncService
 from .web.resources import PatientHandler, PatientListHandler, RecordHandler, RecordListHandler
+from .web.sync import ConflictHandler, ConflictListHandler, DownloadHandler, UploadHandler
 
 log = logging.getLogger("healthsync")
 access_log = logging.getLogger("healthsync.access")
@@ -42,6 +44,7 @@ class Context:
     settings: Settings
     db: Database
     resources: Resources
+    sync: SyncService
     started: float = field(default_factory=time.time)
     inflight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -104,7 +107,7 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
 def make_app(settings: Settings) -> HealthSyncApp:
     """Build the application for ``settings`` (nothing is opened until startup)."""
     db = Database(settings.db_path, synchronous=settings.synchronous, readers=settings.read_connections)
-    ctx = Context(settings=settings, db=db, resources=Resources(db))
+    ctx = Context(settings=settings, db=db, resources=Resources(db), sync=SyncService(db))
     ctx.idle.set()
     kw = {"ctx": ctx}
     uuid_ish = r"([^/]+)"
@@ -113,6 +116,11 @@ def make_app(settings: Settings) -> HealthSyncApp:
         (rf"/api/patients/{uuid_ish}/?", PatientHandler, kw),
         (r"/api/records/?", RecordListHandler, kw),
         (rf"/api/records/{uuid_ish}/?", RecordHandler, kw),
+        (r"/api/sync/upload/?", UploadHandler, kw),
+        (r"/api/sync/download/?", DownloadHandler, kw),
+        (r"/api/conflicts/?", ConflictListHandler, kw),
+        (rf"/api/conflicts/{uuid_ish}/?", ConflictHandler, kw),
+        (rf"/api/conflicts/{uuid_ish}/resolve/?", ConflictHandler, kw),
         (r"/api/health/?", HealthHandler, kw),
         (r"/()", tornado.web.StaticFileHandler, {"path": str(STATIC_DIR), "default_filename": "index.html"}),
         (r"/static/(.*)", tornado.web.StaticFileHandler, {"path": str(STATIC_DIR)}),

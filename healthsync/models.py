@@ -13,10 +13,19 @@ from __future__ import annotations
 
 import uuid
 from datetime import date
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from . import clock
 from .errors import Invalid
@@ -84,10 +93,13 @@ def validation_details(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> li
         message = err["msg"]
         if message.startswith("Value error, "):
             message = message[len("Value error, ") :]
-        detail: dict[str, Any] = {"field": ".".join(str(p) for p in loc if not isinstance(p, int)) or "body"}
-        indexes = [p for p in loc if isinstance(p, int)]
-        if indexes and loc and loc[0] == "changes":
-            detail["index"] = indexes[0]
+        detail: dict[str, Any]
+        if len(loc) >= 2 and loc[0] == "changes" and isinstance(loc[1], int):
+            # a change's own field: name it and the change's index
+            field = ".".join(str(p) for p in loc[2:]) or "change"
+            detail = {"index": loc[1], "field": field}
+        else:
+            detail = {"field": ".".join(str(p) for p in loc) or "body"}
         detail["message"] = message
         details.append(detail)
     return details
@@ -191,3 +203,55 @@ def parse_model(model: type[BaseModel], body: Any, what: str) -> Any:
         return model.model_validate(body)
     except ValidationError as exc:
         raise invalid_from(exc, what) from None
+
+
+# Sync upload envelope ---------------------------------------------------------
+
+#: Keys of a record payload that route it to its patient; the rest is ``data``.
+ROUTING_KEYS = frozenset({"patient_id", "patient_temp_id"})
+
+_ID = Annotated[str, StringConstraints(min_length=1, max_length=256), Strict()]
+
+
+class Change(BaseModel):
+    """One change of an upload.  Only its routing is checked here; what the
+    payload says is judged per change when the batch is applied."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    operation: Literal["create", "update", "delete"]
+    resource_type: _ID
+    client_temp_id: _ID | None = None
+    server_id: _ID | None = None
+    client_updated_at: Annotated[str, StringConstraints(max_length=64)] | None = None
+    base_version: Annotated[int, Field(ge=0)] | None = None
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+    def routing_problem(self) -> tuple[str, str] | None:
+        """(field, message) when the change cannot be routed at all."""
+        if self.operation == "create" and self.client_temp_id is None:
+            return "client_temp_id", "client_temp_id is required for create"
+        if self.operation != "create" and self.server_id is None:
+            return "server_id", f"server_id is required for {self.operation}"
+        return None
+
+
+class UploadRequest(BaseModel):
+    """``POST /api/sync/upload/``: a device's batch of changes."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    device_id: _ID
+    changes: list[Change]
+    batch_id: _ID | None = None
+    async_: bool = Field(False, alias="async")
+
+    @field_validator("batch_id")
+    @classmethod
+    def _batch_uuid(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        try:
+            return str(uuid.UUID(v))
+        except ValueError:
+            raise ValueError("batch_id must be a UUID made by the client") from None

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from .db import WriteTx
 from .queries import PATIENT_COLS, RECORD_COLS, Row
 
@@ -109,3 +111,145 @@ async def update_record(tx: WriteTx, current: Row, patient: str, resource_type: 
         (patient, resource_type, data, version, stamp, seq, current[0]),
     )
     return (current[0], patient, resource_type, data, version, stamp, 0)
+
+
+# Bulk reads and writes for sync batches -----------------------------------------
+#
+# Lookups take any number of ids as one JSON array parameter (json_each), so a
+# 10,000-change batch is a handful of statements, never one per change.
+
+_IDS = "(SELECT value FROM json_each(?))"
+
+
+def _json_list(values: Any) -> str:
+    return orjson.dumps(list(values)).decode()
+
+
+async def load_patients(tx: WriteTx, ids: set[str]) -> dict[str, list[Any]]:
+    """Patient rows by id (columns of ``PATIENT_COLS``), as mutable lists."""
+    if not ids:
+        return {}
+    rows = await tx.conn.execute_fetchall(
+        f"SELECT {PATIENT_COLS} FROM patients WHERE id IN {_IDS}", (_json_list(ids),)
+    )
+    return {r[0]: list(r) for r in rows}
+
+
+async def load_records(tx: WriteTx, ids: set[str]) -> dict[str, list[Any]]:
+    if not ids:
+        return {}
+    rows = await tx.conn.execute_fetchall(
+        f"SELECT {RECORD_COLS} FROM records WHERE id IN {_IDS}", (_json_list(ids),)
+    )
+    return {r[0]: list(r) for r in rows}
+
+
+async def load_live_records_of(tx: WriteTx, patient_ids: set[str]) -> list[list[Any]]:
+    if not patient_ids:
+        return []
+    rows = await tx.conn.execute_fetchall(
+        f"SELECT {RECORD_COLS} FROM records WHERE patient IN {_IDS} AND deleted = 0 ORDER BY rowid",
+        (_json_list(patient_ids),),
+    )
+    return [list(r) for r in rows]
+
+
+async def load_temp_ids(tx: WriteTx, device_id: str, temp_ids: set[str]) -> dict[str, tuple[str, str]]:
+    """client_temp_id -> (server_id, resource_type) for this device."""
+    if not temp_ids:
+        return {}
+    rows = await tx.conn.execute_fetchall(
+        f"SELECT client_temp_id, server_id, resource_type FROM temp_ids"
+        f" WHERE device_id = ? AND client_temp_id IN {_IDS}",
+        (device_id, _json_list(temp_ids)),
+    )
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+async def write_patients(tx: WriteTx, new: list[list[Any]], changed: list[list[Any]], owner_time: str) -> None:
+    """Insert ``new`` and update ``changed`` patient rows (``PATIENT_COLS`` + seq)."""
+    if new:
+        await tx.conn.executemany(
+            "INSERT INTO patients (id, owner, name, dob, identifiers, fhir, server_version,"
+            " updated_at, deleted, seq, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(*row, owner_time) for row in new],
+        )
+    if changed:
+        await tx.conn.executemany(
+            "UPDATE patients SET name = ?, dob = ?, identifiers = ?, fhir = ?, server_version = ?,"
+            " updated_at = ?, deleted = ?, seq = ? WHERE id = ?",
+            [(r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[0]) for r in changed],
+        )
+
+
+async def write_records(tx: WriteTx, new: list[list[Any]], changed: list[list[Any]], created_at: str) -> None:
+    """Insert ``new`` and update ``changed`` record rows (``RECORD_COLS`` + seq)."""
+    if new:
+        await tx.conn.executemany(
+            "INSERT INTO records (id, patient, resource_type, data, server_version, updated_at,"
+            " deleted, seq, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(*row, created_at) for row in new],
+        )
+    if changed:
+        await tx.conn.executemany(
+            "UPDATE records SET patient = ?, resource_type = ?, data = ?, server_version = ?,"
+            " updated_at = ?, deleted = ?, seq = ? WHERE id = ?",
+            [(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[0]) for r in changed],
+        )
+
+
+async def insert_temp_ids(tx: WriteTx, device_id: str, rows: list[tuple[str, str, str]]) -> None:
+    """Remember (client_temp_id, server_id, resource_type) for ``device_id``."""
+    if rows:
+        await tx.conn.executemany(
+            "INSERT INTO temp_ids (device_id, client_temp_id, server_id, resource_type) VALUES (?, ?, ?, ?)",
+            [(device_id, *r) for r in rows],
+        )
+
+
+async def insert_conflicts(tx: WriteTx, rows: list[tuple[Any, ...]]) -> None:
+    """Rows of (id, batch_id, device_id, server_id, resource_type, reason, change, server_copy, created_at)."""
+    if rows:
+        await tx.conn.executemany(
+            "INSERT INTO conflicts (id, batch_id, device_id, server_id, resource_type, reason, change,"
+            " server_copy, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+
+async def resolve_conflict(tx: WriteTx, conflict_id: str, resolution: str | None) -> bool:
+    cur = await tx.conn.execute(
+        "UPDATE conflicts SET resolved = 1, resolved_at = ?, resolution = ? WHERE id = ? AND resolved = 0",
+        (tx.now(), resolution, conflict_id),
+    )
+    return cur.rowcount == 1
+
+
+async def fetch_batch(tx: WriteTx, batch_id: str) -> Row | None:
+    """(id, device_id, status, response, error, claimed_at, attempts) of a batch."""
+    row = await (
+        await tx.conn.execute(
+            "SELECT id, device_id, status, response, error, claimed_at, attempts FROM batches WHERE id = ?",
+            (batch_id,),
+        )
+    ).fetchone()
+    return None if row is None else tuple(row)
+
+
+async def insert_batch(
+    tx: WriteTx,
+    batch_id: str,
+    device_id: str,
+    status: str,
+    change_count: int,
+    *,
+    request: str | None = None,
+    response: str | None = None,
+) -> None:
+    now = tx.now()
+    await tx.conn.execute(
+        "INSERT INTO batches (id, device_id, status, change_count, request, response, created_at,"
+        " finished_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (batch_id, device_id, status, change_count, request, response, now,
+         now if status == "done" else None, now),
+    )

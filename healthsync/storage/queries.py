@@ -100,3 +100,128 @@ async def list_records(
         sql += " LIMIT ?"
         params.append(limit + 1)
     return [tuple(r) for r in await conn.execute_fetchall(sql, params)]
+
+
+# Changes (download and push) ----------------------------------------------------
+#
+# Each entry is built as JSON text by SQLite itself (json_object), so a page of
+# thousands of changes is serialized in C and joined, never parsed and
+# re-encoded in Python.  The two tables are merged by one index scan each
+# ("MERGE (UNION ALL)" in the query plan), and LIMIT stops both early.
+
+_PATIENT_ENTRY = (
+    "json_object('server_id', id, 'resource_type', 'Patient', 'data', json_object("
+    "'owner', owner, 'name', name, 'dob', dob, 'identifiers', json(identifiers), 'fhir', json(fhir)), "
+    "'server_version', server_version, 'updated_at', updated_at, "
+    "'deleted', json(CASE WHEN deleted THEN 'true' ELSE 'false' END))"
+)
+_RECORD_ENTRY = (
+    "json_object('server_id', id, 'resource_type', resource_type, 'patient', patient, "
+    "'data', json(data), 'server_version', server_version, 'updated_at', updated_at, "
+    "'deleted', json(CASE WHEN deleted THEN 'true' ELSE 'false' END))"
+)
+
+ChangeRow = tuple[int, str, str]  # (seq, updated_at, entry JSON)
+
+
+async def head(conn: aiosqlite.Connection) -> tuple[int, int]:
+    """(seq, last_us): the high-water mark of the snapshot ``conn`` reads."""
+    row = await (await conn.execute("SELECT seq, last_us FROM clock")).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+async def changes_after(
+    conn: aiosqlite.Connection,
+    *,
+    after_seq: int | None = None,
+    after_time: str | None = None,
+    limit: int,
+    resource_type: str | None = None,
+    patient: str | None = None,
+) -> list[ChangeRow]:
+    """Up to ``limit`` changes after a seq (or a canonical time), oldest first.
+
+    ``resource_type`` 'Patient' reads only patients, any other type only
+    records of that type; ``patient`` keeps the patient's own entry and its
+    records' entries.
+    """
+    if after_seq is not None:
+        column, key, order = "seq", after_seq, 1
+    else:
+        column, key, order = "updated_at", after_time, 2
+    arms: list[str] = []
+    params: list[Any] = []
+    if resource_type in (None, "Patient"):
+        where = f"{column} > ?"
+        params.append(key)
+        if patient is not None:
+            where += " AND id = ?"
+            params.append(patient)
+        arms.append(f"SELECT seq, updated_at, {_PATIENT_ENTRY} FROM patients WHERE {where}")
+    if resource_type != "Patient":
+        where = f"{column} > ?"
+        params.append(key)
+        if resource_type is not None:
+            where += " AND resource_type = ?"
+            params.append(resource_type)
+        if patient is not None:
+            where += " AND patient = ?"
+            params.append(patient)
+        arms.append(f"SELECT seq, updated_at, {_RECORD_ENTRY} FROM records WHERE {where}")
+    sql = " UNION ALL ".join(arms) + f" ORDER BY {order} LIMIT ?"
+    params.append(limit)
+    return [tuple(r) for r in await conn.execute_fetchall(sql, params)]  # type: ignore[misc]
+
+
+_CONFLICT_COLS = (
+    "id, batch_id, device_id, server_id, resource_type, reason, change, server_copy,"
+    " created_at, resolved, resolved_at, resolution"
+)
+
+
+async def list_conflicts(
+    conn: aiosqlite.Connection,
+    *,
+    device_id: str | None,
+    resolved: bool | None,
+    limit: int | None,
+    after: int,
+) -> list[Row]:
+    where = ["rowid > ?"]
+    params: list[Any] = [after]
+    if device_id is not None:
+        where.append("device_id = ?")
+        params.append(device_id)
+    if resolved is not None:
+        where.append("resolved = ?")
+        params.append(int(resolved))
+    sql = f"SELECT {_CONFLICT_COLS}, rowid FROM conflicts WHERE {' AND '.join(where)} ORDER BY rowid"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit + 1)
+    return [tuple(r) for r in await conn.execute_fetchall(sql, params)]
+
+
+async def get_conflict(conn: aiosqlite.Connection, conflict_id: str) -> Row | None:
+    row = await (
+        await conn.execute(f"SELECT {_CONFLICT_COLS} FROM conflicts WHERE id = ?", (conflict_id,))
+    ).fetchone()
+    return None if row is None else tuple(row)
+
+
+def conflict_out(row: Row) -> dict[str, Any]:
+    return {
+        "id": row[0],
+        "batch_id": row[1],
+        "device_id": row[2],
+        "server_id": row[3],
+        "resource_type": row[4],
+        "reason": row[5],
+        "change": orjson.Fragment(row[6]),
+        "server_copy": None if row[7] is None else orjson.Fragment(row[7]),
+        "created_at": row[8],
+        "resolved": bool(row[9]),
+        "resolved_at": row[10],
+        "resolution": row[11],
+    }

@@ -56,3 +56,28 @@ def if_match_allows(header: str | None, version: int) -> bool:
         if tag.strip('"') == str(version):
             return True
     return False
+
+
+def conflict_reason(
+    operation: str,
+    *,
+    base_version: int | None,
+    client_updated_us: int | None,
+    server_version: int,
+    server_updated_us: int,
+    server_deleted: bool,
+) -> str | None:
+    """Why a change must not apply over the server's copy, or None.
+
+    ``deleted_on_server`` for an update of a tombstone; then with a
+    ``base_version``, ``version_mismatch`` when it is not the server's;
+    else with a ``client_updated_at``, ``server_newer`` when the server's copy
+    changed later (instants, never strings).  With neither, last writer wins.
+    """
+    if server_deleted and operation == "update":
+        return "deleted_on_server"
+    if base_version is not None:
+        return None if base_version == server_version else "version_mismatch"
+    if client_updated_us is not None and server_updated_us > client_updated_us:
+        return "server_newer"
+    return None

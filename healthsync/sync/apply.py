@@ -1,0 +1,426 @@
+"""Apply one upload batch, whole, inside one ``Database.write`` transaction.
+
+``parse_upload`` checks the envelope and every change's routing first and
+refuses the whole batch (``Invalid`` naming the change index and field, or
+``TooLarge``) before anything is written.  ``apply_upload`` then runs inside
+the write: it loads every row the batch touches in a few bulk statements,
+decides each change in memory (validation, temp-id routing, conflicts), and
+writes the outcome with ``executemany``.  One bad change is ``rejected``
+without sinking the others; because every decision is made before the rows
+are written, there is nothing to undo per change.  Whatever fails below that
+(the disk, a bug) rolls the whole batch back: a batch is all there or absent.
+
+The same code serves synchronous uploads and the Huey task (``tasks.py``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from .. import clock
+from ..errors import Conflict, Invalid, TooLarge
+from ..fhir import record_type_error
+from ..models import (
+    MAX_JSON_DEPTH,
+    READ_ONLY_KEYS,
+    ROUTING_KEYS,
+    Change,
+    PatientIn,
+    UploadRequest,
+    json_depth,
+    validation_details,
+)
+from ..storage import WriteTx, mutations
+from ..storage.queries import patient_out, record_out
+from .rules import conflict_reason, encode_cursor, merge_patch
+
+# Row layouts: PATIENT_COLS / RECORD_COLS of storage.queries, plus the new seq.
+P_OWNER, P_NAME, P_DOB, P_IDENT, P_FHIR, P_VERSION, P_UPDATED, P_DELETED, P_SEQ = range(1, 10)
+R_PATIENT, R_TYPE, R_DATA, R_VERSION, R_UPDATED, R_DELETED, R_SEQ = range(1, 8)
+
+
+def parse_upload(body: Any, max_changes: int) -> UploadRequest:
+    """Validate an upload body: ``UploadRequest`` or a whole-batch refusal."""
+    if not isinstance(body, dict):
+        raise Invalid("upload body must be a JSON object", [{"field": "body", "message": "expected a JSON object"}])
+    changes = body.get("changes")
+    if isinstance(changes, list) and len(changes) > max_changes:
+        raise TooLarge(
+            f"batch has {len(changes)} changes; the most one upload may carry is {max_changes}",
+            [{"field": "changes", "message": f"at most {max_changes} changes per batch"}],
+        )
+    try:
+        request = UploadRequest.model_validate(body)
+    except ValidationError as exc:
+        details = validation_details(exc)
+        raise Invalid(_summary("invalid upload", details), details) from None
+    problems = []
+    for index, change in enumerate(request.changes):
+        problem = change.routing_problem()
+        if problem:
+            problems.append({"index": index, "field": problem[0], "message": problem[1]})
+    if problems:
+        raise Invalid(_summary("invalid upload", problems), problems)
+    return request
+
+
+def _summary(prefix: str, details: list[dict[str, Any]]) -> str:
+    first = details[0]
+    where = f"change {first['index']}: " if "index" in first else ""
+    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+    return f"{prefix}: {where}{first['field']}: {first['message']}{more}"
+
+
+class _Rejected(Exception):
+    """A change that cannot apply; its message goes to the device."""
+
+
+def _model_error(exc: ValidationError) -> str:
+    return "; ".join(f"{d['field']}: {d['message']}" for d in validation_details(exc))
+
+
+def _validate(model: type[BaseModel], value: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        raise _Rejected(_model_error(exc)) from None
+
+
+def _dump(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+class _Apply:
+    """The working state of one batch inside its write transaction."""
+
+    def __init__(self, tx: WriteTx, device_id: str, batch_id: str, owner: str | None) -> None:
+        self.tx = tx
+        self.device_id = device_id
+        self.batch_id = batch_id
+        self.owner = owner
+        self.patients: dict[str, list[Any]] = {}
+        self.records: dict[str, list[Any]] = {}
+        self.new_ids: set[str] = set()
+        self.dirty_patients: dict[str, None] = {}  # insertion-ordered sets
+        self.dirty_records: dict[str, None] = {}
+        self.records_of: dict[str, set[str]] = {}
+        self.temp: dict[str, tuple[str, str]] = {}
+        self.new_temp: list[tuple[str, str, str]] = []
+        self.conflict_rows: list[tuple[Any, ...]] = []
+        self.conflicts: list[dict[str, Any]] = []
+
+    # Loading -----------------------------------------------------------------
+
+    async def preload(self, changes: Iterable[Change]) -> None:
+        temp_ids: set[str] = set()
+        patient_ids: set[str] = set()
+        record_ids: set[str] = set()
+        deleted_patients: set[str] = set()
+        for ch in changes:
+            if ch.client_temp_id is not None:
+                temp_ids.add(ch.client_temp_id)
+            if ch.resource_type == "Patient":
+                if ch.server_id is not None:
+                    patient_ids.add(ch.server_id)
+                    if ch.operation == "delete":
+                        deleted_patients.add(ch.server_id)
+            else:
+                if ch.server_id is not None:
+                    record_ids.add(ch.server_id)
+                pid, ptemp = ch.payload.get("patient_id"), ch.payload.get("patient_temp_id")
+                if isinstance(pid, str):
+                    patient_ids.add(pid)
+                if isinstance(ptemp, str):
+                    temp_ids.add(ptemp)
+        self.temp = await mutations.load_temp_ids(self.tx, self.device_id, temp_ids)
+        for server_id, kind in self.temp.values():
+            (patient_ids if kind == "Patient" else record_ids).add(server_id)
+        for row in (await mutations.load_patients(self.tx, patient_ids)).values():
+            self._add_patient(row)
+        for row in (await mutations.load_records(self.tx, record_ids)).values():
+            self._add_record(row)
+        for row in await mutations.load_live_records_of(self.tx, deleted_patients):
+            if row[0] not in self.records:
+                self._add_record(row)
+
+    def _add_patient(self, row: list[Any]) -> None:
+        row.append(None)  # seq: set when the row changes
+        self.patients[row[0]] = row
+
+    def _add_record(self, row: list[Any]) -> None:
+        row.append(None)
+        self.records[row[0]] = row
+        self.records_of.setdefault(row[R_PATIENT], set()).add(row[0])
+
+    # Stamping ----------------------------------------------------------------
+
+    def _touch_patient(self, row: list[Any]) -> None:
+        seq, stamp = self.tx.stamp()
+        row[P_VERSION] += 1
+        row[P_UPDATED] = stamp
+        row[P_SEQ] = seq
+        self.dirty_patients[row[0]] = None
+
+    def _touch_record(self, row: list[Any]) -> None:
+        seq, stamp = self.tx.stamp()
+        row[R_VERSION] += 1
+        row[R_UPDATED] = stamp
+        row[R_SEQ] = seq
+        self.dirty_records[row[0]] = None
+
+    # Deciding ------------------------------------------------------------------
+
+    def apply(self, index: int, ch: Change) -> dict[str, Any]:
+        try:
+            if ch.operation == "create":
+                return self._create(ch)
+            return self._update_or_delete(index, ch)
+        except _Rejected as exc:
+            out: dict[str, Any] = {}
+            if ch.client_temp_id is not None:
+                out["client_temp_id"] = ch.client_temp_id
+            if ch.server_id is not None:
+                out["server_id"] = ch.server_id
+            out["status"] = "rejected"
+            out["error"] = str(exc)
+            return out
+
+    def _check_type(self, resource_type: str) -> None:
+        if resource_type != "Patient":
+            problem = record_type_error(resource_type)
+            if problem:
+                raise _Rejected(f"resource_type: {problem}")
+
+    def _create(self, ch: Change) -> dict[str, Any]:
+        temp_id = ch.client_temp_id
+        assert temp_id is not None
+        self._check_type(ch.resource_type)
+        known = self.temp.get(temp_id)
+        if known is not None:  # a retried create: same answer, nothing new
+            server_id, kind = known
+            row = self.patients.get(server_id) if kind == "Patient" else self.records.get(server_id)
+            version = row[P_VERSION if kind == "Patient" else R_VERSION] if row else None
+            return {"client_temp_id": temp_id, "status": "created", "server_id": server_id, "server_version": version}
+        new_id = str(uuid.uuid4())
+        if ch.resource_type == "Patient":
+            model = _validate(PatientIn, ch.payload)
+            row = [new_id, self.owner, model.name, model.dob, _dump(model.identifiers),
+                   None if model.fhir is None else _dump(model.fhir), 0, None, 0, None]
+            self.patients[new_id] = row
+            self._touch_patient(row)
+            version = row[P_VERSION]
+        else:
+            patient = self._route(ch.payload)
+            if patient is None:
+                raise _Rejected("payload needs patient_id (a server id) or patient_temp_id")
+            data = self._data(ch.payload, None)
+            row = [new_id, patient, ch.resource_type, _dump(data), 0, None, 0, None]
+            self.records[new_id] = row
+            self.records_of.setdefault(patient, set()).add(new_id)
+            self._touch_record(row)
+            version = row[R_VERSION]
+        self.new_ids.add(new_id)
+        self.temp[temp_id] = (new_id, ch.resource_type)
+        self.new_temp.append((temp_id, new_id, ch.resource_type))
+        return {"client_temp_id": temp_id, "status": "created", "server_id": new_id, "server_version": version}
+
+    def _route(self, payload: dict[str, Any]) -> str | None:
+        """The live patient a record payload names, None if it names none."""
+        pid = payload.get("patient_id")
+        ptemp = payload.get("patient_temp_id")
+        if pid is None and ptemp is None:
+            return None
+        if pid is not None:
+            if not isinstance(pid, str):
+                raise _Rejected("patient_id must be a string")
+            where = f"patient_id {pid[:64]}"
+        else:
+            if not isinstance(ptemp, str):
+                raise _Rejected("patient_temp_id must be a string")
+            known = self.temp.get(ptemp)
+            if known is None or known[1] != "Patient":
+                raise _Rejected(f"patient_temp_id {ptemp[:64]!r} names no patient this device created")
+            pid = known[0]
+            where = f"patient_temp_id {ptemp[:64]!r}"
+        row = self.patients.get(pid)
+        if row is None:
+            raise _Rejected(f"{where} does not exist")
+        if row[P_DELETED]:
+            raise _Rejected(f"{where} is deleted")
+        return pid
+
+    def _data(self, payload: dict[str, Any], base: dict[str, Any] | None) -> dict[str, Any]:
+        """A record's data: the payload less its routing keys, merged into ``base`` if given."""
+        patch = {k: v for k, v in payload.items() if k not in ROUTING_KEYS}
+        data = patch if base is None else merge_patch(base, patch)
+        if json_depth(data) > MAX_JSON_DEPTH:
+            raise _Rejected(f"payload is nested deeper than {MAX_JSON_DEPTH} levels")
+        return data
+
+    def _update_or_delete(self, index: int, ch: Change) -> dict[str, Any]:
+        server_id = ch.server_id
+        assert server_id is not None
+        self._check_type(ch.resource_type)
+        is_patient = ch.resource_type == "Patient"
+        row = (self.patients if is_patient else self.records).get(server_id)
+        if row is not None and not is_patient and row[R_TYPE] != ch.resource_type:
+            raise _Rejected(f"server_id {server_id} is a {row[R_TYPE]}, not a {ch.resource_type}")
+        if row is None:
+            return {"server_id": server_id, "status": "not_found"}
+        v_col, u_col, d_col = (P_VERSION, P_UPDATED, P_DELETED) if is_patient else (R_VERSION, R_UPDATED, R_DELETED)
+        if ch.operation == "delete" and row[d_col]:
+            return {"server_id": server_id, "status": "deleted", "server_version": row[v_col]}
+        client_us = None
+        if ch.client_updated_at is not None:
+            try:
+                client_us = clock.parse(ch.client_updated_at)
+            except ValueError as exc:
+                raise _Rejected(f"client_updated_at: {exc}") from None
+        reason = conflict_reason(
+            ch.operation,
+            base_version=ch.base_version,
+            client_updated_us=client_us,
+            server_version=row[v_col],
+            server_updated_us=clock.parse(row[u_col]),
+            server_deleted=bool(row[d_col]),
+        )
+        if reason is not None:
+            return self._conflict(ch, row, is_patient, reason)
+        if ch.operation == "delete":
+            if is_patient:
+                self._delete_patient(row)
+            else:
+                row[R_DELETED] = 1
+                self._touch_record(row)
+            return {"server_id": server_id, "status": "deleted", "server_version": row[v_col]}
+        if is_patient:
+            self._update_patient(row, ch.payload)
+        else:
+            self._update_record(row, ch.payload)
+        return {"server_id": server_id, "status": "updated", "server_version": row[v_col]}
+
+    def _update_patient(self, row: list[Any], payload: dict[str, Any]) -> None:
+        current = {
+            "name": row[P_NAME],
+            "dob": row[P_DOB],
+            "identifiers": orjson.loads(row[P_IDENT]),
+            "fhir": None if row[P_FHIR] is None else orjson.loads(row[P_FHIR]),
+        }
+        patch = {k: v for k, v in payload.items() if k not in READ_ONLY_KEYS}
+        model = _validate(PatientIn, merge_patch(current, patch))
+        row[P_NAME], row[P_DOB] = model.name, model.dob
+        row[P_IDENT] = _dump(model.identifiers)
+        row[P_FHIR] = None if model.fhir is None else _dump(model.fhir)
+        self._touch_patient(row)
+
+    def _update_record(self, row: list[Any], payload: dict[str, Any]) -> None:
+        patient = self._route(payload)
+        data = self._data(payload, orjson.loads(row[R_DATA]))
+        if patient is not None and patient != row[R_PATIENT]:
+            self.records_of.get(row[R_PATIENT], set()).discard(row[0])
+            self.records_of.setdefault(patient, set()).add(row[0])
+            row[R_PATIENT] = patient
+        row[R_DATA] = _dump(data)
+        self._touch_record(row)
+
+    def _delete_patient(self, row: list[Any]) -> None:
+        row[P_DELETED] = 1
+        self._touch_patient(row)
+        for record_id in sorted(self.records_of.get(row[0], ()), key=lambda r: self.records[r][R_UPDATED] or ""):
+            record = self.records[record_id]
+            if not record[R_DELETED]:
+                record[R_DELETED] = 1
+                self._touch_record(record)
+
+    def _conflict(self, ch: Change, row: list[Any], is_patient: bool, reason: str) -> dict[str, Any]:
+        server_id = row[0]
+        copy = patient_out(row[:9]) if is_patient else record_out(row[:7])
+        conflict_id = str(uuid.uuid4())
+        self.conflict_rows.append(
+            (conflict_id, self.batch_id, self.device_id, server_id, ch.resource_type, reason,
+             _dump(ch.model_dump(by_alias=True, exclude_none=True)), _dump(copy), self.tx.now())
+        )
+        self.conflicts.append({"server_id": server_id, "reason": reason})
+        return {
+            "server_id": server_id,
+            "status": "conflict",
+            "reason": reason,
+            "conflict_id": conflict_id,
+            "server_version": copy["server_version"],
+            "server_copy": copy,
+        }
+
+    # Writing -------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        now = self.tx.now()
+        new_p = [self.patients[i] for i in self.dirty_patients if i in self.new_ids]
+        old_p = [self.patients[i] for i in self.dirty_patients if i not in self.new_ids]
+        new_r = [self.records[i] for i in self.dirty_records if i in self.new_ids]
+        old_r = [self.records[i] for i in self.dirty_records if i not in self.new_ids]
+        await mutations.write_patients(self.tx, new_p, old_p, now)
+        await mutations.write_records(self.tx, new_r, old_r, now)
+        await mutations.insert_temp_ids(self.tx, self.device_id, self.new_temp)
+        await mutations.insert_conflicts(self.tx, self.conflict_rows)
+
+
+async def apply_upload(
+    tx: WriteTx, request: UploadRequest, batch_id: str, owner: str | None = None
+) -> dict[str, Any]:
+    """Apply ``request``'s changes inside ``tx``; return the upload response.
+
+    The caller has checked that ``batch_id`` is not applied yet.
+    """
+    work = _Apply(tx, request.device_id, batch_id, owner)
+    await work.preload(request.changes)
+    results = [work.apply(i, ch) for i, ch in enumerate(request.changes)]
+    await work.flush()
+    return {
+        "batch_id": batch_id,
+        "results": results,
+        "conflicts": work.conflicts,
+        "server_time": clock.format_us(tx.last_us),
+        "cursor": encode_cursor(tx.seq),
+    }
+
+
+async def upload(tx: WriteTx, request: UploadRequest, owner: str | None = None) -> tuple[int, Any]:
+    """A synchronous upload inside ``tx``: (status, response body).
+
+    A ``batch_id`` already applied returns its stored response and applies
+    nothing; one stored ``pending`` (async) is only stored again if absent.
+    """
+    batch_id = request.batch_id or str(uuid.uuid4())
+    if request.batch_id is not None:
+        existing = await mutations.fetch_batch(tx, batch_id)
+        if existing is not None:
+            _, device_id, status, response, _error, _claimed, _attempts = existing
+            if device_id != request.device_id:
+                raise Conflict(
+                    f"batch {batch_id} belongs to another device",
+                    [{"field": "batch_id", "message": "already used by another device"}],
+                )
+            if status == "done" and response is not None:
+                return 200, orjson.Fragment(response)
+            raise Conflict(
+                f"batch {batch_id} is already stored with status {status}",
+                [{"field": "batch_id", "message": f"status {status}"}],
+                status=status,
+            )
+    if request.async_:
+        body = request.model_dump(by_alias=True, exclude={"async_"}, exclude_none=True)
+        body["batch_id"] = batch_id
+        await mutations.insert_batch(
+            tx, batch_id, request.device_id, "pending", len(request.changes), request=_dump(body)
+        )
+        return 202, {"batch_id": batch_id, "status": "pending"}
+    response = await apply_upload(tx, request, batch_id, owner)
+    text = _dump(response)
+    await mutations.insert_batch(tx, batch_id, request.device_id, "done", len(request.changes), response=text)
+    tx.emit({"type": "batch", "batch_id": batch_id, "status": "done", "device_id": request.device_id})
+    return 200, orjson.Fragment(text)

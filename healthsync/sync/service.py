@@ -1,0 +1,52 @@
+"""``SyncService``: what the sync endpoints call (upload, download, conflicts)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import NotFound
+from ..models import UploadRequest
+from ..storage import Database, WriteTx, mutations, queries
+from . import apply, download
+
+
+class SyncService:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def upload(self, request: UploadRequest, owner: str | None = None) -> tuple[int, Any]:
+        """Apply (or, with ``async``, store) a parsed upload: (status, body)."""
+        return await self.db.write(lambda tx: apply.upload(tx, request, owner))
+
+    async def download(self, **kw: Any) -> dict[str, Any]:
+        return await download.download(self.db, **kw)
+
+    async def list_conflicts(
+        self, *, device_id: str | None, resolved: bool | None, limit: int | None, after: int
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        rows = await self.db.read(
+            lambda conn: queries.list_conflicts(
+                conn, device_id=device_id, resolved=resolved, limit=limit, after=after
+            )
+        )
+        next_after = None
+        if limit is not None and len(rows) > limit:
+            rows = rows[:limit]
+            next_after = rows[-1][-1]
+        return [queries.conflict_out(r[:-1]) for r in rows], next_after
+
+    async def get_conflict(self, conflict_id: str) -> dict[str, Any]:
+        row = await self.db.read(lambda conn: queries.get_conflict(conn, conflict_id))
+        if row is None:
+            raise NotFound(f"conflict {conflict_id} not found")
+        return queries.conflict_out(row)
+
+    async def resolve_conflict(self, conflict_id: str, resolution: str | None) -> dict[str, Any]:
+        """Mark a conflict resolved (idempotent: resolving twice keeps the first)."""
+
+        async def run(tx: WriteTx) -> None:
+            await mutations.resolve_conflict(tx, conflict_id, resolution)
+
+        await self.get_conflict(conflict_id)
+        await self.db.write(run)
+        return await self.get_conflict(conflict_id)

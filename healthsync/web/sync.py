@@ -1,0 +1,66 @@
+"""Handlers for the seed's sync section: upload, download, and conflicts."""
+
+from __future__ import annotations
+
+from ..errors import Invalid
+from ..sync.apply import parse_upload
+from .base import BaseHandler
+
+
+class UploadHandler(BaseHandler):
+    async def post(self) -> None:
+        request = parse_upload(self.json_body(), self.ctx.settings.max_batch_changes)
+        status, body = await self.ctx.sync.upload(request, owner=self.ctx.owner_for(self))
+        self.write_json(body, status)
+
+
+class DownloadHandler(BaseHandler):
+    async def get(self) -> None:
+        limit = self.limit_arg() or self.ctx.settings.page_limit_default
+        body = await self.ctx.sync.download(
+            since=self.arg("since"),
+            cursor=self.arg("cursor"),
+            limit=limit,
+            resource_type=self.arg("resource_type"),
+            patient=self.uuid_arg("patient"),
+        )
+        self.write_json(body)
+
+
+class ConflictListHandler(BaseHandler):
+    async def get(self) -> None:
+        resolved_arg = self.arg("resolved")
+        resolved = None if resolved_arg in (None, "") else self.bool_arg("resolved")
+        items, next_after = await self.ctx.sync.list_conflicts(
+            device_id=self.arg("device_id"),
+            resolved=resolved,
+            limit=self.limit_arg(),
+            after=self.int_arg("after", minimum=0, maximum=2**62) or 0,
+        )
+        self.set_link_next(next_after)
+        self.write_json(items)
+
+
+class ConflictHandler(BaseHandler):
+    async def get(self, conflict_id: str) -> None:
+        self.write_json(await self.ctx.sync.get_conflict(self.path_id(conflict_id)))
+
+    async def patch(self, conflict_id: str) -> None:
+        cid = self.path_id(conflict_id)
+        body = self.json_body()
+        if not isinstance(body, dict) or body.get("resolved") is not True:
+            raise Invalid(
+                'send {"resolved": true} (optionally with a "resolution" note) to resolve a conflict',
+                [{"field": "resolved", "message": "must be true"}],
+            )
+        resolution = body.get("resolution")
+        if resolution is not None and (not isinstance(resolution, str) or len(resolution) > 2000):
+            raise Invalid("resolution must be a string of at most 2000 characters",
+                          [{"field": "resolution", "message": "must be a short string"}])
+        unknown = set(body) - {"resolved", "resolution"}
+        if unknown:
+            raise Invalid(f"unknown fields: {', '.join(sorted(unknown))}",
+                          [{"field": k, "message": "unknown field"} for k in sorted(unknown)])
+        self.write_json(await self.ctx.sync.resolve_conflict(cid, resolution))
+
+    post = patch
