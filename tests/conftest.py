@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import signal
@@ -48,6 +49,14 @@ class _ErrorCollector(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_loop_for_async_tests(request: pytest.FixtureRequest) -> None:
+    """Every coroutine test runs on pytest-tornasync's per-test loop, which is closed after
+    (without it the plugin falls back to IOLoop.current(), a loop nobody closes)."""
+    if inspect.iscoroutinefunction(request.function):
+        request.getfixturevalue("io_loop")
 
 
 @pytest.fixture(autouse=True)
