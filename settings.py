@@ -59,6 +59,26 @@ class Settings(BaseModel):
     page_limit_default: int = Field(1000, ge=1, description="Download page size when no limit is given.")
     page_limit_max: int = Field(10_000, ge=1, description="Largest limit a list or download accepts.")
     read_connections: int = Field(2, ge=1, le=32, description="SQLite read connections.")
+    embedded_worker: bool = Field(
+        True, description="serve runs a Huey consumer in-process (--no-worker turns it off)."
+    )
+    worker_threads: int = Field(2, ge=1, le=32, description="Huey consumer threads (serve and worker).")
+    worker_poll_seconds: float = Field(
+        0.1, gt=0, le=5, description="How often an idle consumer looks for a new task."
+    )
+    batch_lease_seconds: float = Field(
+        60, gt=0, description="A batch left processing this long by a dead worker is re-queued."
+    )
+    task_retries: int = Field(4, ge=0, le=20, description="Retries of a batch whose database was busy.")
+    task_retry_delay: float = Field(
+        0.5, ge=0, description="Seconds before the first retry; doubles on each further one."
+    )
+    busy_timeout_ms: int = Field(
+        10_000, ge=0, description="How long a write waits for another process's write lock."
+    )
+    batch_retention_days: float = Field(
+        30, gt=0, description="Done batches and their stored payloads are purged after this."
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -23,8 +23,11 @@ import tornado.web
 
 from settings import Settings
 
+from .batches import BatchService
 from .resources import Resources
 from .storage import Database
+from .tasks import EmbeddedWorker, queue_depth
+from .web.batches import BatchHandler, BatchListHandler, TriggerHandler
 from .web.base import BaseHandler, NotFoundHandler
 from .web.health import HealthHandler
 from .sync.service import SyncService
@@ -45,6 +48,8 @@ class Context:
     db: Database
     resources: Resources
     sync: SyncService
+    batches: BatchService
+    worker: EmbeddedWorker | None = None
     started: float = field(default_factory=time.time)
     inflight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -65,6 +70,13 @@ class Context:
         except Exception as exc:  # any failure to read is "down", not a 500
             report["status"] = "unavailable"
             report["database"] = {"ok": False, "error": str(exc)}
+        report["worker"] = {
+            "embedded": self.worker is not None,
+            "alive": self.worker.alive if self.worker is not None else None,
+            "queue_depth": queue_depth(self.batches.huey),
+        }
+        if self.worker is not None and not self.worker.alive:
+            report["status"] = "unavailable"
         return report
 
 
@@ -73,6 +85,9 @@ class HealthSyncApp(tornado.web.Application):
 
     async def startup(self) -> None:
         await self.ctx.db.open()
+        if self.ctx.settings.embedded_worker:
+            self.ctx.worker = EmbeddedWorker(self.ctx.settings, self.ctx.batches.huey)
+            await self.ctx.worker.start()
         if self.ctx.settings.synchronous != "FULL":
             log.warning(
                 "synchronous=%s: acknowledged writes may be lost on a power cut",
@@ -88,6 +103,10 @@ class HealthSyncApp(tornado.web.Application):
                 log.warning("%d requests still running at shutdown", self.ctx.inflight)
 
     async def shutdown(self) -> None:
+        worker, self.ctx.worker = self.ctx.worker, None
+        if worker is not None:
+            # Consumer.stop(graceful=True) joins threads: never on the event loop.
+            await asyncio.get_running_loop().run_in_executor(None, worker.stop)
         await self.ctx.db.close()
 
 
@@ -106,8 +125,19 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
 
 def make_app(settings: Settings) -> HealthSyncApp:
     """Build the application for ``settings`` (nothing is opened until startup)."""
-    db = Database(settings.db_path, synchronous=settings.synchronous, readers=settings.read_connections)
-    ctx = Context(settings=settings, db=db, resources=Resources(db), sync=SyncService(db))
+    db = Database(
+        settings.db_path,
+        synchronous=settings.synchronous,
+        readers=settings.read_connections,
+        busy_timeout_ms=settings.busy_timeout_ms,
+    )
+    ctx = Context(
+        settings=settings,
+        db=db,
+        resources=Resources(db),
+        sync=SyncService(db),
+        batches=BatchService(db, settings),
+    )
     ctx.idle.set()
     kw = {"ctx": ctx}
     uuid_ish = r"([^/]+)"
@@ -118,6 +148,9 @@ def make_app(settings: Settings) -> HealthSyncApp:
         (rf"/api/records/{uuid_ish}/?", RecordHandler, kw),
         (r"/api/sync/upload/?", UploadHandler, kw),
         (r"/api/sync/download/?", DownloadHandler, kw),
+        (rf"/api/sync/trigger/{uuid_ish}/?", TriggerHandler, kw),
+        (r"/api/sync/batches/?", BatchListHandler, kw),
+        (rf"/api/sync/batches/{uuid_ish}/?", BatchHandler, kw),
         (r"/api/conflicts/?", ConflictListHandler, kw),
         (rf"/api/conflicts/{uuid_ish}/?", ConflictHandler, kw),
         (rf"/api/conflicts/{uuid_ish}/resolve/?", ConflictHandler, kw),

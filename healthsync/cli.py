@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="serve the API, the websocket and the dashboard (default)")
     _serve_flags(serve)
+    worker = sub.add_parser("worker", help="run a Huey consumer alone, beside a server on the same data dir")
+    _common(worker)
+    worker.add_argument("--worker-threads", type=int, help="consumer threads (default 2)")
     return parser
 
 
@@ -53,6 +56,13 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
         help="let --auth open serve on a non-loopback address (logged loudly)",
     )
     parser.add_argument("--synchronous", choices=["FULL", "NORMAL"], help="SQLite synchronous pragma")
+    parser.add_argument(
+        "--no-worker",
+        dest="embedded_worker",
+        action="store_false",
+        default=None,
+        help="no in-process Huey consumer (run `run.py worker` beside it instead)",
+    )
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -94,7 +104,21 @@ def main(argv: Sequence[str]) -> int:
     setup_logging(settings.log_level)
     if args.command == "serve":
         return asyncio.run(serve(settings))
+    if args.command == "worker":
+        return worker(settings)
     raise AssertionError(args.command)
+
+
+def worker(settings: Settings) -> int:
+    """``run.py worker``: a Huey consumer alone until SIGINT or SIGTERM (exit 0)."""
+    import threading
+
+    from .tasks import run_worker
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return run_worker(settings, stop)
 
 
 def check_exposure(settings: Settings) -> str | None:

@@ -51,6 +51,23 @@ class _ErrorCollector(logging.Handler):
         self.records.append(record)
 
 
+@pytest.fixture
+def io_loop() -> Iterator[Any]:
+    """A new loop per test, always closed (replaces pytest-tornasync's, which uses
+    Tornado's deprecated make_current/clear_current)."""
+    import asyncio
+
+    import tornado.ioloop
+
+    loop = tornado.ioloop.IOLoop(make_current=False)
+    asyncio.set_event_loop(loop.asyncio_loop)  # type: ignore[attr-defined]
+    try:
+        yield loop
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close(all_fds=True)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_loop_for_async_tests(request: pytest.FixtureRequest) -> None:
     """Every coroutine test runs on pytest-tornasync's per-test loop, which is closed after
@@ -74,7 +91,9 @@ def fail_on_error_logs(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> settings_mod.Settings:
-    values: dict[str, Any] = {"data_dir": data_dir, "auth": "open"}
+    # No consumer threads unless a test asks for them (see tests/batches/).
+    values: dict[str, Any] = {"data_dir": data_dir, "auth": "open", "embedded_worker": False,
+                              "worker_poll_seconds": 0.05}
     values.update(overrides)
     return settings_mod.load({}, values)
 

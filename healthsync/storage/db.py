@@ -93,8 +93,16 @@ CommitHook = Callable[[CommitInfo], None]
 class Database:
     """One SQLite database file in WAL mode.  Open with :meth:`open`."""
 
-    def __init__(self, path: Path | str, *, synchronous: str = "FULL", readers: int = 2) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        synchronous: str = "FULL",
+        readers: int = 2,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+    ) -> None:
         self.path = Path(path)
+        self.busy_timeout_ms = busy_timeout_ms
         self.synchronous = synchronous
         self._reader_count = readers
         self._writer: aiosqlite.Connection | None = None
@@ -122,7 +130,7 @@ class Database:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             writer = await aiosqlite.connect(self.path, isolation_level=None)
             try:
-                await writer.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                await writer.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
                 mode = await (await writer.execute("PRAGMA journal_mode = WAL")).fetchone()
                 if mode is None or mode[0].lower() != "wal":
                     raise RuntimeError(f"could not put {self.path} in WAL mode")
@@ -134,7 +142,7 @@ class Database:
                     reader = await aiosqlite.connect(
                         f"file:{self.path}?mode=ro", uri=True, isolation_level=None
                     )
-                    await reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                    await reader.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
                     readers.append(reader)
             except BaseException:
                 await writer.close()

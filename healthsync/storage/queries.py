@@ -225,3 +225,65 @@ def conflict_out(row: Row) -> dict[str, Any]:
         "resolved_at": row[10],
         "resolution": row[11],
     }
+
+
+# Batches ---------------------------------------------------------------------------
+
+_BATCH_COLS = (
+    "id, device_id, status, change_count, attempts, task_id, created_at, claimed_at,"
+    " finished_at, updated_at, error"
+)
+
+
+def batch_out(row: Row, response: str | None = None) -> dict[str, Any]:
+    out = {
+        "batch_id": row[0],
+        "device_id": row[1],
+        "status": row[2],
+        "change_count": row[3],
+        "attempts": row[4],
+        "task_id": row[5],
+        "created_at": row[6],
+        "claimed_at": row[7],
+        "finished_at": row[8],
+        "updated_at": row[9],
+        "error": row[10],
+    }
+    if response is not None:
+        body = orjson.loads(response)
+        out["results"] = body["results"]
+        out["conflicts"] = body["conflicts"]
+        out["server_time"] = body["server_time"]
+        out["cursor"] = body["cursor"]
+    return out
+
+
+async def get_batch(conn: aiosqlite.Connection, batch_id: str) -> dict[str, Any] | None:
+    row = await (
+        await conn.execute(f"SELECT {_BATCH_COLS}, response FROM batches WHERE id = ?", (batch_id,))
+    ).fetchone()
+    return None if row is None else batch_out(tuple(row[:-1]), row[-1])
+
+
+async def list_batches(
+    conn: aiosqlite.Connection,
+    *,
+    device_id: str | None,
+    status: str | None,
+    limit: int | None,
+    after: int,
+) -> list[Row]:
+    """Batches newest first; each row ends with its rowid (the page key, descending)."""
+    where = ["rowid < ?"]
+    params: list[Any] = [after or 2**62]
+    if device_id is not None:
+        where.append("device_id = ?")
+        params.append(device_id)
+    if status is not None:
+        where.append("status = ?")
+        params.append(status)
+    sql = f"SELECT {_BATCH_COLS}, rowid FROM batches WHERE {' AND '.join(where)} ORDER BY rowid DESC"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit + 1)
+    return [tuple(r) for r in await conn.execute_fetchall(sql, params)]

@@ -1,0 +1,303 @@
+"""Background batches on Huey (SQLite storage): the apply task and its upkeep.
+
+The ``batches`` table, not Huey's queue, is the truth about a batch.  Huey's
+SQLite storage deletes a task when a worker takes it, so a worker that dies
+mid-task loses the task; the batch row keeps ``status = 'processing'`` with
+the ``task_id`` and ``claimed_at`` of its claim.  ``requeue_stale`` (run when a
+consumer starts and every minute) gives such a batch a new claim and a new
+task once its lease has passed.
+
+Exactly once: ``trigger`` claims a batch (pending or failed -> processing,
+with the id of the task it enqueues) in one write; the task then re-checks,
+inside the very transaction that applies the batch, that the batch is still
+``processing`` under *its* task id.  A duplicate task, a stale one, or one
+whose batch was re-claimed after its lease finds the claim is not its own
+and applies nothing.
+
+Tasks are plain ``def`` functions run in consumer threads (or another
+process): each opens its own ``Database`` and runs the same apply code as a
+synchronous upload with ``asyncio.run``.
+
+``HealthSyncConsumer`` is Huey's consumer for embedding: it leaves the
+process's signal handlers alone; ``stop`` blocks, so call it off the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+
+import orjson
+from huey import SqliteHuey, crontab
+from huey.api import Task
+from huey.consumer import Consumer
+
+from settings import Settings
+
+from . import clock
+from .errors import Conflict, NotFound
+from .storage import Database, WriteTx, mutations
+from .sync.apply import apply_upload, parse_upload
+
+log = logging.getLogger("healthsync.tasks")
+
+class HealthSyncConsumer(Consumer):
+    """A Huey consumer that never installs signal handlers (the host owns them)."""
+
+    def _set_signal_handlers(self) -> None:
+        pass
+
+
+def make_huey(settings: Settings) -> SqliteHuey:
+    """A Huey on ``<data_dir>/huey.db`` with HealthSync's tasks registered.
+
+    The tasks are reachable as ``huey.apply_batch`` and ``huey.maintenance``.
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    huey = SqliteHuey(
+        name="healthsync",
+        filename=str(settings.data_dir / "huey.db"),
+        results=False,
+        utc=True,
+        fsync=settings.synchronous == "FULL",
+        timeout=10,
+    )
+
+    @huey.task(
+        retries=settings.task_retries,
+        retry_delay=settings.task_retry_delay,
+        retry_backoff=2.0,
+        context=True,
+        name="apply_batch",
+    )
+    def apply_batch(batch_id: str, task: Task | None = None) -> str:
+        assert task is not None
+        final = not task.retries
+        return asyncio.run(run_claimed_batch(settings, batch_id, task.id, final=final))
+
+    @huey.periodic_task(crontab(minute="*"), name="maintenance")
+    def maintenance() -> None:
+        asyncio.run(upkeep(settings, huey))
+
+    huey.apply_batch = apply_batch  # type: ignore[attr-defined]
+    huey.maintenance = maintenance  # type: ignore[attr-defined]
+    return huey
+
+
+def make_consumer(settings: Settings, huey: SqliteHuey) -> HealthSyncConsumer:
+    return HealthSyncConsumer(
+        huey,
+        workers=settings.worker_threads,
+        worker_type="thread",
+        periodic=True,
+        initial_delay=settings.worker_poll_seconds,
+        backoff=1.0,
+        max_delay=settings.worker_poll_seconds,
+        check_worker_health=True,
+    )
+
+
+def open_db(settings: Settings) -> Database:
+    return Database(
+        settings.db_path, synchronous=settings.synchronous, readers=1, busy_timeout_ms=settings.busy_timeout_ms
+    )
+
+
+# The task ----------------------------------------------------------------------
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors worth retrying: the database was busy or locked by another writer."""
+    return isinstance(exc, sqlite3.OperationalError) and (
+        "locked" in str(exc) or "busy" in str(exc)
+    )
+
+
+async def run_claimed_batch(settings: Settings, batch_id: str, task_id: str, *, final: bool) -> str:
+    """Apply a batch this task has claimed: 'done', 'skipped' or 'failed'.
+
+    A transient error is raised while retries remain (Huey retries with
+    backoff); any other error, or the last transient one, ends the batch
+    ``failed`` with the error, and it can be triggered again.
+    """
+    db = open_db(settings)
+    try:
+        try:
+            return await db.write(lambda tx: _apply_if_claimed(tx, batch_id, task_id))
+        except Exception as exc:
+            if is_transient(exc) and not final:
+                log.warning("batch %s: %s; will retry", batch_id, exc)
+                raise
+            log.error("batch %s failed: %s: %s", batch_id, type(exc).__name__, exc)
+            await db.write(lambda tx: _mark_failed(tx, batch_id, task_id, f"{type(exc).__name__}: {exc}"))
+            return "failed"
+    finally:
+        await db.close()
+
+
+async def _apply_if_claimed(tx: WriteTx, batch_id: str, task_id: str) -> str:
+    row = await (
+        await tx.conn.execute("SELECT status, task_id, request FROM batches WHERE id = ?", (batch_id,))
+    ).fetchone()
+    if row is None or row[0] != "processing" or row[1] != task_id:
+        log.info("batch %s is not claimed by task %s (%s): skipped", batch_id, task_id, row and row[0])
+        return "skipped"
+    request = parse_upload(orjson.loads(row[2]), max_changes=1 << 30)
+    response = await apply_upload(tx, request, batch_id)
+    await tx.conn.execute(
+        "UPDATE batches SET status = 'done', response = ?, error = NULL, finished_at = ?, updated_at = ?"
+        " WHERE id = ?",
+        (orjson.dumps(response).decode(), tx.now(), tx.now(), batch_id),
+    )
+    tx.emit({"type": "batch", "batch_id": batch_id, "status": "done", "device_id": request.device_id})
+    return "done"
+
+
+async def _mark_failed(tx: WriteTx, batch_id: str, task_id: str, error: str) -> None:
+    await tx.conn.execute(
+        "UPDATE batches SET status = 'failed', error = ?, finished_at = ?, updated_at = ?"
+        " WHERE id = ? AND status = 'processing' AND task_id = ?",
+        (error[:2000], tx.now(), tx.now(), batch_id, task_id),
+    )
+
+
+# Claims --------------------------------------------------------------------------
+
+
+async def claim(db: Database, huey: SqliteHuey, batch_id: str) -> str:
+    """Claim a pending or failed batch and enqueue its task; the task id.
+
+    ``NotFound`` for an unknown batch, ``Conflict`` (409) for one that is
+    ``processing`` or ``done``.
+    """
+    task = huey.apply_batch.s(batch_id)  # type: ignore[attr-defined]
+
+    async def run(tx: WriteTx) -> None:
+        row = await mutations.fetch_batch(tx, batch_id)
+        if row is None:
+            raise NotFound(f"batch {batch_id} not found")
+        status = row[2]
+        if status not in ("pending", "failed"):
+            raise Conflict(
+                f"batch {batch_id} is already {status}",
+                [{"field": "batch_id", "message": f"status is {status}"}],
+                status=status,
+            )
+        await tx.conn.execute(
+            "UPDATE batches SET status = 'processing', task_id = ?, claimed_at = ?, error = NULL,"
+            " attempts = attempts + 1, updated_at = ? WHERE id = ?",
+            (task.id, tx.now(), tx.now(), batch_id),
+        )
+        tx.emit({"type": "batch", "batch_id": batch_id, "status": "processing", "device_id": row[1]})
+
+    await db.write(run)
+    # After the commit: a crash between the two leaves the claim to expire
+    # and be re-queued by requeue_stale, never a task without its claim.
+    # Huey's storage is blocking SQLite: keep it off the event loop.
+    await asyncio.get_running_loop().run_in_executor(None, huey.enqueue, task)
+    return str(task.id)
+
+
+async def requeue_stale(db: Database, huey: SqliteHuey, lease_seconds: float) -> list[str]:
+    """Re-claim and re-enqueue batches left ``processing`` past their lease."""
+    cutoff = clock.format_us(clock.now_us() - int(lease_seconds * 1_000_000))
+    tasks: list[Task] = []
+
+    async def run(tx: WriteTx) -> None:
+        rows = await tx.conn.execute_fetchall(
+            "SELECT id FROM batches WHERE status = 'processing' AND claimed_at < ?", (cutoff,)
+        )
+        for (batch_id,) in rows:
+            task = huey.apply_batch.s(batch_id)  # type: ignore[attr-defined]
+            await tx.conn.execute(
+                "UPDATE batches SET task_id = ?, claimed_at = ?, attempts = attempts + 1, updated_at = ?"
+                " WHERE id = ?",
+                (task.id, tx.now(), tx.now(), batch_id),
+            )
+            tasks.append(task)
+
+    await db.write(run)
+    for task in tasks:
+        log.warning("re-queued batch %s: its worker did not finish within the lease", task.args[0])
+        await asyncio.get_running_loop().run_in_executor(None, huey.enqueue, task)
+    return [t.args[0] for t in tasks]
+
+
+async def purge_old_batches(db: Database, retention_days: float) -> int:
+    """Delete ``done`` batches (and their stored payloads) past the retention."""
+    cutoff = clock.format_us(clock.now_us() - int(retention_days * 86_400 * 1_000_000))
+
+    async def run(tx: WriteTx) -> int:
+        cur = await tx.conn.execute("DELETE FROM batches WHERE status = 'done' AND finished_at < ?", (cutoff,))
+        return cur.rowcount
+
+    return await db.write(run)
+
+
+async def upkeep(settings: Settings, huey: SqliteHuey) -> None:
+    db = open_db(settings)
+    try:
+        await requeue_stale(db, huey, settings.batch_lease_seconds)
+        purged = await purge_old_batches(db, settings.batch_retention_days)
+        if purged:
+            log.info("purged %d done batches older than %s days", purged, settings.batch_retention_days)
+    finally:
+        await db.close()
+
+
+# Running a consumer ------------------------------------------------------------------
+
+
+class EmbeddedWorker:
+    """A Huey consumer in this process's threads, started and stopped by the host."""
+
+    def __init__(self, settings: Settings, huey: SqliteHuey) -> None:
+        self.settings = settings
+        self.huey = huey
+        self.consumer: HealthSyncConsumer | None = None
+
+    async def start(self) -> None:
+        """Start the consumer threads, then re-queue what a dead worker left behind."""
+        self.consumer = make_consumer(self.settings, self.huey)
+        self.consumer.start()
+        db = open_db(self.settings)
+        try:
+            await requeue_stale(db, self.huey, self.settings.batch_lease_seconds)
+        finally:
+            await db.close()
+
+    def stop(self) -> None:
+        """Stop after the running tasks finish (blocks: call it off the event loop)."""
+        consumer, self.consumer = self.consumer, None
+        if consumer is not None:
+            consumer.stop(graceful=True)
+
+    @property
+    def alive(self) -> bool:
+        if self.consumer is None:
+            return False
+        return all(p.is_alive() for _, p in self.consumer.worker_threads)
+
+
+def run_worker(settings: Settings, stop: threading.Event) -> int:
+    """``run.py worker``: a consumer alone until ``stop`` is set."""
+    huey = make_huey(settings)
+    worker = EmbeddedWorker(settings, huey)
+    asyncio.run(worker.start())
+    log.info("worker ready on %s (%d threads)", settings.data_dir, settings.worker_threads)
+    while not stop.wait(0.5):
+        pass
+    log.info("worker stopping")
+    worker.stop()
+    log.info("worker stopped")
+    return 0
+
+
+def queue_depth(huey: SqliteHuey) -> int:
+    """Tasks waiting in Huey's queue (-1 when its file cannot be read)."""
+    try:
+        return int(huey.pending_count())
+    except sqlite3.Error:
+        return -1

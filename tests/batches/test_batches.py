@@ -1,0 +1,205 @@
+"""Async uploads, trigger and status with a real Huey consumer in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+import uuid
+
+import orjson
+import pytest
+
+from healthsync.storage import Database
+from healthsync.tasks import claim, make_huey, purge_old_batches, requeue_stale, run_claimed_batch
+from tests.conftest import make_settings
+
+
+@pytest.fixture
+def settings(data_dir):
+    return make_settings(data_dir, embedded_worker=True, task_retry_delay=0.2, busy_timeout_ms=200)
+
+
+def patient_changes(n: int, prefix: str = "p") -> list[dict]:
+    return [{"operation": "create", "resource_type": "Patient", "client_temp_id": f"{prefix}{i}",
+             "payload": {"name": f"Async {i}"}} for i in range(n)]
+
+
+async def wait_status(api, batch_id: str, wanted: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        resp = await api.get(f"/api/sync/batches/{batch_id}/")
+        assert resp.status == 200
+        if resp.json["status"] == wanted:
+            return resp.json
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"batch {batch_id} never reached {wanted}: {resp.json}")
+
+
+async def test_async_upload_trigger_poll_done(api):
+    p = await api.new_patient()
+    changes = [*patient_changes(3), {"operation": "create", "resource_type": "Observation", "client_temp_id": "o1",
+                                     "payload": {"patient_temp_id": "p0", "v": 1}},
+               {"operation": "update", "resource_type": "Patient", "server_id": p["id"], "base_version": 9,
+                "payload": {"name": "conflicting"}}]
+    resp = await api.post("/api/sync/upload/", {"device_id": "tab-1", "changes": changes, "async": True})
+    assert resp.status == 202
+    batch_id = resp.json["batch_id"]
+    assert resp.json == {"batch_id": batch_id, "status": "pending"}
+    pending = (await api.get(f"/api/sync/batches/{batch_id}/")).json
+    assert pending["status"] == "pending" and pending["change_count"] == 5 and "results" not in pending
+    assert len((await api.get("/api/patients/")).json) == 1  # nothing applied yet
+
+    trig = await api.post(f"/api/sync/trigger/{batch_id}/")
+    assert trig.status == 202
+    assert trig.json["status"] == "task started" and isinstance(trig.json["task_id"], str)
+    done = await wait_status(api, batch_id, "done")
+    assert done["task_id"] == trig.json["task_id"] and done["finished_at"] and done["error"] is None
+    assert [r["status"] for r in done["results"]] == ["created"] * 4 + ["conflict"]
+    assert done["conflicts"] == [{"server_id": p["id"], "reason": "version_mismatch"}]
+    assert len((await api.get("/api/patients/")).json) == 4
+    # the same changes uploaded synchronously by another device give the same outcomes
+    sync = await api.post("/api/sync/upload/", {"device_id": "tab-2", "changes": changes})
+    assert [r["status"] for r in sync.json["results"]] == [r["status"] for r in done["results"]]
+    # the batch is listed for its device
+    listed = (await api.get("/api/sync/batches/?device_id=tab-1")).json
+    assert [b["batch_id"] for b in listed] == [batch_id]
+
+
+async def test_double_trigger_and_trigger_while_processing_or_done(api):
+    resp = await api.post("/api/sync/upload/", {"device_id": "d", "changes": patient_changes(2000), "async": True})
+    batch_id = resp.json["batch_id"]
+    first, second = await asyncio.gather(api.post(f"/api/sync/trigger/{batch_id}/"),
+                                         api.post(f"/api/sync/trigger/{batch_id}/"))
+    assert sorted([first.status, second.status]) == [202, 409]
+    refused = first if first.status == 409 else second
+    assert refused.json["status"] in ("processing", "done") and "already" in refused.json["error"]
+    await wait_status(api, batch_id, "done")
+    again = await api.post(f"/api/sync/trigger/{batch_id}/")
+    assert again.status == 409 and again.json["status"] == "done"
+    assert len((await api.get("/api/patients/")).json) == 2000
+
+
+async def test_trigger_unknown_or_malformed(api):
+    assert (await api.post(f"/api/sync/trigger/{uuid.uuid4()}/")).status == 404
+    bad = await api.post("/api/sync/trigger/not-a-uuid/")
+    assert bad.status == 400 and bad.json["details"][0]["field"] == "batch_id"
+    assert (await api.get(f"/api/sync/batches/{uuid.uuid4()}/")).status == 404
+    assert (await api.get("/api/sync/batches/?status=weird")).status == 400
+    assert (await api.get(f"/api/sync/trigger/{uuid.uuid4()}/")).status == 405
+
+
+async def test_client_batch_id_for_async_upload_is_idempotent(api):
+    batch_id = str(uuid.uuid4())
+    body = {"device_id": "d", "changes": patient_changes(2), "async": True, "batch_id": batch_id}
+    assert (await api.post("/api/sync/upload/", body)).status == 202
+    again = await api.post("/api/sync/upload/", body)
+    assert again.status == 409 and again.json["status"] == "pending"
+    await api.post(f"/api/sync/trigger/{batch_id}/")
+    await wait_status(api, batch_id, "done")
+    replay = await api.post("/api/sync/upload/", body)
+    assert replay.status == 200 and replay.json["batch_id"] == batch_id
+    assert len((await api.get("/api/patients/")).json) == 2
+
+
+@pytest.mark.expect_error_logs
+async def test_failing_batch_ends_failed_and_can_be_triggered_again(api, settings):
+    resp = await api.post("/api/sync/upload/", {"device_id": "d", "changes": patient_changes(1), "async": True})
+    batch_id = resp.json["batch_id"]
+    conn = sqlite3.connect(settings.db_path)
+    conn.execute("UPDATE batches SET request = '{\"device_id\": \"d\", \"changes\": 5}' WHERE id = ?", (batch_id,))
+    conn.commit()
+    await api.post(f"/api/sync/trigger/{batch_id}/")
+    failed = await wait_status(api, batch_id, "failed")
+    assert "changes" in failed["error"]
+    assert (await api.get("/api/patients/")).json == []
+    # mend the stored request (as an operator could) and trigger again
+    conn.execute("UPDATE batches SET request = ? WHERE id = ?",
+                 (orjson.dumps({"device_id": "d", "changes": patient_changes(1)}).decode(), batch_id))
+    conn.commit()
+    conn.close()
+    assert (await api.post(f"/api/sync/trigger/{batch_id}/")).status == 202
+    done = await wait_status(api, batch_id, "done")
+    assert done["attempts"] == 2 and len((await api.get("/api/patients/")).json) == 1
+
+
+async def test_busy_database_is_retried_with_backoff(api, settings):
+    resp = await api.post("/api/sync/upload/", {"device_id": "d", "changes": patient_changes(5), "async": True})
+    batch_id = resp.json["batch_id"]
+    blocker = sqlite3.connect(settings.db_path, isolation_level=None)
+    trig = await api.post(f"/api/sync/trigger/{batch_id}/")
+    assert trig.status == 202
+    blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    await asyncio.sleep(0.6)
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    done = await wait_status(api, batch_id, "done")
+    assert len(done["results"]) == 5
+
+
+async def test_requeue_after_a_dead_worker_applies_exactly_once(tmp_path):
+    # No consumer here: drive the claims by hand, as two workers would.
+    settings = make_settings(tmp_path / "data", batch_lease_seconds=0.2)
+    huey = make_huey(settings)
+    db = Database(settings.db_path)
+    try:
+        from healthsync.sync.apply import parse_upload
+        from healthsync.sync.service import SyncService
+
+        req = parse_upload({"device_id": "d", "changes": patient_changes(50), "async": True}, 10_000)
+        _, body = await SyncService(db).upload(req)
+        batch_id = body["batch_id"]
+        dead_task = await claim(db, huey, batch_id)  # this worker "dies" before running it
+        assert await requeue_stale(db, huey, 60) == []  # lease not over yet
+        await asyncio.sleep(0.3)
+        assert await requeue_stale(db, huey, 0.2) == [batch_id]
+        new_task = (await db.fetchone("SELECT task_id FROM batches WHERE id = ?", (batch_id,)))[0]
+        assert new_task != dead_task
+        # the stale task wakes up late: the claim is not its own, it applies nothing
+        assert await run_claimed_batch(settings, batch_id, dead_task, final=True) == "skipped"
+        assert await run_claimed_batch(settings, batch_id, new_task, final=True) == "done"
+        assert await run_claimed_batch(settings, batch_id, new_task, final=True) == "skipped"
+        assert (await db.fetchone("SELECT count(*) FROM patients"))[0] == 50
+        # retention: a done batch older than the retention is purged
+        assert await purge_old_batches(db, 1) == 0
+        await asyncio.sleep(0.01)
+        assert await purge_old_batches(db, 1e-9) == 1
+    finally:
+        await db.close()
+        huey.storage.close()
+
+
+def test_huey_task_logic_in_immediate_mode(tmp_path):
+    settings = make_settings(tmp_path / "data")
+    huey = make_huey(settings)
+    huey.immediate = True
+    db_path = settings.db_path
+
+    async def store() -> str:
+        from healthsync.sync.apply import parse_upload
+        from healthsync.sync.service import SyncService
+
+        db = Database(db_path)
+        try:
+            req = parse_upload({"device_id": "d", "changes": patient_changes(3), "async": True}, 10_000)
+            _, body = await SyncService(db).upload(req)
+            await claim_without_enqueue(db, body["batch_id"], "manual-task")
+            return body["batch_id"]
+        finally:
+            await db.close()
+
+    async def claim_without_enqueue(db, batch_id, task_id):
+        async def run(tx):
+            await tx.conn.execute("UPDATE batches SET status='processing', task_id=? WHERE id=?", (task_id, batch_id))
+        await db.write(run)
+
+    batch_id = asyncio.run(store())
+    # immediate mode runs the task inline; its own id does not hold the claim
+    result = threading.Thread(target=lambda: huey.apply_batch(batch_id))
+    result.start()
+    result.join()
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT status FROM batches").fetchone()[0] == "processing"
+    assert conn.execute("SELECT count(*) FROM patients").fetchone()[0] == 0
+    conn.close()

@@ -1,0 +1,131 @@
+"""``run.py worker`` as its own process beside ``run.py --no-worker``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.process.test_cli import call
+
+pytestmark = pytest.mark.slow
+
+
+class Worker:
+    def __init__(self, data_dir, env=None) -> None:
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(
+            [sys.executable, "run.py", "worker", "--data-dir", str(data_dir)],
+            cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        assert self.proc.stdout is not None
+        self.log = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            self.log.append(line)
+            if "worker ready" in line or not line:
+                break
+        assert "worker ready" in self.log[-1], "".join(self.log)
+
+    def stop(self, sig=signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
+        out, _ = self.proc.communicate(timeout=30)
+        self.log.append(out)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.communicate()
+
+
+def upload_async(url: str, n: int, device: str = "tablet-7") -> str:
+    changes = [{"operation": "create", "resource_type": "Patient", "client_temp_id": f"{device}-{i}",
+                "payload": {"name": f"Patient {i}"}} for i in range(n)]
+    status, body = call("POST", url + "/api/sync/upload/", {"device_id": device, "changes": changes, "async": True})
+    assert status == 202, body
+    return body["batch_id"]
+
+
+def wait_done(url: str, batch_id: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, body = call("GET", f"{url}/api/sync/batches/{batch_id}/")
+        if body["status"] in ("done", "failed"):
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"batch stuck: {body}")
+
+
+def download_all(url: str) -> list[dict]:
+    out, cursor = [], "0"
+    while True:
+        status, body = call("GET", f"{url}/api/sync/download/?cursor={cursor}&limit=5000")
+        out += body["changes"]
+        cursor = body["cursor"]
+        if not body["has_more"]:
+            return out
+
+
+def test_ten_thousand_async_changes_through_a_separate_worker(server_process, tmp_path):
+    data = tmp_path / "data"
+    server = server_process("--no-worker", data_dir=data)
+    worker = Worker(data)
+    batch_id = upload_async(server.url, 10_000)
+    status, trig = call("POST", f"{server.url}/api/sync/trigger/{batch_id}/")
+    assert status == 202 and trig["status"] == "task started"
+    done = wait_done(server.url, batch_id)
+    assert done["status"] == "done" and len(done["results"]) == 10_000
+    assert {r["status"] for r in done["results"]} == {"created"}
+    entries = download_all(server.url)
+    assert len(entries) == 10_000
+    assert {e["server_id"] for e in entries} == {r["server_id"] for r in done["results"]}
+    assert worker.stop(signal.SIGTERM) == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_worker_and_server_stop_cleanly(server_process, tmp_path, sig):
+    data = tmp_path / "data"
+    server = server_process(data_dir=data)  # with its embedded consumer
+    worker = Worker(data)
+    batch_id = upload_async(server.url, 100)
+    call("POST", f"{server.url}/api/sync/trigger/{batch_id}/")
+    assert wait_done(server.url, batch_id)["status"] == "done"
+    assert worker.stop(sig) == 0
+    assert server.stop(sig) == 0
+
+
+def test_worker_killed_mid_batch_is_finished_exactly_once(server_process, tmp_path):
+    data = tmp_path / "data"
+    env = {"HEALTHSYNC_BATCH_LEASE_SECONDS": "1"}
+    server = server_process("--no-worker", data_dir=data, env=env)
+    # calibrate: how long does a 10,000-change batch take on this machine?
+    worker = Worker(data, env)
+    started = time.monotonic()
+    first = upload_async(server.url, 10_000, "calibrate")
+    call("POST", f"{server.url}/api/sync/trigger/{first}/")
+    wait_done(server.url, first)
+    took = time.monotonic() - started
+
+    for n, fraction in enumerate([0.3, 0.6, 0.9]):
+        batch_id = upload_async(server.url, 10_000, f"dev{n}")
+        call("POST", f"{server.url}/api/sync/trigger/{batch_id}/")
+        time.sleep(took * fraction)
+        worker.kill()
+        time.sleep(1.2)  # past the lease
+        worker = Worker(data, env)  # on start it re-queues what the dead one left
+        done = wait_done(server.url, batch_id)
+        assert done["status"] == "done"
+        status, patients = call("GET", f"{server.url}/api/patients/")
+        assert len(patients) == 10_000 * (n + 2)  # every batch exactly once
+    assert worker.stop() == 0
+    entries = download_all(server.url)
+    assert len(entries) == len({e["server_id"] for e in entries}) == 40_000
+    assert json.dumps(server.log).count("Traceback") == 0
