@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "HEALTHSYNC_"
 
@@ -59,6 +59,16 @@ class Settings(BaseModel):
     page_limit_default: int = Field(1000, ge=1, description="Download page size when no limit is given.")
     page_limit_max: int = Field(10_000, ge=1, description="Largest limit a list or download accepts.")
     read_connections: int = Field(2, ge=1, le=32, description="SQLite read connections.")
+    push_poll_seconds: float = Field(
+        0.2, gt=0, le=10, description="How often the push hub looks for commits by other processes."
+    )
+    push_max_buffer_bytes: int = Field(
+        1 << 20, ge=4096, description="Unsent bytes a websocket may hold before it is paused and caught up."
+    )
+    ws_ping_seconds: float = Field(30, gt=0, description="Websocket ping interval (keeps idle sockets alive).")
+    ws_ping_timeout_seconds: float = Field(
+        20, gt=0, description="A websocket that does not answer a ping this long is closed (at most ws_ping_seconds)."
+    )
     embedded_worker: bool = Field(
         True, description="serve runs a Huey consumer in-process (--no-worker turns it off)."
     )
@@ -91,6 +101,12 @@ class Settings(BaseModel):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _ping_timeout_within_interval(self) -> Settings:
+        if self.ws_ping_timeout_seconds > self.ws_ping_seconds:
+            raise ValueError("ws_ping_timeout_seconds must not exceed ws_ping_seconds")
+        return self
 
     # Derived values -------------------------------------------------------
 

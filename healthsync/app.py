@@ -24,10 +24,12 @@ import tornado.web
 from settings import Settings
 
 from .batches import BatchService
+from .push.hub import Hub
 from .resources import Resources
 from .storage import Database
 from .tasks import EmbeddedWorker, queue_depth
 from .web.batches import BatchHandler, BatchListHandler, TriggerHandler
+from .web.ws import SyncSocket
 from .web.base import BaseHandler, NotFoundHandler
 from .web.health import HealthHandler
 from .sync.service import SyncService
@@ -49,6 +51,7 @@ class Context:
     resources: Resources
     sync: SyncService
     batches: BatchService
+    hub: Hub
     worker: EmbeddedWorker | None = None
     started: float = field(default_factory=time.time)
     inflight: int = 0
@@ -70,6 +73,7 @@ class Context:
         except Exception as exc:  # any failure to read is "down", not a 500
             report["status"] = "unavailable"
             report["database"] = {"ok": False, "error": str(exc)}
+        report["websockets"] = self.hub.count
         report["worker"] = {
             "embedded": self.worker is not None,
             "alive": self.worker.alive if self.worker is not None else None,
@@ -85,6 +89,7 @@ class HealthSyncApp(tornado.web.Application):
 
     async def startup(self) -> None:
         await self.ctx.db.open()
+        await self.ctx.hub.start()
         if self.ctx.settings.embedded_worker:
             self.ctx.worker = EmbeddedWorker(self.ctx.settings, self.ctx.batches.huey)
             await self.ctx.worker.start()
@@ -103,6 +108,7 @@ class HealthSyncApp(tornado.web.Application):
                 log.warning("%d requests still running at shutdown", self.ctx.inflight)
 
     async def shutdown(self) -> None:
+        await self.ctx.hub.close()  # websockets get a close frame
         worker, self.ctx.worker = self.ctx.worker, None
         if worker is not None:
             # Consumer.stop(graceful=True) joins threads: never on the event loop.
@@ -137,7 +143,14 @@ def make_app(settings: Settings) -> HealthSyncApp:
         resources=Resources(db),
         sync=SyncService(db),
         batches=BatchService(db, settings),
+        hub=Hub(
+            db,
+            page_size=settings.page_limit_default,
+            max_buffer=settings.push_max_buffer_bytes,
+            poll_seconds=settings.push_poll_seconds,
+        ),
     )
+    db.add_commit_hook(lambda info: ctx.hub.notify(info.head_seq))
     ctx.idle.set()
     kw = {"ctx": ctx}
     uuid_ish = r"([^/]+)"
@@ -148,6 +161,7 @@ def make_app(settings: Settings) -> HealthSyncApp:
         (rf"/api/records/{uuid_ish}/?", RecordHandler, kw),
         (r"/api/sync/upload/?", UploadHandler, kw),
         (r"/api/sync/download/?", DownloadHandler, kw),
+        (r"/api/sync/ws/?", SyncSocket, kw),
         (rf"/api/sync/trigger/{uuid_ish}/?", TriggerHandler, kw),
         (r"/api/sync/batches/?", BatchListHandler, kw),
         (rf"/api/sync/batches/{uuid_ish}/?", BatchHandler, kw),
@@ -164,6 +178,9 @@ def make_app(settings: Settings) -> HealthSyncApp:
         default_handler_args=kw,
         log_function=_log_request,
         compress_response=False,
+        websocket_ping_interval=settings.ws_ping_seconds,
+        websocket_ping_timeout=settings.ws_ping_timeout_seconds,
+        websocket_max_message_size=64 * 1024,
     )
     app.ctx = ctx
     return app

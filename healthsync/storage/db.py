@@ -195,8 +195,8 @@ class Database:
             conn = self._writer
             if conn is None:
                 raise DatabaseClosed(str(self.path))
-            await conn.execute("BEGIN IMMEDIATE")
             try:
+                await conn.execute("BEGIN IMMEDIATE")
                 row = await (await conn.execute("SELECT seq, last_us FROM clock")).fetchone()
                 assert row is not None
                 tx = WriteTx(conn, row[0], row[1])
@@ -207,7 +207,9 @@ class Database:
                     )
                 await conn.execute("COMMIT")
             except BaseException:
-                await _rollback(conn)
+                # Shielded: a second cancellation must not leave the writer
+                # inside a transaction that the next write would trip over.
+                await asyncio.shield(_rollback(conn))
                 raise
         info = CommitInfo(tx.seq, tx.last_us, tx.changed, tx.events)
         for hook in self._hooks:
@@ -226,11 +228,13 @@ class Database:
             raise DatabaseClosed(str(self.path))
         conn = await self._readers.get()
         try:
-            await conn.execute("BEGIN")
+            # BEGIN is inside the try: a caller cancelled while BEGIN runs on
+            # the connection's thread must still end that transaction.
             try:
+                await conn.execute("BEGIN")
                 return await fn(conn)
             finally:
-                await _rollback(conn)
+                await asyncio.shield(_rollback(conn))
         finally:
             self._readers.put_nowait(conn)
 

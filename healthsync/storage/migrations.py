@@ -107,6 +107,12 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX conflicts_open ON conflicts (resolved, created_at)
         """,
     ),
+    (
+        "push: batch status changes by time",
+        """
+        CREATE INDEX batches_updated_at ON batches (updated_at)
+        """,
+    ),
 ]
 
 LATEST = len(MIGRATIONS)

@@ -180,6 +180,35 @@ _CONFLICT_COLS = (
 )
 
 
+PushRow = tuple[int, str, str, str, str]  # (seq, updated_at, entry JSON, resource_type, patient id)
+
+
+async def changes_for_push(conn: aiosqlite.Connection, after_seq: int, limit: int) -> list[PushRow]:
+    """Like ``changes_after`` with no filter, plus the keys the push hub filters on."""
+    sql = (
+        f"SELECT seq, updated_at, {_PATIENT_ENTRY}, 'Patient', id FROM patients WHERE seq > ?"
+        f" UNION ALL SELECT seq, updated_at, {_RECORD_ENTRY}, resource_type, patient FROM records"
+        " WHERE seq > ? ORDER BY 1 LIMIT ?"
+    )
+    return [tuple(r) for r in await conn.execute_fetchall(sql, (after_seq, after_seq, limit))]  # type: ignore[misc]
+
+
+async def batch_events_since(conn: aiosqlite.Connection, updated_at: str) -> list[Row]:
+    """(id, device_id, status, updated_at) of batches changed at or after ``updated_at``."""
+    rows = await conn.execute_fetchall(
+        "SELECT id, device_id, status, updated_at FROM batches WHERE updated_at >= ? ORDER BY updated_at",
+        (updated_at,),
+    )
+    return [tuple(r) for r in rows]
+
+
+async def data_version(conn: aiosqlite.Connection) -> int:
+    """SQLite's ``data_version``: changes when another connection commits."""
+    row = await (await conn.execute("PRAGMA data_version")).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 async def list_conflicts(
     conn: aiosqlite.Connection,
     *,

@@ -9,6 +9,7 @@ Either way nothing committed is skipped and nothing is sent twice in a row.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import aiosqlite
@@ -50,20 +51,50 @@ def check_resource_type(resource_type: str | None) -> None:
         )
 
 
-def page_body(rows: list[queries.ChangeRow], limit: int, head: tuple[int, int]) -> dict[str, Any]:
-    """The download body for ``rows`` (fetched with ``limit + 1``) and the snapshot's head."""
+@dataclass
+class Page:
+    """One page of changes: pre-serialized entries and the position after them."""
+
+    entries: list[str]
+    cursor: int
+    server_time: str
+    has_more: bool
+
+    def body(self) -> dict[str, Any]:
+        """The download response body (entries embedded as they are, not re-encoded)."""
+        return {
+            "changes": orjson.Fragment("[" + ",".join(self.entries) + "]"),
+            "server_time": self.server_time,
+            "cursor": encode_cursor(self.cursor),
+            "has_more": self.has_more,
+        }
+
+
+def make_page(rows: list[queries.ChangeRow], limit: int, head: tuple[int, int]) -> Page:
+    """The page for ``rows`` (fetched with ``limit + 1``) and the snapshot's head."""
     has_more = len(rows) > limit
     if has_more:
         rows = rows[:limit]
         seq, server_time = rows[-1][0], rows[-1][1]
     else:
         seq, server_time = head[0], clock.format_us(head[1])
-    return {
-        "changes": orjson.Fragment("[" + ",".join(r[2] for r in rows) + "]"),
-        "server_time": server_time,
-        "cursor": encode_cursor(seq),
-        "has_more": has_more,
-    }
+    return Page([r[2] for r in rows], seq, server_time, has_more)
+
+
+def gone_if_ahead(after_seq: int | None, head_seq: int) -> None:
+    """410 with ``resync`` for a cursor past this database's history (e.g. after a restore)."""
+    if after_seq is not None and after_seq > head_seq:
+        raise Gone(
+            "cursor is ahead of this server's history (was the database restored?): "
+            "start over from since=1970-01-01T00:00:00Z",
+            [{"field": "cursor", "message": f"head is {head_seq}"}],
+            resync=True,
+        )
+
+
+async def check_cursor(db: Database, after_seq: int | None) -> None:
+    if after_seq is not None:
+        gone_if_ahead(after_seq, (await db.read(queries.head))[0])
 
 
 async def read_page(
@@ -74,16 +105,10 @@ async def read_page(
     limit: int,
     resource_type: str | None = None,
     patient: str | None = None,
-) -> dict[str, Any]:
+) -> Page:
     """One page, read inside the caller's snapshot."""
     top = await queries.head(conn)
-    if after_seq is not None and after_seq > top[0]:
-        raise Gone(
-            "cursor is ahead of this server's history (was the database restored?): "
-            "start over from since=1970-01-01T00:00:00Z",
-            [{"field": "cursor", "message": f"head is {top[0]}"}],
-            resync=True,
-        )
+    gone_if_ahead(after_seq, top[0])
     rows = await queries.changes_after(
         conn,
         after_seq=after_seq,
@@ -92,7 +117,7 @@ async def read_page(
         resource_type=resource_type,
         patient=patient,
     )
-    return page_body(rows, limit, top)
+    return make_page(rows, limit, top)
 
 
 async def download(
@@ -106,7 +131,7 @@ async def download(
 ) -> dict[str, Any]:
     after_seq, after_time = parse_position(since, cursor)
     check_resource_type(resource_type)
-    return await db.read(
+    page = await db.read(
         lambda conn: read_page(
             conn,
             after_seq=after_seq,
@@ -116,3 +141,4 @@ async def download(
             patient=patient,
         )
     )
+    return page.body()

@@ -223,8 +223,8 @@ async def _interleaving(path, schedule) -> None:
             None if follower.mode == "cursor" else follower.position,
             follower.position if follower.mode == "cursor" else None,
         )
-        body = await db.read(lambda c: dl.read_page(c, after_seq=after_seq, after_time=after_time, limit=limit))
-        return follower.take(orjson.loads(orjson.dumps(body)))
+        page = await db.read(lambda c: dl.read_page(c, after_seq=after_seq, after_time=after_time, limit=limit))
+        return follower.take(orjson.loads(orjson.dumps(page.body())))
 
     try:
         for op, arg in schedule:
@@ -246,8 +246,8 @@ async def _interleaving(path, schedule) -> None:
         for f in followers:
             while await read(f, 3):
                 pass
-        final_body = await db.read(lambda c: dl.read_page(c, after_seq=0, after_time=None, limit=10_000))
-        final = {e["server_id"]: e for e in orjson.loads(orjson.dumps(final_body))["changes"]}
+        final_page = await db.read(lambda c: dl.read_page(c, after_seq=0, after_time=None, limit=10_000))
+        final = {e["server_id"]: e for e in orjson.loads(orjson.dumps(final_page.body()))["changes"]}
         for f in followers:
             f.check(final)
     finally:

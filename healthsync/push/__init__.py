@@ -1,0 +1,1 @@
+"""Push: the hub that streams download deltas to websocket subscribers."""

@@ -1,0 +1,112 @@
+"""``/api/sync/ws``: a websocket that adapts one socket to the push hub.
+
+Query: ``since`` or ``cursor`` (required, as for download), optional
+``resource_type``, ``patient`` and ``device_id``.  Bad parameters fail the
+handshake with a JSON 400 (410 for a cursor ahead of history), like the
+download endpoint.  The client may send ``{"type": "ping"}`` (answered with
+``pong``); anything else gets an ``error`` message and the socket stays open.
+
+Origins: a browser's ``Origin`` must be this server's own, or match
+``cors_origins`` (wide open only in open mode on loopback).  Tornado
+refuses cross-origin websockets by default because a page on any site could
+otherwise open a socket with the visitor's network position; we relax that
+only as far as the settings say.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import orjson
+import tornado.websocket
+from tornado.concurrent import Future
+
+from ..errors import HealthSyncError
+from ..models import parse_uuid
+from ..sync import download as dl
+from .base import origin_allowed
+
+if TYPE_CHECKING:
+    from ..app import Context
+    from ..push.hub import Subscription
+
+MAX_CLIENT_MESSAGE = 4096
+
+
+class SyncSocket(tornado.websocket.WebSocketHandler):
+    ctx: Context
+    sub: Subscription | None = None
+
+    def initialize(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._params: dict[str, Any] = {}
+
+    def check_origin(self, origin: str) -> bool:
+        host = urlparse(origin).netloc.lower()
+        if host and host == self.request.host.lower():
+            return True  # same origin: the dashboard served by this server
+        return origin_allowed(origin, self.ctx.settings.effective_cors_origins)
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            self._params = self._parse()
+            await dl.check_cursor(self.ctx.db, self._params["cursor"])
+        except HealthSyncError as exc:
+            self.set_status(exc.status)
+            self.set_header("Content-Type", "application/json; charset=utf-8")
+            self.finish(orjson.dumps(exc.body()))
+            return
+        await super().get(*args, **kwargs)
+
+    def _arg(self, name: str) -> str | None:
+        value = self.get_query_argument(name, None)
+        return value if value else None
+
+    def _parse(self) -> dict[str, Any]:
+        after_seq, after_time = dl.parse_position(self._arg("since"), self._arg("cursor"))
+        resource_type = self._arg("resource_type")
+        dl.check_resource_type(resource_type)
+        patient = self._arg("patient")
+        device_id = self._arg("device_id")
+        return {
+            "cursor": after_seq,
+            "since": after_time,
+            "resource_type": resource_type,
+            "patient": None if patient is None else parse_uuid(patient, "patient"),
+            "device_id": device_id[:256] if device_id else None,
+        }
+
+    def open(self, *args: Any, **kwargs: Any) -> None:
+        self.sub = self.ctx.hub.subscribe(self, **self._params)
+
+    def on_message(self, message: str | bytes) -> None:
+        try:
+            msg = orjson.loads(message) if len(message) <= MAX_CLIENT_MESSAGE else None
+        except orjson.JSONDecodeError:
+            msg = None
+        if isinstance(msg, dict) and msg.get("type") == "ping":
+            self.send(b'{"type":"pong"}')
+            return
+        self.send(orjson.dumps({"type": "error", "error": 'unknown message: the server accepts {"type": "ping"}'}))
+
+    def on_close(self) -> None:
+        if self.sub is not None:
+            self.ctx.hub.unsubscribe(self.sub)
+            self.sub = None
+
+    # The hub's Peer interface -------------------------------------------------------
+
+    def send(self, frame: bytes) -> Future[None] | None:
+        if self.ws_connection is None or self.ws_connection.is_closing():
+            return None
+        try:
+            return self.write_message(frame)
+        except tornado.websocket.WebSocketClosedError:
+            return None
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        super().close(code, reason)
+
+
+__all__ = ["SyncSocket"]
