@@ -129,3 +129,33 @@ def test_worker_killed_mid_batch_is_finished_exactly_once(server_process, tmp_pa
     entries = download_all(server.url)
     assert len(entries) == len({e["server_id"] for e in entries}) == 40_000
     assert json.dumps(server.log).count("Traceback") == 0
+
+
+def test_changes_applied_by_a_worker_process_are_pushed(server_process, tmp_path):
+    import asyncio
+
+    import orjson
+    from tornado.websocket import websocket_connect
+
+    data = tmp_path / "data"
+    server = server_process("--no-worker", data_dir=data)
+    worker = Worker(data)
+
+    async def run():
+        conn = await websocket_connect(server.url.replace("http://", "ws://") + "/api/sync/ws?cursor=0&device_id=tab-9")
+        batch_id = upload_async(server.url, 500, "tab-9")
+        call("POST", f"{server.url}/api/sync/trigger/{batch_id}/")
+        entries, events = [], []
+        while len(entries) < 500 or not any(e["status"] == "done" for e in events):
+            msg = orjson.loads(await asyncio.wait_for(conn.read_message(), 20))
+            if msg["type"] == "changes":
+                entries += msg["changes"]
+            elif msg["type"] == "batch":
+                events.append(msg)
+        conn.close()
+        return entries, events, batch_id
+
+    entries, events, batch_id = asyncio.run(run())
+    assert len({e["server_id"] for e in entries}) == 500
+    assert events[-1] == {"type": "batch", "batch_id": batch_id, "status": "done", "device_id": "tab-9"}
+    assert worker.stop() == 0
