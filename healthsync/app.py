@@ -34,7 +34,7 @@ from .web.base import BaseHandler, NotFoundHandler
 from .web.health import HealthHandler
 from .sync.service import SyncService
 from .web.resources import PatientHandler, PatientListHandler, RecordHandler, RecordListHandler
-from .web.sync import ConflictHandler, ConflictListHandler, DownloadHandler, UploadHandler
+from .web.sync import ConflictHandler, ConflictListHandler, DeviceListHandler, DownloadHandler, UploadHandler
 
 log = logging.getLogger("healthsync")
 access_log = logging.getLogger("healthsync.access")
@@ -165,6 +165,7 @@ def make_app(settings: Settings) -> HealthSyncApp:
         (rf"/api/sync/trigger/{uuid_ish}/?", TriggerHandler, kw),
         (r"/api/sync/batches/?", BatchListHandler, kw),
         (rf"/api/sync/batches/{uuid_ish}/?", BatchHandler, kw),
+        (r"/api/devices/?", DeviceListHandler, kw),
         (r"/api/conflicts/?", ConflictListHandler, kw),
         (rf"/api/conflicts/{uuid_ish}/?", ConflictHandler, kw),
         (rf"/api/conflicts/{uuid_ish}/resolve/?", ConflictHandler, kw),

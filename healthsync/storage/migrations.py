@@ -113,6 +113,21 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX batches_updated_at ON batches (updated_at)
         """,
     ),
+    (
+        "devices: what each device last uploaded and downloaded",
+        """
+        CREATE TABLE devices (
+            device_id TEXT PRIMARY KEY,
+            first_seen TEXT NOT NULL,
+            last_seen TEXT NOT NULL,
+            last_upload_at TEXT,
+            last_download_at TEXT,
+            last_cursor INTEGER
+        );
+        INSERT INTO devices (device_id, first_seen, last_seen, last_upload_at)
+            SELECT device_id, min(created_at), max(created_at), max(created_at) FROM batches GROUP BY device_id
+        """,
+    ),
 ]
 
 LATEST = len(MIGRATIONS)

@@ -253,3 +253,23 @@ async def insert_batch(
         (batch_id, device_id, status, change_count, request, response, now,
          now if status == "done" else None, now),
     )
+
+
+async def device_uploaded(tx: WriteTx, device_id: str) -> None:
+    now = tx.now()
+    await tx.conn.execute(
+        "INSERT INTO devices (device_id, first_seen, last_seen, last_upload_at) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (device_id) DO UPDATE SET last_seen = excluded.last_seen,"
+        " last_upload_at = excluded.last_upload_at",
+        (device_id, now, now, now),
+    )
+
+
+async def device_downloaded(tx: WriteTx, device_id: str, cursor: int) -> None:
+    now = tx.now()
+    await tx.conn.execute(
+        "INSERT INTO devices (device_id, first_seen, last_seen, last_download_at, last_cursor)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET last_seen = excluded.last_seen,"
+        " last_download_at = excluded.last_download_at, last_cursor = max(coalesce(last_cursor, 0), excluded.last_cursor)",
+        (device_id, now, now, now, cursor),
+    )

@@ -316,3 +316,27 @@ async def list_batches(
         sql += " LIMIT ?"
         params.append(limit + 1)
     return [tuple(r) for r in await conn.execute_fetchall(sql, params)]
+
+
+async def list_devices(conn: aiosqlite.Connection) -> list[dict[str, Any]]:
+    """Every device seen, most recently seen first, with its batches and lag."""
+    rows = await conn.execute_fetchall(
+        "SELECT d.device_id, d.first_seen, d.last_seen, d.last_upload_at, d.last_download_at, d.last_cursor,"
+        " (SELECT count(*) FROM batches b WHERE b.device_id = d.device_id AND b.status IN ('pending', 'processing')),"
+        " (SELECT count(*) FROM batches b WHERE b.device_id = d.device_id AND b.status = 'failed'),"
+        " (SELECT seq FROM clock) FROM devices d ORDER BY d.last_seen DESC"
+    )
+    return [
+        {
+            "device_id": r[0],
+            "first_seen": r[1],
+            "last_seen": r[2],
+            "last_upload_at": r[3],
+            "last_download_at": r[4],
+            "last_cursor": None if r[5] is None else str(r[5]),
+            "behind": None if r[5] is None else max(r[8] - r[5], 0),
+            "pending_batches": r[6],
+            "failed_batches": r[7],
+        }
+        for r in rows
+    ]

@@ -396,6 +396,7 @@ async def upload(tx: WriteTx, request: UploadRequest, owner: str | None = None) 
     nothing; one stored ``pending`` (async) is only stored again if absent.
     """
     batch_id = request.batch_id or str(uuid.uuid4())
+    await mutations.device_uploaded(tx, request.device_id)
     if request.batch_id is not None:
         existing = await mutations.fetch_batch(tx, batch_id)
         if existing is not None:

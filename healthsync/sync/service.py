@@ -18,8 +18,16 @@ class SyncService:
         """Apply (or, with ``async``, store) a parsed upload: (status, body)."""
         return await self.db.write(lambda tx: apply.upload(tx, request, owner))
 
-    async def download(self, **kw: Any) -> dict[str, Any]:
-        return await download.download(self.db, **kw)
+    async def download(self, *, device_id: str | None = None, **kw: Any) -> dict[str, Any]:
+        """A download page; with ``device_id``, remember how far that device has read."""
+        body = await download.download(self.db, **kw)
+        if device_id is not None:
+            cursor = int(body["cursor"])
+            await self.db.write(lambda tx: mutations.device_downloaded(tx, device_id, cursor))
+        return body
+
+    async def devices(self) -> list[dict[str, Any]]:
+        return await self.db.read(queries.list_devices)
 
     async def list_conflicts(
         self, *, device_id: str | None, resolved: bool | None, limit: int | None, after: int

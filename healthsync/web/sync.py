@@ -23,8 +23,20 @@ class DownloadHandler(BaseHandler):
             limit=limit,
             resource_type=self.arg("resource_type"),
             patient=self.uuid_arg("patient"),
+            device_id=self.device_arg(),
         )
         self.write_json(body)
+
+    def device_arg(self) -> str | None:
+        device_id = self.arg("device_id")
+        if device_id is not None and not 0 < len(device_id) <= 256:
+            raise Invalid("device_id must be 1 to 256 characters", [{"field": "device_id", "message": "bad length"}])
+        return device_id or None
+
+
+class DeviceListHandler(BaseHandler):
+    async def get(self) -> None:
+        self.write_json(await self.ctx.sync.devices())
 
 
 class ConflictListHandler(BaseHandler):
