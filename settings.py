@@ -48,6 +48,9 @@ class Settings(BaseModel):
         "pattern matches anything.  Empty: local development origins in open mode on "
         "loopback, none otherwise.",
     )
+    write_rate_limit: int = Field(
+        0, ge=0, description="Writes per token (per address in open mode) per minute; 0 = no limit (429 past it)."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     synchronous: Literal["FULL", "NORMAL"] = Field(
         "FULL",

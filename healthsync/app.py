@@ -23,6 +23,8 @@ import tornado.web
 
 from settings import Settings
 
+from .audit import AuditTrail
+from .auth import RateLimiter, Tokens
 from .batches import BatchService
 from .push.hub import Hub
 from .resources import Resources
@@ -30,7 +32,8 @@ from .storage import Database
 from .tasks import EmbeddedWorker, queue_depth
 from .web.batches import BatchHandler, BatchListHandler, TriggerHandler
 from .web.ws import SyncSocket
-from .web.base import BaseHandler, NotFoundHandler
+from .web.audit import AuditHandler
+from .web.base import NotFoundHandler
 from .web.health import HealthHandler
 from .sync.service import SyncService
 from .web.resources import PatientHandler, PatientListHandler, RecordHandler, RecordListHandler
@@ -52,14 +55,13 @@ class Context:
     sync: SyncService
     batches: BatchService
     hub: Hub
+    tokens: Tokens
+    audit: AuditTrail
+    limiter: RateLimiter
     worker: EmbeddedWorker | None = None
     started: float = field(default_factory=time.time)
     inflight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def owner_for(self, handler: BaseHandler) -> str | None:
-        """The ``owner`` recorded on a patient created by this request."""
-        return None  # open mode: the seed keeps owner null
 
     async def health(self) -> dict[str, Any]:
         report: dict[str, Any] = {
@@ -73,6 +75,8 @@ class Context:
         except Exception as exc:  # any failure to read is "down", not a 500
             report["status"] = "unavailable"
             report["database"] = {"ok": False, "error": str(exc)}
+        if self.settings.auth_mode == "open" and not self.settings.on_loopback:
+            report["warning"] = "serving patient data WITHOUT authentication on the network (--allow-open-network)"
         report["websockets"] = self.hub.count
         report["worker"] = {
             "embedded": self.worker is not None,
@@ -109,6 +113,7 @@ class HealthSyncApp(tornado.web.Application):
 
     async def shutdown(self) -> None:
         await self.ctx.hub.close()  # websockets get a close frame
+        await self.ctx.audit.close()
         worker, self.ctx.worker = self.ctx.worker, None
         if worker is not None:
             # Consumer.stop(graceful=True) joins threads: never on the event loop.
@@ -143,6 +148,9 @@ def make_app(settings: Settings) -> HealthSyncApp:
         resources=Resources(db),
         sync=SyncService(db),
         batches=BatchService(db, settings),
+        tokens=Tokens(db),
+        audit=AuditTrail(db),
+        limiter=RateLimiter(settings.write_rate_limit),
         hub=Hub(
             db,
             page_size=settings.page_limit_default,
@@ -169,6 +177,7 @@ def make_app(settings: Settings) -> HealthSyncApp:
         (r"/api/conflicts/?", ConflictListHandler, kw),
         (rf"/api/conflicts/{uuid_ish}/?", ConflictHandler, kw),
         (rf"/api/conflicts/{uuid_ish}/resolve/?", ConflictHandler, kw),
+        (r"/api/audit/?", AuditHandler, kw),
         (r"/api/health/?", HealthHandler, kw),
         (r"/()", tornado.web.StaticFileHandler, {"path": str(STATIC_DIR), "default_filename": "index.html"}),
         (r"/static/(.*)", tornado.web.StaticFileHandler, {"path": str(STATIC_DIR)}),

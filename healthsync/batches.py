@@ -8,6 +8,7 @@ from huey import SqliteHuey
 
 from settings import Settings
 
+from .auth import OPEN, Principal, require_device
 from .errors import NotFound
 from .storage import Database, queries
 from .tasks import claim, make_huey
@@ -26,8 +27,13 @@ class BatchService:
             self._huey = make_huey(self.settings)
         return self._huey
 
-    async def trigger(self, batch_id: str) -> str:
-        """Claim the batch and enqueue its task; the Huey task id."""
+    async def trigger(self, batch_id: str, principal: Principal = OPEN) -> str:
+        """Claim the batch and enqueue its task; the Huey task id.
+
+        A device token may trigger only its own device's batches.
+        """
+        if principal.is_device:
+            require_device(principal, (await self.get(batch_id))["device_id"])
         return await claim(self.db, self.huey, batch_id)
 
     async def get(self, batch_id: str) -> dict[str, Any]:

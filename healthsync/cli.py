@@ -41,6 +41,25 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a Huey consumer alone, beside a server on the same data dir")
     _common(worker)
     worker.add_argument("--worker-threads", type=int, help="consumer threads (default 2)")
+
+    token = sub.add_parser("token", help="create, list or revoke access tokens (token auth mode)")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    create = token_sub.add_parser(
+        "create",
+        help="create a token and print it once",
+        description="Create a token and print it once; only its hash is stored. Examples: "
+        "`run.py token create --role device --name tablet-7` (the name is the device id), "
+        "`run.py token create --role dashboard --name front-desk`, "
+        "`run.py token create --role admin --name it`.",
+    )
+    _common(create)
+    create.add_argument("--role", required=True, choices=["device", "dashboard", "admin"])
+    create.add_argument("--name", required=True, help="who holds it; for a device, its device id")
+    listing = token_sub.add_parser("list", help="list tokens (names, roles, dates; never secrets)")
+    _common(listing)
+    revoke = token_sub.add_parser("revoke", help="revoke the live token with this name")
+    _common(revoke)
+    revoke.add_argument("name")
     return parser
 
 
@@ -106,7 +125,37 @@ def main(argv: Sequence[str]) -> int:
         return asyncio.run(serve(settings))
     if args.command == "worker":
         return worker(settings)
+    if args.command == "token":
+        return asyncio.run(token_command(settings, args))
     raise AssertionError(args.command)
+
+
+async def token_command(settings: Settings, args: argparse.Namespace) -> int:
+    """``run.py token create|list|revoke``: works on a fresh data dir too."""
+    from .auth import Tokens
+    from .errors import HealthSyncError
+    from .storage import Database
+
+    db = Database(settings.db_path, synchronous=settings.synchronous, readers=1)
+    try:
+        tokens = Tokens(db)
+        if args.token_command == "create":
+            secret = await tokens.create(args.name, args.role)
+            print(secret)
+            print(f"created {args.role} token {args.name!r}: it is shown only this once", file=sys.stderr)
+        elif args.token_command == "list":
+            for t in await tokens.list():
+                state = f"revoked {t['revoked_at']}" if t["revoked_at"] else "live"
+                print(f"{t['name']}\t{t['role']}\tcreated {t['created_at']}\t{state}")
+        else:
+            await tokens.revoke(args.name)
+            print(f"revoked token {args.name!r}", file=sys.stderr)
+        return 0
+    except HealthSyncError as exc:
+        print(f"healthsync: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        await db.close()
 
 
 def worker(settings: Settings) -> int:
@@ -134,8 +183,6 @@ def check_exposure(settings: Settings) -> str | None:
             "network can read and change patient data",
             settings.host,
         )
-    if settings.auth_mode == "token":
-        return "token authentication is not available in this version: serve on a loopback address with --auth open"
     return None
 
 

@@ -20,7 +20,9 @@ class SchemaTooNew(RuntimeError):
     pass
 
 
-MIGRATIONS: list[tuple[str, str]] = [
+#: (name, script): a script is statements separated by ';' (none inside a
+#: literal), or a list of statements when one needs a ';' of its own.
+MIGRATIONS: list[tuple[str, str | list[str]]] = [
     (
         "core: clock, patients, records",
         """
@@ -128,13 +130,44 @@ MIGRATIONS: list[tuple[str, str]] = [
             SELECT device_id, min(created_at), max(created_at), max(created_at) FROM batches GROUP BY device_id
         """,
     ),
+    (
+        "security: tokens and the audit trail",
+        [
+            """CREATE TABLE tokens (
+                id INTEGER PRIMARY KEY,
+                name TEXT NOT NULL,
+                role TEXT NOT NULL,
+                hash TEXT NOT NULL UNIQUE,
+                created_at TEXT NOT NULL,
+                revoked_at TEXT
+            )""",
+            "CREATE INDEX tokens_name ON tokens (name)",
+            """CREATE TABLE audit (
+                id INTEGER PRIMARY KEY,
+                at TEXT NOT NULL,
+                who TEXT,
+                role TEXT,
+                method TEXT NOT NULL,
+                path TEXT NOT NULL,
+                query TEXT,
+                status INTEGER NOT NULL,
+                remote_ip TEXT
+            )""",
+            "CREATE INDEX audit_at ON audit (at)",
+            "CREATE INDEX audit_who ON audit (who, at)",
+            """CREATE TRIGGER audit_append_only BEFORE UPDATE ON audit
+               BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END""",
+        ],
+    ),
 ]
 
 LATEST = len(MIGRATIONS)
 
 
-def statements(script: str) -> list[str]:
-    """Split a migration script into statements (no ';' inside our SQL literals)."""
+def statements(script: str | list[str]) -> list[str]:
+    """A migration's statements: a list as given, a string split on ';'."""
+    if isinstance(script, list):
+        return script
     return [s.strip() for s in script.split(";") if s.strip()]
 
 

@@ -23,9 +23,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import tornado.web
 
+from ..auth import OPEN, Permission, Principal, bearer, require
 from ..errors import (
     Forbidden,
     HealthSyncError,
+    Unauthorized,
     Invalid,
     MethodNotAllowed,
     NotFound,
@@ -56,9 +58,26 @@ def origin_allowed(origin: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(origin, p) for p in patterns)
 
 
+#: What each method needs unless a handler says otherwise.
+DEFAULT_PERMISSIONS = {
+    "GET": Permission.READ,
+    "HEAD": Permission.READ,
+    "POST": Permission.WRITE,
+    "PUT": Permission.WRITE,
+    "PATCH": Permission.WRITE,
+    "DELETE": Permission.WRITE,
+}
+RATE_LIMITED = {Permission.WRITE, Permission.SYNC, Permission.RESOLVE}
+
+
 @tornado.web.stream_request_body
 class BaseHandler(tornado.web.RequestHandler):
     ctx: Context
+    #: method -> permission the caller's role must grant
+    permissions: dict[str, Permission] = DEFAULT_PERMISSIONS
+    #: no credentials needed (health, unknown paths)
+    public = False
+    principal: Principal | None = None
 
     def initialize(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -105,7 +124,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     # Body -------------------------------------------------------------------
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         self._track()
         length = self.request.headers.get("Content-Length")
         limit = self.ctx.settings.max_body_bytes
@@ -120,6 +139,32 @@ class BaseHandler(tornado.web.RequestHandler):
         # it sits above ours: a chunked body past our limit is read and
         # dropped up to it, then answered 413 by json_body.
         self.request.connection.set_max_body_size(tornado_body_limit(limit))  # type: ignore[union-attr]
+        if self.request.method != "OPTIONS":
+            await self.authenticate()
+
+    async def authenticate(self) -> None:
+        """Who is asking (401 without a live token in token mode) and may they (403)."""
+        if self.public:
+            return
+        if self.ctx.settings.auth_mode == "open":
+            principal = OPEN
+        else:
+            principal = await self.ctx.tokens.authenticate(self.credentials())
+        self.principal = principal
+        permission = self.permissions.get(self.request.method or "")
+        if permission is None:
+            return  # Tornado answers 405
+        require(principal, permission)
+        if permission in RATE_LIMITED:
+            self.ctx.limiter.check(principal.name or f"ip:{self.request.remote_ip}")
+
+    def credentials(self) -> str | None:
+        return bearer(self.request.headers.get("Authorization"))
+
+    @property
+    def owner(self) -> str | None:
+        """The ``owner`` of what this request creates: the token's name (null in open mode)."""
+        return None if self.principal is None else self.principal.name
 
     def _track(self) -> None:
         """Count this request as in flight until it finishes (for graceful shutdown)."""
@@ -129,13 +174,33 @@ class BaseHandler(tornado.web.RequestHandler):
             self.ctx.idle.clear()
 
     def on_finish(self) -> None:
+        self._audit()
         if getattr(self, "_tracked", False):
             self._tracked = False
             self.ctx.inflight -= 1
             if not self.ctx.inflight:
                 self.ctx.idle.set()
 
-    on_connection_close = on_finish
+    def on_connection_close(self) -> None:
+        if getattr(self, "_tracked", False):
+            self._tracked = False
+            self.ctx.inflight -= 1
+            if not self.ctx.inflight:
+                self.ctx.idle.set()
+
+    def _audit(self) -> None:
+        if self.public or self.request.method == "OPTIONS" or not self.request.path.startswith("/api/"):
+            return
+        principal = self.principal
+        self.ctx.audit.record(
+            who=None if principal is None else principal.name,
+            role=None if principal is None else principal.role,
+            method=self.request.method or "",
+            path=self.request.path,
+            query=redact_query(self.request.query),
+            status=self.get_status(),
+            remote_ip=self.request.remote_ip,
+        )
 
     def data_received(self, chunk: bytes) -> None:
         self._received += len(chunk)
@@ -238,6 +303,8 @@ class BaseHandler(tornado.web.RequestHandler):
             body = exc.body()
             if isinstance(exc, RateLimited):
                 self.set_header("Retry-After", str(exc.retry_after))
+            if isinstance(exc, Unauthorized):
+                self.set_header("WWW-Authenticate", 'Bearer realm="healthsync"')
         elif isinstance(exc, tornado.web.HTTPError) and status_code < 500:
             body = {"error": exc.log_message or self._reason, "details": []}
             if status_code == 405:
@@ -251,10 +318,19 @@ class BaseHandler(tornado.web.RequestHandler):
         self.finish(orjson.dumps(body))
 
 
+def redact_query(query: str) -> str:
+    """A query string without any ``token`` parameter (never store a secret)."""
+    if "token" not in query:
+        return query
+    return "&".join(p for p in query.split("&") if not p.startswith("token="))
+
+
 class NotFoundHandler(BaseHandler):
     """The default handler: any unknown path is a JSON 404, whatever the method."""
 
-    def prepare(self) -> None:
+    public = True
+
+    async def prepare(self) -> None:
         if self.request.method == "OPTIONS":
             return
         raise NotFound(f"no such path: {self.request.path}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..auth import Permission
 from ..errors import Invalid
 from .base import BaseHandler
 
@@ -9,8 +10,11 @@ STATUSES = ("pending", "processing", "done", "failed")
 
 
 class TriggerHandler(BaseHandler):
+    permissions = {"POST": Permission.SYNC}
+
     async def post(self, batch_id: str) -> None:
-        task_id = await self.ctx.batches.trigger(self.path_id(batch_id, "batch_id"))
+        assert self.principal is not None
+        task_id = await self.ctx.batches.trigger(self.path_id(batch_id, "batch_id"), self.principal)
         self.write_json({"status": "task started", "task_id": task_id}, 202)
 
 

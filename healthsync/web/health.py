@@ -6,6 +6,8 @@ from .base import BaseHandler
 
 
 class HealthHandler(BaseHandler):
+    public = True  # monitoring needs no token; it reveals no patient data
+
     async def get(self) -> None:
         report = await self.ctx.health()
         self.write_json(report, 200 if report["status"] == "ok" else 503)

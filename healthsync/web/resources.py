@@ -39,7 +39,7 @@ class PatientListHandler(_ItemHandler):
         self.write_json(items)
 
     async def post(self) -> None:
-        item = await self.ctx.resources.create_patient(self.json_body(), owner=self.ctx.owner_for(self))
+        item = await self.ctx.resources.create_patient(self.json_body(), owner=self.owner)
         self.set_header("Location", f"/api/patients/{item['id']}/")
         self.write_item(item, 201)
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from ..auth import Permission, require_device
 from ..errors import Invalid
 from ..sync.apply import parse_upload
 from .base import BaseHandler
 
 
 class UploadHandler(BaseHandler):
+    permissions = {"POST": Permission.SYNC}
+
     async def post(self) -> None:
         request = parse_upload(self.json_body(), self.ctx.settings.max_batch_changes)
-        status, body = await self.ctx.sync.upload(request, owner=self.ctx.owner_for(self))
+        assert self.principal is not None
+        require_device(self.principal, request.device_id)
+        status, body = await self.ctx.sync.upload(request, owner=self.owner)
         self.write_json(body, status)
 
 
@@ -35,6 +40,8 @@ class DownloadHandler(BaseHandler):
 
 
 class DeviceListHandler(BaseHandler):
+    permissions = {"GET": Permission.OBSERVE}
+
     async def get(self) -> None:
         self.write_json(await self.ctx.sync.devices())
 
@@ -54,6 +61,8 @@ class ConflictListHandler(BaseHandler):
 
 
 class ConflictHandler(BaseHandler):
+    permissions = {"GET": Permission.READ, "PATCH": Permission.RESOLVE, "POST": Permission.RESOLVE}
+
     async def get(self, conflict_id: str) -> None:
         self.write_json(await self.ctx.sync.get_conflict(self.path_id(conflict_id)))
 

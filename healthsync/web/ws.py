@@ -22,10 +22,11 @@ import orjson
 import tornado.websocket
 from tornado.concurrent import Future
 
+from ..auth import OPEN, Permission, bearer, require
 from ..errors import HealthSyncError
 from ..models import parse_uuid
 from ..sync import download as dl
-from .base import origin_allowed
+from .base import origin_allowed, redact_query
 
 if TYPE_CHECKING:
     from ..app import Context
@@ -50,14 +51,38 @@ class SyncSocket(tornado.websocket.WebSocketHandler):
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         try:
+            await self._authenticate()
             self._params = self._parse()
             await dl.check_cursor(self.ctx.db, self._params["cursor"])
         except HealthSyncError as exc:
+            self._audit(exc.status)
             self.set_status(exc.status)
             self.set_header("Content-Type", "application/json; charset=utf-8")
             self.finish(orjson.dumps(exc.body()))
             return
+        self._audit(101)
         await super().get(*args, **kwargs)
+
+    async def _authenticate(self) -> None:
+        """Token mode: ``Authorization: Bearer`` or, for browsers, a ``token`` parameter."""
+        if self.ctx.settings.auth_mode == "open":
+            self.principal = OPEN
+            return
+        token = bearer(self.request.headers.get("Authorization")) or self._arg("token")
+        self.principal = await self.ctx.tokens.authenticate(token)
+        require(self.principal, Permission.READ)
+
+    def _audit(self, status: int) -> None:
+        principal = getattr(self, "principal", None)
+        self.ctx.audit.record(
+            who=None if principal is None else principal.name,
+            role=None if principal is None else principal.role,
+            method="GET",
+            path=self.request.path,
+            query=redact_query(self.request.query),
+            status=status,
+            remote_ip=self.request.remote_ip,
+        )
 
     def _arg(self, name: str) -> str | None:
         value = self.get_query_argument(name, None)

@@ -95,3 +95,41 @@ def test_help_lists_flags():
     serve = run_cli("serve", "--help")
     for flag in ("--host", "--port", "--data-dir", "--auth", "--allow-open-network"):
         assert flag in serve.stdout
+
+
+def test_token_cli_create_list_revoke_and_use(server_process, tmp_path):
+    data = str(tmp_path / "fresh")
+    created = run_cli("token", "create", "--role", "dashboard", "--name", "front-desk", "--data-dir", data)
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert token.startswith("hs_") and "shown only this once" in created.stderr
+    listed = run_cli("token", "list", "--data-dir", data)
+    assert "front-desk\tdashboard" in listed.stdout and token not in listed.stdout
+    dup = run_cli("token", "create", "--role", "admin", "--name", "front-desk", "--data-dir", data)
+    assert dup.returncode == 1 and "revoke it first" in dup.stderr
+    server = server_process("--auth", "token", data_dir=tmp_path / "fresh")
+    req = urllib.request.Request(server.url + "/api/patients/", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
+    assert call("GET", server.url + "/api/patients/")[0] == 401
+    assert run_cli("token", "revoke", "front-desk", "--data-dir", data).returncode == 0
+    assert "revoked" in run_cli("token", "list", "--data-dir", data).stdout
+    try:
+        urllib.request.urlopen(req, timeout=10)
+        raise AssertionError("revoked token still works")
+    except urllib.error.HTTPError as err:
+        assert err.code == 401
+    assert run_cli("token", "revoke", "nobody", "--data-dir", data).returncode == 1
+
+
+def test_auto_mode_on_the_network_means_tokens(server_process):
+    server = server_process("--host", "0.0.0.0")
+    assert call("GET", server.url + "/api/patients/")[0] == 401
+    assert call("GET", server.url + "/api/health")[1]["auth"] == "token"
+
+
+def test_open_network_opt_out_warns_loudly(server_process):
+    server = server_process("--host", "0.0.0.0", "--auth", "open", "--allow-open-network")
+    assert "WITHOUT AUTHENTICATION" in "".join(server.log)
+    health = call("GET", server.url + "/api/health")[1]
+    assert "WITHOUT authentication" in health["warning"]

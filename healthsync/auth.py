@@ -1,0 +1,187 @@
+"""Tokens, roles and what each role may do.
+
+A token is ``hs_`` + 32 random bytes (URL-safe base64), shown once when
+created; only its SHA-256 is stored (a random 256-bit secret needs no slow
+hash: there is nothing to brute-force).  Tokens are created and revoked
+through ``Database.write`` like every other mutation.
+
+Roles:
+- ``device``: read patients and records, write them, sync (upload,
+  download, websocket), trigger its own batches.  A device token's name is
+  its device id: it may only upload and trigger as that device.
+- ``dashboard``: read everything, resolve conflicts, watch the websocket.
+- ``admin``: everything, including the audit trail.
+
+``Permission`` names what a handler method needs; ``allowed`` is the one
+table that maps roles to permissions.  Pure apart from the storage calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from .errors import Conflict, Forbidden, Invalid, NotFound, RateLimited, Unauthorized
+from .storage import Database, WriteTx
+
+ROLES = ("device", "dashboard", "admin")
+TOKEN_PREFIX = "hs_"
+
+
+class Permission(str, Enum):
+    READ = "read"  # patients, records, download, websocket, batches, conflicts
+    WRITE = "write"  # create/update/delete patients and records
+    SYNC = "sync"  # upload and trigger
+    RESOLVE = "resolve"  # mark conflicts resolved
+    OBSERVE = "observe"  # devices view
+    ADMIN = "admin"  # audit trail
+
+
+GRANTS: dict[str, frozenset[Permission]] = {
+    "device": frozenset({Permission.READ, Permission.WRITE, Permission.SYNC}),
+    "dashboard": frozenset({Permission.READ, Permission.RESOLVE, Permission.OBSERVE}),
+    "admin": frozenset(Permission),
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is asking: a token's name and role, or ``open`` mode's anonymous caller."""
+
+    name: str | None
+    role: str
+
+    @property
+    def is_device(self) -> bool:
+        return self.role == "device"
+
+
+OPEN = Principal(None, "admin")  # open mode: the seed's AllowAny
+
+
+def allowed(principal: Principal, permission: Permission) -> bool:
+    return permission in GRANTS.get(principal.role, frozenset())
+
+
+def require(principal: Principal, permission: Permission) -> None:
+    if not allowed(principal, permission):
+        raise Forbidden(
+            f"a {principal.role} token may not do this (needs {permission.value})",
+            [{"field": "Authorization", "message": f"role {principal.role} lacks {permission.value}"}],
+        )
+
+
+def require_device(principal: Principal, device_id: str) -> None:
+    """A device token acts only as its own device."""
+    if principal.is_device and principal.name != device_id:
+        raise Forbidden(
+            f"this token belongs to device {principal.name!r}, not {device_id[:64]!r}",
+            [{"field": "device_id", "message": "must be the token's own device"}],
+        )
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def bearer(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer …`` header, or None."""
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise Unauthorized(
+            "Authorization must be 'Bearer <token>'", [{"field": "Authorization", "message": "not a bearer token"}]
+        )
+    return value.strip()
+
+
+class Tokens:
+    """The token store over one ``Database``."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def create(self, name: str, role: str) -> str:
+        """Create a token; the secret is returned once and never stored."""
+        if role not in ROLES:
+            raise Invalid(f"role must be one of {', '.join(ROLES)}", [{"field": "role", "message": role}])
+        if not name or len(name) > 256 or not name.isprintable():
+            raise Invalid("name must be 1 to 256 printable characters", [{"field": "name", "message": "bad name"}])
+        token = new_token()
+
+        async def run(tx: WriteTx) -> None:
+            cur = await tx.conn.execute("SELECT 1 FROM tokens WHERE name = ? AND revoked_at IS NULL", (name,))
+            if await cur.fetchone():
+                raise Conflict(f"a live token named {name!r} exists: revoke it first")
+            await tx.conn.execute(
+                "INSERT INTO tokens (name, role, hash, created_at) VALUES (?, ?, ?, ?)",
+                (name, role, hash_token(token), tx.now()),
+            )
+
+        await self.db.write(run)
+        return token
+
+    async def revoke(self, name: str) -> int:
+        async def run(tx: WriteTx) -> int:
+            cur = await tx.conn.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (tx.now(), name)
+            )
+            return cur.rowcount
+
+        count = await self.db.write(run)
+        if not count:
+            raise NotFound(f"no live token named {name!r}")
+        return count
+
+    async def list(self) -> list[dict[str, Any]]:
+        rows = await self.db.fetchall(
+            "SELECT name, role, created_at, revoked_at FROM tokens ORDER BY created_at"
+        )
+        return [{"name": r[0], "role": r[1], "created_at": r[2], "revoked_at": r[3]} for r in rows]
+
+    async def authenticate(self, token: str | None) -> Principal:
+        """The principal of a live token; ``Unauthorized`` otherwise."""
+        if token is None:
+            raise Unauthorized(
+                "authentication required: send Authorization: Bearer <token>",
+                [{"field": "Authorization", "message": "missing"}],
+            )
+        row = await self.db.fetchone(
+            "SELECT name, role FROM tokens WHERE hash = ? AND revoked_at IS NULL", (hash_token(token),)
+        )
+        if row is None:
+            raise Unauthorized("invalid or revoked token", [{"field": "Authorization", "message": "not a live token"}])
+        return Principal(row[0], row[1])
+
+
+class RateLimiter:
+    """Writes per key per minute (a token bucket); 0 turns it off.  Event loop only."""
+
+    def __init__(self, per_minute: int, clock: Any = time.monotonic) -> None:
+        self.per_minute = per_minute
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def check(self, key: str) -> None:
+        if self.per_minute <= 0:
+            return
+        now = self.clock()
+        rate = self.per_minute / 60.0
+        tokens, last = self._buckets.get(key, (float(self.per_minute), now))
+        tokens = min(float(self.per_minute), tokens + (now - last) * rate)
+        if tokens < 1.0:
+            retry_after = max(1, int((1.0 - tokens) / rate + 0.999))
+            self._buckets[key] = (tokens, now)
+            raise RateLimited(f"too many writes: at most {self.per_minute} a minute", retry_after)
+        self._buckets[key] = (tokens - 1.0, now)
+        if len(self._buckets) > 10_000:  # forget idle keys so the table stays small
+            self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 120}

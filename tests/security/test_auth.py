@@ -1,0 +1,175 @@
+"""Token mode: every route under each role, with no token and a bad token."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.websocket import websocket_connect
+
+from healthsync.auth import RateLimiter, Tokens, hash_token
+from healthsync.errors import RateLimited
+from tests.conftest import make_settings
+
+
+@pytest.fixture
+def settings(data_dir):
+    return make_settings(data_dir, auth="token", write_rate_limit=0)
+
+
+@pytest.fixture
+def tokens(app, io_loop):
+    t = Tokens(app.ctx.db)
+    return {role: io_loop.run_sync(lambda r=role: t.create(name, r))
+            for role, name in [("device", "tab-1"), ("dashboard", "front-desk"), ("admin", "it")]}
+
+
+def auth(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+PID = str(uuid.UUID(int=1))
+ROUTES = [
+    # (method, path, body, roles allowed)
+    ("GET", "/api/patients/", None, {"device", "dashboard", "admin"}),
+    ("POST", "/api/patients/", {"name": "X"}, {"device", "admin"}),
+    ("GET", f"/api/patients/{PID}/", None, {"device", "dashboard", "admin"}),
+    ("PUT", f"/api/patients/{PID}/", {"name": "X"}, {"device", "admin"}),
+    ("PATCH", f"/api/patients/{PID}/", {"name": "X"}, {"device", "admin"}),
+    ("DELETE", f"/api/patients/{PID}/", None, {"device", "admin"}),
+    ("GET", "/api/records/", None, {"device", "dashboard", "admin"}),
+    ("POST", "/api/records/", {"patient": PID, "resource_type": "Observation"}, {"device", "admin"}),
+    ("GET", f"/api/records/{PID}/", None, {"device", "dashboard", "admin"}),
+    ("PATCH", f"/api/records/{PID}/", {}, {"device", "admin"}),
+    ("DELETE", f"/api/records/{PID}/", None, {"device", "admin"}),
+    ("POST", "/api/sync/upload/", {"device_id": "tab-1", "changes": []}, {"device", "admin"}),
+    ("GET", "/api/sync/download/?cursor=0", None, {"device", "dashboard", "admin"}),
+    ("POST", f"/api/sync/trigger/{PID}/", None, {"device", "admin"}),
+    ("GET", "/api/sync/batches/", None, {"device", "dashboard", "admin"}),
+    ("GET", f"/api/sync/batches/{PID}/", None, {"device", "dashboard", "admin"}),
+    ("GET", "/api/conflicts/", None, {"device", "dashboard", "admin"}),
+    ("GET", f"/api/conflicts/{PID}/", None, {"device", "dashboard", "admin"}),
+    ("PATCH", f"/api/conflicts/{PID}/", {"resolved": True}, {"dashboard", "admin"}),
+    ("POST", f"/api/conflicts/{PID}/resolve/", {"resolved": True}, {"dashboard", "admin"}),
+    ("GET", "/api/devices/", None, {"dashboard", "admin"}),
+    ("GET", "/api/audit/", None, {"admin"}),
+]
+
+
+@pytest.mark.parametrize("method, path, body, roles", ROUTES, ids=[f"{m} {p}" for m, p, _, _ in ROUTES])
+async def test_every_route_under_each_role(api, tokens, method, path, body, roles):
+    none = await api.request(method, path, body)
+    assert none.status == 401 and none.json["error"] and none.headers["WWW-Authenticate"].startswith("Bearer")
+    bad = await api.request(method, path, body, headers=auth("hs_not-a-real-token"))
+    assert bad.status == 401 and bad.json["details"]
+    garbled = await api.request(method, path, body, headers={"Authorization": "Basic dXNlcjpwYXNz"})
+    assert garbled.status == 401
+    for role, token in tokens.items():
+        resp = await api.request(method, path, body, headers=auth(token))
+        if role in roles:
+            assert resp.status not in (401, 403), (role, resp.status, resp.body)
+        else:
+            assert resp.status == 403, (role, resp.status, resp.body)
+            assert role in resp.json["error"]
+
+
+async def test_no_patient_data_without_a_token(api, tokens):
+    await api.post("/api/patients/", {"name": "Secret Sam"}, headers=auth(tokens["admin"]))
+    for path in ("/api/patients/", "/api/records/", "/api/sync/download/?cursor=0", "/api/conflicts/"):
+        resp = await api.get(path)
+        assert resp.status == 401 and b"Secret" not in resp.body
+    health = await api.get("/api/health")
+    assert health.status == 200 and health.json["auth"] == "token" and b"Secret" not in health.body
+
+
+async def test_owner_is_the_creating_token(api, tokens):
+    p = (await api.post("/api/patients/", {"name": "A"}, headers=auth(tokens["device"]))).json
+    assert p["owner"] == "tab-1"
+    up = await api.post("/api/sync/upload/", {"device_id": "tab-1", "changes": [
+        {"operation": "create", "resource_type": "Patient", "client_temp_id": "t", "payload": {"name": "B"}}]},
+        headers=auth(tokens["device"]))
+    sid = up.json["results"][0]["server_id"]
+    assert (await api.get(f"/api/patients/{sid}/", headers=auth(tokens["dashboard"]))).json["owner"] == "tab-1"
+
+
+async def test_device_acts_only_as_itself(api, tokens):
+    other = await api.post("/api/sync/upload/", {"device_id": "tab-2", "changes": []}, headers=auth(tokens["device"]))
+    assert other.status == 403 and other.json["details"][0]["field"] == "device_id"
+    stored = await api.post("/api/sync/upload/", {"device_id": "tab-2", "changes": [], "async": True},
+                            headers=auth(tokens["admin"]))
+    trig = await api.post(f"/api/sync/trigger/{stored.json['batch_id']}/", headers=auth(tokens["device"]))
+    assert trig.status == 403
+
+
+async def test_revoked_token_is_refused(api, app, tokens):
+    assert (await api.get("/api/patients/", headers=auth(tokens["dashboard"]))).status == 200
+    await Tokens(app.ctx.db).revoke("front-desk")
+    assert (await api.get("/api/patients/", headers=auth(tokens["dashboard"]))).status == 401
+
+
+async def test_only_the_hash_is_stored(app, tokens):
+    rows = await app.ctx.db.fetchall("SELECT hash FROM tokens")
+    assert {r[0] for r in rows} == {hash_token(t) for t in tokens.values()}
+    assert not any(t in r[0] for r in rows for t in tokens.values())
+
+
+async def test_websocket_needs_a_token(http_server_client, tokens):
+    base = http_server_client.get_url("/api/sync/ws?cursor=0").replace("http://", "ws://")
+    with pytest.raises(HTTPClientError) as err:
+        await websocket_connect(base)
+    assert err.value.code == 401
+    with pytest.raises(HTTPClientError) as err:
+        await websocket_connect(base + "&token=hs_wrong")
+    assert err.value.code == 401
+    by_query = await websocket_connect(base + f"&token={tokens['dashboard']}")
+    by_header = await websocket_connect(HTTPRequest(base, headers=auth(tokens["device"])))
+    by_query.close()
+    by_header.close()
+
+
+async def test_audit_trail(api, tokens, app):
+    p = (await api.post("/api/patients/", {"name": "A"}, headers=auth(tokens["device"]))).json
+    await api.get(f"/api/patients/{p['id']}/", headers=auth(tokens["dashboard"]))
+    await api.get("/api/patients/")  # refused: recorded too
+    entries = (await api.get("/api/audit/", headers=auth(tokens["admin"]))).json
+    seen = [(e["who"], e["role"], e["method"], e["path"], e["status"]) for e in entries]
+    assert ("tab-1", "device", "POST", "/api/patients/", 201) in seen
+    assert ("front-desk", "dashboard", "GET", f"/api/patients/{p['id']}/", 200) in seen
+    assert (None, None, "GET", "/api/patients/", 401) in seen
+    assert all(e["remote_ip"] and e["at"] for e in entries)
+    only = (await api.get("/api/audit/?who=tab-1", headers=auth(tokens["admin"]))).json
+    assert {e["who"] for e in only} == {"tab-1"}
+    # append-only: no method changes it, and the table refuses UPDATE
+    assert (await api.delete("/api/audit/", headers=auth(tokens["admin"]))).status == 405
+    import sqlite3
+
+    conn = sqlite3.connect(app.ctx.settings.db_path)
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute("UPDATE audit SET who = 'someone else'")
+    conn.close()
+
+
+async def test_ws_token_never_lands_in_the_audit(http_server_client, api, tokens):
+    base = http_server_client.get_url("/api/sync/ws?cursor=0").replace("http://", "ws://")
+    conn = await websocket_connect(base + f"&token={tokens['dashboard']}")
+    conn.close()
+    await asyncio.sleep(0.05)
+    entries = (await api.get("/api/audit/", headers=auth(tokens["admin"]))).json
+    assert not any(tokens["dashboard"] in (e["query"] or "") for e in entries)
+    assert any(e["path"] == "/api/sync/ws" and e["who"] == "front-desk" for e in entries)
+
+
+def test_rate_limiter_refills():
+    now = [0.0]
+    limiter = RateLimiter(2, clock=lambda: now[0])
+    limiter.check("a")
+    limiter.check("a")
+    with pytest.raises(RateLimited) as err:
+        limiter.check("a")
+    assert err.value.retry_after == 30
+    limiter.check("b")  # per key
+    now[0] += 30
+    limiter.check("a")
+    assert RateLimiter(0).check("a") is None
