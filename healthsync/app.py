@@ -158,7 +158,7 @@ def make_app(settings: Settings) -> HealthSyncApp:
             poll_seconds=settings.push_poll_seconds,
         ),
     )
-    db.add_commit_hook(lambda info: ctx.hub.notify(info.head_seq))
+    db.add_commit_hook(lambda info: ctx.hub.notify(info.head_seq, info.head_us))
     ctx.idle.set()
     kw = {"ctx": ctx}
     uuid_ish = r"([^/]+)"

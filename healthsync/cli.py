@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -199,6 +200,10 @@ async def serve(settings: Settings) -> int:
         return 2
     app = make_app(settings)
     await app.startup()
+    # Everything built so far lives as long as the process: keep the cyclic
+    # GC from walking it again on every collection during large uploads.
+    gc.collect()
+    gc.freeze()
     server = HTTPServer(app, max_body_size=tornado_body_limit(settings.max_body_bytes))
     try:
         sockets = bind_sockets(settings.port, settings.host)

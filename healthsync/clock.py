@@ -55,9 +55,22 @@ def parse(text: str) -> int:
         ) from None
 
 
+_last_second: tuple[int, str] = (0, "1970-01-01T00:00:00")
+
+
 def format_us(us: int) -> str:
-    """Canonical UTC text: ``2025-09-12T19:25:18.331000Z``."""
-    return (EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """Canonical UTC text: ``2025-09-12T19:25:18.331000Z``.
+
+    The date-time part of the last second formatted is cached: a batch stamps
+    thousands of rows within one second, and strftime is the cost.
+    """
+    global _last_second
+    second, micro = divmod(us, 1_000_000)
+    cached = _last_second  # one read: safe against another thread's update
+    if cached[0] != second:
+        cached = (second, (EPOCH + timedelta(seconds=second)).strftime("%Y-%m-%dT%H:%M:%S"))
+        _last_second = cached
+    return f"{cached[1]}.{micro:06d}Z"
 
 
 def canonical(text: str) -> str:

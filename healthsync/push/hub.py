@@ -109,6 +109,7 @@ class Hub:
         self.live_seq = 0  # everything up to here has been broadcast
         self.live_time = clock.format_us(0)
         self.head_seq = 0  # the newest commit the hub has heard of
+        self.head_time = self.live_time
         self.subs: set[Subscription] = set()
         self._groups: dict[tuple[str | None, str | None], set[Subscription]] = {}
         self._wake = asyncio.Event()
@@ -122,7 +123,7 @@ class Hub:
     async def start(self) -> None:
         head = await self.db.read(queries.head)
         self.live_seq = self.head_seq = head[0]
-        self.live_time = clock.format_us(head[1])
+        self.live_time = self.head_time = clock.format_us(head[1])
         now = clock.format_us(clock.now_us())
         self._batch_mark = (now, set())
         self._tasks = [
@@ -151,10 +152,11 @@ class Hub:
 
     # Commit signals ------------------------------------------------------------------
 
-    def notify(self, head_seq: int) -> None:
-        """A commit reached ``head_seq`` (from a commit hook or the poller)."""
+    def notify(self, head_seq: int, head_us: int) -> None:
+        """A commit reached ``head_seq`` at ``head_us`` (from a commit hook or the poller)."""
         if head_seq > self.head_seq:
             self.head_seq = head_seq
+            self.head_time = clock.format_us(head_us)
             self._wake.set()
 
     async def _poller(self) -> None:
@@ -166,7 +168,7 @@ class Hub:
                 if version != last_version:
                     last_version = version
                     head = await self.db.read(queries.head)
-                    self.notify(head[0])
+                    self.notify(*head)
                     await self._batch_events()
             except asyncio.CancelledError:
                 raise
@@ -196,6 +198,11 @@ class Hub:
             self._wake.clear()
             try:
                 while self.live_seq < self.head_seq:
+                    if not any(s.state == LIVE for s in self.subs):
+                        # Nobody to send to: skip the read.  A subscriber still
+                        # catching up reads on to the head by itself.
+                        self.live_seq, self.live_time = self.head_seq, self.head_time
+                        break
                     await self._broadcast_page()
             except asyncio.CancelledError:
                 raise
