@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,8 @@ class Context:
             report["database"] = {"ok": False, "error": str(exc)}
         if self.settings.auth_mode == "open" and not self.settings.on_loopback:
             report["warning"] = "serving patient data WITHOUT authentication on the network (--allow-open-network)"
+        usage = shutil.disk_usage(self.settings.data_dir)
+        report["disk_free_bytes"] = usage.free
         report["websockets"] = self.hub.count
         report["worker"] = {
             "embedded": self.worker is not None,

@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = token_sub.add_parser("revoke", help="revoke the live token with this name")
     _common(revoke)
     revoke.add_argument("name")
+    back = sub.add_parser("backup", help="a consistent copy of the live database (the server keeps serving)")
+    _common(back)
+    back.add_argument("dest", help="a file, or a folder that gets a timestamped file")
+    rest = sub.add_parser("restore", help="put a backup back (refused while a server uses the data dir)")
+    _common(rest)
+    rest.add_argument("src", help="the backup file")
     return parser
 
 
@@ -128,6 +134,8 @@ def main(argv: Sequence[str]) -> int:
         return worker(settings)
     if args.command == "token":
         return asyncio.run(token_command(settings, args))
+    if args.command in ("backup", "restore"):
+        return backup_command(settings, args)
     raise AssertionError(args.command)
 
 
@@ -157,6 +165,37 @@ async def token_command(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     finally:
         await db.close()
+
+
+def backup_command(settings: Settings, args: argparse.Namespace) -> int:
+    """``run.py backup DEST`` / ``run.py restore SRC``; both verified with integrity_check."""
+    from pathlib import Path
+
+    from . import backup
+    from .errors import HealthSyncError
+
+    try:
+        if args.command == "backup":
+            if not settings.db_path.exists():
+                asyncio.run(_create_fresh(settings))
+            dest = backup.backup(settings.db_path, Path(args.dest))
+            print(dest)
+            print(f"backed up {settings.db_path} to {dest} (integrity check ok)", file=sys.stderr)
+        else:
+            backup.restore(Path(args.src), settings.db_path)
+            print(f"restored {args.src} into {settings.db_path}", file=sys.stderr)
+        return 0
+    except HealthSyncError as exc:
+        print(f"healthsync: {exc.message}", file=sys.stderr)
+        return 1
+
+
+async def _create_fresh(settings: Settings) -> None:
+    from .storage import Database
+
+    db = Database(settings.db_path, synchronous=settings.synchronous, readers=1)
+    await db.open()
+    await db.close()
 
 
 def worker(settings: Settings) -> int:
