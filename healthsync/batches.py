@@ -48,8 +48,4 @@ class BatchService:
         rows = await self.db.read(
             lambda conn: queries.list_batches(conn, device_id=device_id, status=status, limit=limit, after=after)
         )
-        next_after = None
-        if limit is not None and len(rows) > limit:
-            rows = rows[:limit]
-            next_after = rows[-1][-1]
-        return [queries.batch_out(r[:-1]) for r in rows], next_after
+        return queries.keyset_page(rows, limit, queries.batch_out)

@@ -79,14 +79,6 @@ async def _live_record(tx: WriteTx, record_id: str) -> Row:
     return row
 
 
-def _page(rows: list[Row], limit: int | None, out: Any) -> Page:
-    next_after = None
-    if limit is not None and len(rows) > limit:
-        rows = rows[:limit]
-        next_after = rows[-1][-1]
-    return [out(r[:-1]) for r in rows], next_after
-
-
 class Resources:
     """The patient and record service over one ``Database``."""
 
@@ -99,7 +91,7 @@ class Resources:
         async def run(conn: Any) -> list[Row]:
             return await queries.list_patients(conn, include_deleted=include_deleted, limit=limit, after=after)
 
-        return _page(await self.db.read(run), limit, queries.patient_out)
+        return queries.keyset_page(await self.db.read(run), limit, queries.patient_out)
 
     async def get_patient(self, patient_id: str, *, include_deleted: bool = False) -> dict[str, Any]:
         row = await self.db.read(lambda conn: queries.get_patient(conn, patient_id))
@@ -165,7 +157,7 @@ class Resources:
                 resource_type=resource_type,
             )
 
-        return _page(await self.db.read(run), limit, queries.record_out)
+        return queries.keyset_page(await self.db.read(run), limit, queries.record_out)
 
     async def get_record(self, record_id: str, *, include_deleted: bool = False) -> dict[str, Any]:
         row = await self.db.read(lambda conn: queries.get_record(conn, record_id))

@@ -19,6 +19,17 @@ RECORD_COLS = "id, patient, resource_type, data, server_version, updated_at, del
 Row = tuple[Any, ...]
 
 
+def keyset_page(rows: list[Row], limit: int | None, out: Any) -> tuple[list[Any], int | None]:
+    """Rows fetched with ``LIMIT limit + 1``, each ending in its page key: the
+    page's items (``out`` of each row less its key) and the key to continue
+    after, or None on the last page."""
+    next_after = None
+    if limit is not None and len(rows) > limit:
+        rows = rows[:limit]
+        next_after = rows[-1][-1]
+    return [out(r[:-1]) for r in rows], next_after
+
+
 def patient_out(row: Row) -> dict[str, Any]:
     return {
         "id": row[0],

@@ -37,11 +37,7 @@ class SyncService:
                 conn, device_id=device_id, resolved=resolved, limit=limit, after=after
             )
         )
-        next_after = None
-        if limit is not None and len(rows) > limit:
-            rows = rows[:limit]
-            next_after = rows[-1][-1]
-        return [queries.conflict_out(r[:-1]) for r in rows], next_after
+        return queries.keyset_page(rows, limit, queries.conflict_out)
 
     async def get_conflict(self, conflict_id: str) -> dict[str, Any]:
         row = await self.db.read(lambda conn: queries.get_conflict(conn, conflict_id))

@@ -20,7 +20,7 @@ class AuditHandler(BaseHandler):
                 raise Invalid("since is not an ISO 8601 timestamp", [{"field": "since", "message": str(exc)}]) from None
         limit = self.limit_arg() or 1000
         items, next_after = await self.ctx.audit.list(
-            who=self.arg("who"), since=since, limit=limit, after=self.int_arg("after", minimum=0, maximum=2**62) or 0
+            who=self.arg("who"), since=since, limit=limit, after=self.after_arg()
         )
         self.set_link_next(next_after)
         self.write_json(items)

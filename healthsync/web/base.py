@@ -259,6 +259,10 @@ class BaseHandler(tornado.web.RequestHandler):
             )
         return int(value)
 
+    def after_arg(self) -> int:
+        """The page key of a list's ``Link: rel="next"`` (0: from the start)."""
+        return self.int_arg("after", minimum=0, maximum=2**62) or 0
+
     def limit_arg(self) -> int | None:
         return self.int_arg("limit", minimum=1, maximum=self.ctx.settings.page_limit_max)
 

@@ -35,7 +35,7 @@ class BatchListHandler(BaseHandler):
             device_id=self.arg("device_id"),
             status=status,
             limit=self.limit_arg(),
-            after=self.int_arg("after", minimum=0, maximum=2**62) or 0,
+            after=self.after_arg(),
         )
         self.set_link_next(next_after)
         self.write_json(items)

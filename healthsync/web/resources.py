@@ -25,7 +25,7 @@ class _ItemHandler(BaseHandler):
     def page_args(self) -> tuple[bool, int | None, int]:
         include_deleted = self.bool_arg("include_deleted")
         limit = self.limit_arg()
-        after = self.int_arg("after", minimum=0, maximum=2**62) or 0
+        after = self.after_arg()
         return include_deleted, limit, after
 
 

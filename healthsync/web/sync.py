@@ -54,7 +54,7 @@ class ConflictListHandler(BaseHandler):
             device_id=self.arg("device_id"),
             resolved=resolved,
             limit=self.limit_arg(),
-            after=self.int_arg("after", minimum=0, maximum=2**62) or 0,
+            after=self.after_arg(),
         )
         self.set_link_next(next_after)
         self.write_json(items)
