@@ -30,15 +30,15 @@ from .batches import BatchService
 from .push.hub import Hub
 from .resources import Resources
 from .storage import Database
+from .sync.service import SyncService
 from .tasks import EmbeddedWorker, queue_depth
-from .web.batches import BatchHandler, BatchListHandler, TriggerHandler
-from .web.ws import SyncSocket
 from .web.audit import AuditHandler
 from .web.base import NotFoundHandler
+from .web.batches import BatchHandler, BatchListHandler, TriggerHandler
 from .web.health import HealthHandler
-from .sync.service import SyncService
 from .web.resources import PatientHandler, PatientListHandler, RecordHandler, RecordListHandler
 from .web.sync import ConflictHandler, ConflictListHandler, DeviceListHandler, DownloadHandler, UploadHandler
+from .web.ws import SyncSocket
 
 log = logging.getLogger("healthsync")
 access_log = logging.getLogger("healthsync.access")

@@ -22,7 +22,7 @@ import hashlib
 import secrets
 import time
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from .errors import Conflict, Forbidden, Invalid, NotFound, RateLimited, Unauthorized
@@ -32,7 +32,7 @@ ROLES = ("device", "dashboard", "admin")
 TOKEN_PREFIX = "hs_"
 
 
-class Permission(str, Enum):
+class Permission(StrEnum):
     READ = "read"  # patients, records, download, websocket, batches, conflicts
     WRITE = "write"  # create/update/delete patients and records
     SYNC = "sync"  # upload and trigger

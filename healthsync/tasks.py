@@ -130,8 +130,9 @@ async def run_claimed_batch(settings: Settings, batch_id: str, task_id: str, *, 
             if is_transient(exc) and not final:
                 log.warning("batch %s: %s; will retry", batch_id, exc)
                 raise
-            log.error("batch %s failed: %s: %s", batch_id, type(exc).__name__, exc)
-            await db.write(lambda tx: _mark_failed(tx, batch_id, task_id, f"{type(exc).__name__}: {exc}"))
+            error = f"{type(exc).__name__}: {exc}"
+            log.error("batch %s failed: %s", batch_id, error)
+            await db.write(lambda tx: _mark_failed(tx, batch_id, task_id, error))
             return "failed"
     finally:
         await db.close()

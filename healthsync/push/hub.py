@@ -304,7 +304,7 @@ class Hub:
             while sub.state == CATCHING_UP:
                 after_seq, after_time = sub.cursor, (sub.since if sub.cursor is None else None)
                 page = await self.db.read(
-                    lambda conn: dl.read_page(
+                    lambda conn, after_seq=after_seq, after_time=after_time: dl.read_page(
                         conn,
                         after_seq=after_seq,
                         after_time=after_time,

@@ -270,6 +270,7 @@ async def device_downloaded(tx: WriteTx, device_id: str, cursor: int) -> None:
     await tx.conn.execute(
         "INSERT INTO devices (device_id, first_seen, last_seen, last_download_at, last_cursor)"
         " VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET last_seen = excluded.last_seen,"
-        " last_download_at = excluded.last_download_at, last_cursor = max(coalesce(last_cursor, 0), excluded.last_cursor)",
+        " last_download_at = excluded.last_download_at,"
+        " last_cursor = max(coalesce(last_cursor, 0), excluded.last_cursor)",
         (device_id, now, now, now, cursor),
     )

@@ -27,12 +27,12 @@ from ..auth import OPEN, Permission, Principal, bearer, require
 from ..errors import (
     Forbidden,
     HealthSyncError,
-    Unauthorized,
     Invalid,
     MethodNotAllowed,
     NotFound,
     RateLimited,
     TooLarge,
+    Unauthorized,
     UnsupportedMediaType,
 )
 from ..models import loads, parse_uuid

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..fhir import record_type_error
 from ..errors import Invalid
+from ..fhir import record_type_error
 from ..sync.rules import weak_etag
 from .base import BaseHandler
 
