@@ -89,6 +89,9 @@ class Settings(BaseModel):
     busy_timeout_ms: int = Field(
         10_000, ge=0, description="How long a write waits for another process's write lock."
     )
+    tombstone_retention_days: float = Field(
+        365, gt=0, description="Deleted items are purged after this; older cursors must resync (410)."
+    )
     batch_retention_days: float = Field(
         30, gt=0, description="Done batches and their stored payloads are purged after this."
     )

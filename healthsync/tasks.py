@@ -237,10 +237,19 @@ async def purge_old_batches(db: Database, retention_days: float) -> int:
     return await db.write(run)
 
 
+async def purge_tombstones(db: Database, retention_days: float) -> int:
+    """Remove tombstones older than the retention (raises the resync horizon)."""
+    cutoff = clock.format_us(clock.now_us() - int(retention_days * 86_400 * 1_000_000))
+    return await db.write(lambda tx: mutations.purge_tombstones(tx, cutoff))
+
+
 async def upkeep(settings: Settings, huey: SqliteHuey) -> None:
     db = open_db(settings)
     try:
         await requeue_stale(db, huey, settings.batch_lease_seconds)
+        tombstones = await purge_tombstones(db, settings.tombstone_retention_days)
+        if tombstones:
+            log.info("purged %d tombstones older than %s days", tombstones, settings.tombstone_retention_days)
         purged = await purge_old_batches(db, settings.batch_retention_days)
         if purged:
             log.info("purged %d done batches older than %s days", purged, settings.batch_retention_days)

@@ -159,6 +159,15 @@ MIGRATIONS: list[tuple[str, str | list[str]]] = [
                BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END""",
         ],
     ),
+    (
+        "purge: the horizon below which tombstones may be gone",
+        """
+        ALTER TABLE clock ADD COLUMN purged_seq INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE clock ADD COLUMN purged_at TEXT NOT NULL DEFAULT '1970-01-01T00:00:00.000000Z';
+        CREATE INDEX patients_tombstones ON patients (deleted, updated_at);
+        CREATE INDEX records_tombstones ON records (deleted, updated_at)
+        """,
+    ),
 ]
 
 LATEST = len(MIGRATIONS)

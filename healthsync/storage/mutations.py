@@ -274,3 +274,36 @@ async def device_downloaded(tx: WriteTx, device_id: str, cursor: int) -> None:
         " last_cursor = max(coalesce(last_cursor, 0), excluded.last_cursor)",
         (device_id, now, now, now, cursor),
     )
+
+
+async def purge_tombstones(tx: WriteTx, before: str) -> int:
+    """Delete tombstones last changed before ``before``; raise the purge horizon.
+
+    Records go first (a patient row is kept while any record points at it).
+    The horizon is the newest purged seq and time: a cursor or ``since`` at
+    or below it may have missed a purged deletion, so it must resync.
+    """
+    conn = tx.conn
+    top = await (
+        await conn.execute(
+            "SELECT max(seq), max(updated_at) FROM (SELECT seq, updated_at FROM records"
+            " WHERE deleted = 1 AND updated_at < ? UNION ALL SELECT seq, updated_at FROM patients"
+            " WHERE deleted = 1 AND updated_at < ?"
+            " AND NOT EXISTS (SELECT 1 FROM records r WHERE r.patient = patients.id AND"
+            " NOT (r.deleted = 1 AND r.updated_at < ?)))",
+            (before, before, before),
+        )
+    ).fetchone()
+    cur = await conn.execute("DELETE FROM records WHERE deleted = 1 AND updated_at < ?", (before,))
+    count = cur.rowcount
+    cur = await conn.execute(
+        "DELETE FROM patients WHERE deleted = 1 AND updated_at < ?"
+        " AND NOT EXISTS (SELECT 1 FROM records r WHERE r.patient = patients.id)",
+        (before,),
+    )
+    count += cur.rowcount
+    if top is not None and top[0] is not None:
+        await conn.execute(
+            "UPDATE clock SET purged_seq = max(purged_seq, ?), purged_at = max(purged_at, ?)", (top[0], top[1])
+        )
+    return count

@@ -141,6 +141,13 @@ _RECORD_ENTRY = (
 ChangeRow = tuple[int, str, str]  # (seq, updated_at, entry JSON)
 
 
+async def purge_horizon(conn: aiosqlite.Connection) -> tuple[int, str]:
+    """(seq, updated_at) at or below which purged tombstones may be missing."""
+    row = await (await conn.execute("SELECT purged_seq, purged_at FROM clock")).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
 async def head(conn: aiosqlite.Connection) -> tuple[int, int]:
     """(seq, last_us): the high-water mark of the snapshot ``conn`` reads."""
     row = await (await conn.execute("SELECT seq, last_us FROM clock")).fetchone()

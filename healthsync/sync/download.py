@@ -22,6 +22,7 @@ from ..storage import Database, queries
 from .rules import decode_cursor, encode_cursor
 
 SINCE_EXAMPLE = "?since=2025-09-12T10:00:00Z"
+FROM_THE_START = clock.format_us(0)
 
 
 def parse_position(since: str | None, cursor: str | None) -> tuple[int | None, str | None]:
@@ -92,9 +93,25 @@ def gone_if_ahead(after_seq: int | None, head_seq: int) -> None:
         )
 
 
-async def check_cursor(db: Database, after_seq: int | None) -> None:
+async def check_position(conn: aiosqlite.Connection, after_seq: int | None, after_time: str | None) -> None:
+    """410 ``resync`` for a position this database can no longer answer in full:
+    ahead of its history, or behind the tombstone purge horizon."""
     if after_seq is not None:
-        gone_if_ahead(after_seq, (await db.read(queries.head))[0])
+        gone_if_ahead(after_seq, (await queries.head(conn))[0])
+    if after_seq == 0 or after_time == FROM_THE_START:
+        return  # a full sync holds no copy that a purged deletion should have reached
+    purged_seq, purged_at = await queries.purge_horizon(conn)
+    if (after_seq is not None and after_seq < purged_seq) or (after_time is not None and after_time < purged_at):
+        raise Gone(
+            "deleted items older than your last sync have been purged: start over from "
+            "since=1970-01-01T00:00:00Z to get a complete copy",
+            [{"field": "cursor" if after_seq is not None else "since", "message": f"purged up to {purged_at}"}],
+            resync=True,
+        )
+
+
+async def check_cursor(db: Database, after_seq: int | None, after_time: str | None = None) -> None:
+    await db.read(lambda conn: check_position(conn, after_seq, after_time))
 
 
 async def read_page(
@@ -109,6 +126,7 @@ async def read_page(
     """One page, read inside the caller's snapshot."""
     top = await queries.head(conn)
     gone_if_ahead(after_seq, top[0])
+    await check_position(conn, after_seq, after_time)
     rows = await queries.changes_after(
         conn,
         after_seq=after_seq,

@@ -53,7 +53,7 @@ class SyncSocket(tornado.websocket.WebSocketHandler):
         try:
             await self._authenticate()
             self._params = self._parse()
-            await dl.check_cursor(self.ctx.db, self._params["cursor"])
+            await dl.check_cursor(self.ctx.db, self._params["cursor"], self._params["since"])
         except HealthSyncError as exc:
             self._audit(exc.status)
             self.set_status(exc.status)
