@@ -51,6 +51,9 @@ class Settings(BaseModel):
     write_rate_limit: int = Field(
         0, ge=0, description="Writes per token (per address in open mode) per minute; 0 = no limit (429 past it)."
     )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: one readable line per event; json: one JSON object per line (for log shippers)."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     synchronous: Literal["FULL", "NORMAL"] = Field(
         "FULL",

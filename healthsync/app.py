@@ -27,15 +27,16 @@ from settings import Settings
 from .audit import AuditTrail
 from .auth import RateLimiter, Tokens
 from .batches import BatchService
+from .metrics import Metrics
 from .push.hub import Hub
 from .resources import Resources
-from .storage import Database
+from .storage import CommitInfo, Database
 from .sync.service import SyncService
 from .tasks import EmbeddedWorker, queue_depth
 from .web.audit import AuditHandler
 from .web.base import NotFoundHandler
 from .web.batches import BatchHandler, BatchListHandler, TriggerHandler
-from .web.health import HealthHandler
+from .web.health import HealthHandler, MetricsHandler
 from .web.resources import PatientHandler, PatientListHandler, RecordHandler, RecordListHandler
 from .web.sync import ConflictHandler, ConflictListHandler, DeviceListHandler, DownloadHandler, UploadHandler
 from .web.ws import SyncSocket
@@ -59,6 +60,7 @@ class Context:
     tokens: Tokens
     audit: AuditTrail
     limiter: RateLimiter
+    metrics: Metrics = field(default_factory=Metrics)
     worker: EmbeddedWorker | None = None
     started: float = field(default_factory=time.time)
     inflight: int = 0
@@ -125,16 +127,45 @@ class HealthSyncApp(tornado.web.Application):
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:
+    """One access line per request (never patient data), and the request metrics."""
     status = handler.get_status()
+    seconds = handler.request.request_time()
+    ctx: Context | None = getattr(handler, "ctx", None)
+    principal = getattr(handler, "principal", None)
+    route = type(handler).__name__
+    if ctx is not None:
+        ctx.metrics.observe_request(route, handler.request.method or "", status, seconds)
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
     access_log.log(
         level,
-        "%s %s %d %.1fms",
+        "%s %s %d %.1fms %s",
         handler.request.method,
         handler.request.path,
         status,
-        1000.0 * handler.request.request_time(),
+        1000.0 * seconds,
+        getattr(principal, "name", None) or "-",
+        extra={
+            "method": handler.request.method,
+            "path": handler.request.path,
+            "status": status,
+            "duration_ms": round(1000.0 * seconds, 2),
+            "token": getattr(principal, "name", None),
+            "remote_ip": handler.request.remote_ip,
+        },
     )
+
+
+def _register_gauges(ctx: Context) -> None:
+    m = ctx.metrics
+    m.gauge("healthsync_websocket_subscribers", "Connected websocket subscribers", lambda: ctx.hub.count)
+    m.gauge("healthsync_websocket_frames_sent", "Frames handed to websockets", lambda: ctx.hub.stats["frames_sent"])
+    m.gauge(
+        "healthsync_websocket_frames_dropped",
+        "Live frames skipped for paused (slow) subscribers, caught up later by reads",
+        lambda: ctx.hub.stats["frames_dropped"],
+    )
+    m.gauge("healthsync_change_head", "Newest change sequence number", lambda: ctx.hub.head_seq)
+    m.gauge("healthsync_batch_queue_depth", "Tasks waiting in Huey's queue", lambda: queue_depth(ctx.batches.huey))
 
 
 def make_app(settings: Settings) -> HealthSyncApp:
@@ -161,7 +192,16 @@ def make_app(settings: Settings) -> HealthSyncApp:
             poll_seconds=settings.push_poll_seconds,
         ),
     )
-    db.add_commit_hook(lambda info: ctx.hub.notify(info.head_seq, info.head_us))
+    def after_commit(info: CommitInfo) -> None:
+        ctx.hub.notify(info.head_seq, info.head_us)
+        for event in info.events:
+            if event["type"] == "applied":
+                ctx.metrics.inc("healthsync_changes_applied_total", event["changes"],
+                                help="Upload changes decided (any outcome) by this process")
+                ctx.metrics.inc("healthsync_conflicts_total", event["conflicts"], help="Conflicts recorded")
+
+    db.add_commit_hook(after_commit)
+    _register_gauges(ctx)
     ctx.idle.set()
     kw = {"ctx": ctx}
     uuid_ish = r"([^/]+)"
@@ -182,6 +222,7 @@ def make_app(settings: Settings) -> HealthSyncApp:
         (rf"/api/conflicts/{uuid_ish}/resolve/?", ConflictHandler, kw),
         (r"/api/audit/?", AuditHandler, kw),
         (r"/api/health/?", HealthHandler, kw),
+        (r"/metrics", MetricsHandler, kw),
         (r"/()", tornado.web.StaticFileHandler, {"path": str(STATIC_DIR), "default_filename": "index.html"}),
         (r"/static/(.*)", tornado.web.StaticFileHandler, {"path": str(STATIC_DIR)}),
     ]

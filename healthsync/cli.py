@@ -28,6 +28,7 @@ SHUTDOWN_GRACE_SECONDS = 10.0
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="folder holding the database files (default ./data)")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument("--log-format", choices=["text", "json"], help="text (default) or json lines")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,13 +112,36 @@ def load_settings(args: argparse.Namespace) -> Settings:
     return settings_mod.load(overrides=overrides)
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
+ACCESS_FIELDS = ("method", "path", "status", "duration_ms", "token", "remote_ip")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and access fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import orjson
+
+        out = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in ACCESS_FIELDS:
+            if hasattr(record, key):
+                out[key] = getattr(record, key)
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(out).decode()
+
+
+def setup_logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -127,7 +151,7 @@ def main(argv: Sequence[str]) -> int:
     except SettingsError as exc:
         print(f"healthsync: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     if args.command == "serve":
         return asyncio.run(serve(settings))
     if args.command == "worker":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 import os
 import signal
 import socket
@@ -235,7 +236,7 @@ class ServerProcess:
                 break
             self.log.append(line)
             if "listening on http://" in line:
-                self.port = int(line.rsplit(":", 1)[1])
+                self.port = int(re.search(r"listening on http://\S+?:(\d+)", line).group(1))  # type: ignore[union-attr]
                 return self
         self.stop()
         raise RuntimeError("server did not start:\n" + "".join(self.log))

@@ -391,6 +391,7 @@ async def apply_upload(
     await work.preload(request.changes)
     results = [work.apply(i, ch) for i, ch in enumerate(request.changes)]
     await work.flush()
+    tx.emit({"type": "applied", "changes": len(results), "conflicts": len(work.conflicts)})
     return {
         "batch_id": batch_id,
         "results": results,

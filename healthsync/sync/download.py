@@ -146,7 +146,7 @@ async def download(
     limit: int,
     resource_type: str | None = None,
     patient: str | None = None,
-) -> dict[str, Any]:
+) -> Page:
     after_seq, after_time = parse_position(since, cursor)
     check_resource_type(resource_type)
     page = await db.read(
@@ -159,4 +159,4 @@ async def download(
             patient=patient,
         )
     )
-    return page.body()
+    return page

@@ -18,13 +18,12 @@ class SyncService:
         """Apply (or, with ``async``, store) a parsed upload: (status, body)."""
         return await self.db.write(lambda tx: apply.upload(tx, request, owner))
 
-    async def download(self, *, device_id: str | None = None, **kw: Any) -> dict[str, Any]:
+    async def download(self, *, device_id: str | None = None, **kw: Any) -> download.Page:
         """A download page; with ``device_id``, remember how far that device has read."""
-        body = await download.download(self.db, **kw)
+        page = await download.download(self.db, **kw)
         if device_id is not None:
-            cursor = int(body["cursor"])
-            await self.db.write(lambda tx: mutations.device_downloaded(tx, device_id, cursor))
-        return body
+            await self.db.write(lambda tx: mutations.device_downloaded(tx, device_id, page.cursor))
+        return page
 
     async def devices(self) -> list[dict[str, Any]]:
         return await self.db.read(queries.list_devices)

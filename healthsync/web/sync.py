@@ -16,13 +16,15 @@ class UploadHandler(BaseHandler):
         assert self.principal is not None
         require_device(self.principal, request.device_id)
         status, body = await self.ctx.sync.upload(request, owner=self.owner)
+        self.ctx.metrics.inc("healthsync_upload_changes_total", len(request.changes),
+                             help="Changes received in sync uploads")
         self.write_json(body, status)
 
 
 class DownloadHandler(BaseHandler):
     async def get(self) -> None:
         limit = self.limit_arg() or self.ctx.settings.page_limit_default
-        body = await self.ctx.sync.download(
+        page = await self.ctx.sync.download(
             since=self.arg("since"),
             cursor=self.arg("cursor"),
             limit=limit,
@@ -30,7 +32,9 @@ class DownloadHandler(BaseHandler):
             patient=self.uuid_arg("patient"),
             device_id=self.device_arg(),
         )
-        self.write_json(body)
+        self.ctx.metrics.inc("healthsync_download_entries_total", len(page.entries),
+                             help="Entries served by download")
+        self.write_json(page.body())
 
     def device_arg(self) -> str | None:
         device_id = self.arg("device_id")

@@ -133,3 +133,15 @@ def test_open_network_opt_out_warns_loudly(server_process):
     assert "WITHOUT AUTHENTICATION" in "".join(server.log)
     health = call("GET", server.url + "/api/health")[1]
     assert "WITHOUT authentication" in health["warning"]
+
+
+def test_json_access_log_names_the_token_never_patient_data(server_process):
+    server = server_process("--log-format", "json")
+    call("POST", server.url + "/api/patients/", {"name": "Very Private Person"})
+    assert server.stop() == 0
+    lines = [json.loads(line) for line in "".join(server.log).splitlines() if line.startswith("{")]
+    access = [x for x in lines if x["logger"] == "healthsync.access"]
+    assert any(x["method"] == "POST" and x["path"] == "/api/patients/" and x["status"] == 201
+               and "duration_ms" in x and x["token"] is None for x in access)
+    assert "Very Private Person" not in "".join(server.log)
+    assert any("listening on http://" in x["message"] for x in lines)
