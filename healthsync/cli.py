@@ -68,6 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     rest = sub.add_parser("restore", help="put a backup back (refused while a server uses the data dir)")
     _common(rest)
     rest.add_argument("src", help="the backup file")
+    demo = sub.add_parser("demo", help="fill a data dir with realistic demo data; --live plays tablets syncing")
+    _common(demo)
+    demo.add_argument("--patients", type=int, default=200, help="patients to create (default 200)")
+    demo.add_argument("--seed", type=int, help="random seed, for the same data every time")
+    demo.add_argument("--live", action="store_true", help="then play tablets syncing with a running server")
+    demo.add_argument("--url", default="http://127.0.0.1:8000", help="the running server, for --live")
+    demo.add_argument("--token", help="a device or admin token, for --live in token mode")
+    demo.add_argument("--devices", type=int, default=3, help="tablets to play (default 3)")
+    demo.add_argument("--seconds", type=float, help="stop --live after this long (default: until Ctrl-C)")
     return parser
 
 
@@ -160,6 +169,8 @@ def main(argv: Sequence[str]) -> int:
         return asyncio.run(token_command(settings, args))
     if args.command in ("backup", "restore"):
         return backup_command(settings, args)
+    if args.command == "demo":
+        return demo_command(settings, args)
     raise AssertionError(args.command)
 
 
@@ -220,6 +231,24 @@ async def _create_fresh(settings: Settings) -> None:
     db = Database(settings.db_path, synchronous=settings.synchronous, readers=1)
     await db.open()
     await db.close()
+
+
+def demo_command(settings: Settings, args: argparse.Namespace) -> int:
+    from . import demo
+
+    if args.patients > 0:
+        print(f"writing {args.patients} demo patients into {settings.db_path}", file=sys.stderr)
+        changes = demo.run_fill(settings.db_path, args.patients, args.seed)
+        print(f"wrote {changes} changes", file=sys.stderr)
+    if args.live:
+        try:
+            demo.live(args.url.rstrip("/"), args.token, args.devices, args.seconds, args.seed)
+        except KeyboardInterrupt:
+            pass
+        except OSError as exc:
+            print(f"healthsync: cannot reach {args.url}: {exc}", file=sys.stderr)
+            return 1
+    return 0
 
 
 def worker(settings: Settings) -> int:

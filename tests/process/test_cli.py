@@ -145,3 +145,20 @@ def test_json_access_log_names_the_token_never_patient_data(server_process):
                and "duration_ms" in x and x["token"] is None for x in access)
     assert "Very Private Person" not in "".join(server.log)
     assert any("listening on http://" in x["message"] for x in lines)
+
+
+def test_demo_fills_a_fresh_data_dir_and_plays_live(server_process, tmp_path):
+    data = tmp_path / "demo"
+    result = run_cli("demo", "--patients", "120", "--seed", "7", "--data-dir", str(data))
+    assert result.returncode == 0, result.stderr
+    assert "120/120 patients" in result.stderr
+    server = server_process(data_dir=data)
+    patients = call("GET", server.url + "/api/patients/")[1]
+    assert len(patients) == 120 and all(p["identifiers"]["mrn"].startswith("MRN-") for p in patients)
+    records = call("GET", server.url + "/api/records/?resource_type=Observation")[1]
+    codings = {r["data"]["code"]["coding"][0]["system"] for r in records}
+    assert codings == {"http://loinc.org"} and all("unit" in r["data"]["valueQuantity"] for r in records)
+    played = run_cli("demo", "--patients", "0", "--live", "--url", server.url, "--seconds", "2",
+                     "--data-dir", str(data))
+    assert played.returncode == 0, played.stderr
+    assert len(call("GET", server.url + "/api/devices/")[1]) >= 2  # the import and at least one tablet
