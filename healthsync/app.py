@@ -31,6 +31,7 @@ from .metrics import Metrics
 from .push.hub import Hub
 from .resources import Resources
 from .storage import CommitInfo, Database
+from .storage.db import probe
 from .sync.service import SyncService
 from .tasks import EmbeddedWorker, queue_depth
 from .web.audit import AuditHandler
@@ -74,6 +75,7 @@ class Context:
         }
         try:
             row = await self.db.fetchone("SELECT seq FROM clock")
+            await asyncio.get_running_loop().run_in_executor(None, probe, self.db.path)
             report["database"] = {"ok": True, "schema_version": self.db.schema_version, "head": row[0]}
         except Exception as exc:  # any failure to read is "down", not a 500
             report["status"] = "unavailable"

@@ -261,6 +261,18 @@ class Database:
             await target.close()
 
 
+def probe(path: Path) -> int:
+    """Open the file afresh, read-only, and read the head: what a restarting
+    server would see (a pooled connection can keep serving from its cache)."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        return int(conn.execute("SELECT seq FROM clock").fetchone()[0])
+    finally:
+        conn.close()
+
+
 async def _rollback(conn: aiosqlite.Connection) -> None:
     try:
         await conn.execute("ROLLBACK")
