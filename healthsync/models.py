@@ -24,7 +24,6 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     field_validator,
-    model_validator,
 )
 
 from . import clock
@@ -48,31 +47,24 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value)
 
 
-def json_depth(value: Any) -> int:
-    """Nesting depth of a JSON value (a scalar is 0, ``{}`` is 1)."""
-    depth = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict):
-            level += 1
-            stack.extend((v, level) for v in item.values() if isinstance(v, (dict, list)))
-        elif isinstance(item, list):
-            level += 1
-            stack.extend((v, level) for v in item if isinstance(v, (dict, list)))
-        if level > depth:
-            depth = level
-    return depth
+def too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether a JSON value nests deeper than ``limit`` (a scalar is 0, ``{}`` is 1).
 
-
-def dump_document(value: Any, field: str) -> str:
-    """Serialize a stored JSON document (``data``, ``identifiers``, ``fhir``).
-
-    Raises ``ValueError`` naming ``field`` when it nests deeper than we keep.
+    Recursion stops at ``limit``, so it never goes deeper than that however
+    deep the value; flat documents, the common case, cost one pass.
     """
-    if json_depth(value) > MAX_JSON_DEPTH:
-        raise ValueError(f"{field} is nested deeper than {MAX_JSON_DEPTH} levels")
-    return orjson.dumps(value).decode()
+    if isinstance(value, dict):
+        children: Any = value.values()
+    elif isinstance(value, list):
+        children = value
+    else:
+        return False
+    if limit <= 0:
+        return True
+    for child in children:
+        if isinstance(child, (dict, list)) and too_deep(child, limit - 1):
+            return True
+    return False
 
 
 def parse_uuid(text: str, field: str = "id") -> str:
@@ -112,14 +104,16 @@ def invalid_from(exc: ValidationError, what: str) -> Invalid:
 
 
 class _Writable(BaseModel):
+    """Writable fields; the read-only keys a client echoes back are accepted
+    and ignored (declared, so pydantic skips them without a Python hook)."""
+
     model_config = ConfigDict(extra="forbid", str_max_length=1_000_000)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _drop_read_only(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: v for k, v in value.items() if k not in READ_ONLY_KEYS}
-        return value
+    id: Any = Field(None, exclude=True)
+    owner: Any = Field(None, exclude=True)
+    server_version: Any = Field(None, exclude=True)
+    updated_at: Any = Field(None, exclude=True)
+    deleted: Any = Field(None, exclude=True)
 
 
 def check_dob(value: str | None) -> str | None:
@@ -159,7 +153,7 @@ class PatientIn(_Writable):
     @field_validator("identifiers", "fhir")
     @classmethod
     def _not_too_deep(cls, v: Any) -> Any:
-        if v is not None and json_depth(v) > MAX_JSON_DEPTH:
+        if v is not None and too_deep(v):
             raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
         return v
 
@@ -190,7 +184,7 @@ class RecordIn(_Writable):
     @field_validator("data")
     @classmethod
     def _not_too_deep(cls, v: Any) -> Any:
-        if json_depth(v) > MAX_JSON_DEPTH:
+        if too_deep(v):
             raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
         return v
 

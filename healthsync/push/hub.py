@@ -35,6 +35,7 @@ Tornado.  A peer is anything with ``send(bytes) -> Future | None`` and
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -225,6 +226,19 @@ class Hub:
         else:
             end, end_time = head[0], clock.format_us(head[1])
         # Group frames: each built once, sent as the same bytes to every member.
+        # The loop is synchronous and allocates a little per subscriber: keep
+        # the cyclic GC from pausing it half-way through a thousand sockets.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._fan_out(rows, start, end, end_time)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        self.live_seq, self.live_time = end, end_time
+        self.head_seq = max(self.head_seq, end)
+
+    def _fan_out(self, rows: list[queries.PushRow], start: int, end: int, end_time: str) -> None:
         for group, members in list(self._groups.items()):
             self.stats["frames_dropped"] += sum(1 for s in members if s.state == LAGGING)
             live = [s for s in members if s.state == LIVE and s.cursor is not None and s.cursor < end]
@@ -248,8 +262,6 @@ class Hub:
                 sub.cursor = end
                 if frame:
                     self._send(sub, frame)
-        self.live_seq, self.live_time = end, end_time
-        self.head_seq = max(self.head_seq, end)
 
     # Subscribers -------------------------------------------------------------------------
 
@@ -322,6 +334,7 @@ class Hub:
                         await done  # flow control: one page in flight at a time
                 if not page.has_more and sub.cursor >= self.live_seq:
                     sub.state = LIVE  # from here the broadcaster serves it
+                    sub.task = None  # nothing keeps the finished task (memory per socket)
                     return
         except asyncio.CancelledError:
             raise
