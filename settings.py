@@ -92,6 +92,11 @@ class Settings(BaseModel):
     busy_timeout_ms: int = Field(
         10_000, ge=0, description="How long a write waits for another process's write lock."
     )
+    backup_keep: int = Field(
+        7, ge=0, description="Daily backups kept in backup_dir (0 turns scheduled backups off)."
+    )
+    backup_hour: int = Field(2, ge=0, le=23, description="Hour of the day (UTC) of the scheduled backup.")
+    backup_dir: Path | None = Field(None, description="Where scheduled backups go (default: <data_dir>/backups).")
     tombstone_retention_days: float = Field(
         365, gt=0, description="Deleted items are purged after this; older cursors must resync (410)."
     )
@@ -137,6 +142,10 @@ class Settings(BaseModel):
         if self.auth_mode == "open" and self.on_loopback:
             return list(LOOPBACK_CORS_ORIGINS)
         return []
+
+    @property
+    def effective_backup_dir(self) -> Path:
+        return self.backup_dir if self.backup_dir is not None else self.data_dir / "backups"
 
     @property
     def db_path(self) -> Path:

@@ -102,7 +102,13 @@ class HealthSyncApp(tornado.web.Application):
         await self.ctx.db.open()
         await self.ctx.hub.start()
         if self.ctx.settings.embedded_worker:
-            self.ctx.worker = EmbeddedWorker(self.ctx.settings, self.ctx.batches.huey)
+            loop = asyncio.get_running_loop()
+            metrics = self.ctx.metrics
+
+            def on_task(name: str, outcome: str, seconds: float) -> None:  # a worker thread
+                loop.call_soon_threadsafe(metrics.observe_task, name, outcome, seconds)
+
+            self.ctx.worker = EmbeddedWorker(self.ctx.settings, self.ctx.batches.huey, on_task)
             await self.ctx.worker.start()
         if self.ctx.settings.synchronous != "FULL":
             log.warning(

@@ -45,6 +45,8 @@ def backup(db_path: Path, dest: Path) -> Path:
     out = sqlite3.connect(tmp)
     try:
         src.backup(out, pages=1024)  # steps, so the server's writes are not held off
+        # A backup is one self-contained file: no WAL beside it when opened.
+        out.execute("PRAGMA journal_mode = DELETE")
     finally:
         out.close()
         src.close()

@@ -44,6 +44,11 @@ class Metrics:
         hist[-2] += 1  # count
         hist[-1] += seconds  # sum
 
+    def observe_task(self, name: str, outcome: str, seconds: float) -> None:
+        """A Huey task run by this process's consumer (count and total seconds)."""
+        self.inc("healthsync_tasks_total", help="Background tasks run by this process", task=name, outcome=outcome)
+        self.inc("healthsync_task_seconds_total", seconds, help="Seconds spent in background tasks", task=name)
+
     def gauge(self, name: str, help: str, read: Callable[[], float]) -> None:
         self.gauges[name] = (help, read)
 

@@ -28,11 +28,14 @@ import asyncio
 import logging
 import sqlite3
 import threading
+import time
+from collections.abc import Callable
 
 import orjson
 from huey import SqliteHuey, crontab
 from huey.api import Task
 from huey.consumer import Consumer
+from huey.signals import SIGNAL_COMPLETE, SIGNAL_ERROR, SIGNAL_EXECUTING
 
 from settings import Settings
 
@@ -81,7 +84,12 @@ def make_huey(settings: Settings) -> SqliteHuey:
     def maintenance() -> None:
         asyncio.run(upkeep(settings, huey))
 
+    @huey.periodic_task(crontab(minute="0", hour=str(settings.backup_hour)), name="daily_backup")
+    def daily_backup() -> str | None:
+        return scheduled_backup(settings)
+
     huey.apply_batch = apply_batch  # type: ignore[attr-defined]
+    huey.daily_backup = daily_backup  # type: ignore[attr-defined]
     huey.maintenance = maintenance  # type: ignore[attr-defined]
     return huey
 
@@ -257,16 +265,53 @@ async def upkeep(settings: Settings, huey: SqliteHuey) -> None:
         await db.close()
 
 
+def scheduled_backup(settings: Settings, today: str | None = None) -> str | None:
+    """Today's backup into ``backup_dir`` (one file a day), keeping the newest
+    ``backup_keep``; None when scheduled backups are off."""
+    from .backup import backup
+
+    if settings.backup_keep <= 0:
+        return None
+    folder = settings.effective_backup_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    day = today or clock.format_us(clock.now_us())[:10].replace("-", "")
+    dest = backup(settings.db_path, folder / f"healthsync-{day}.db")
+    kept = sorted(folder.glob("healthsync-*.db"), reverse=True)
+    for old in kept[settings.backup_keep :]:
+        old.unlink()
+    log.info("scheduled backup written to %s (%d kept)", dest, min(len(kept), settings.backup_keep))
+    return str(dest)
+
+
 # Running a consumer ------------------------------------------------------------------
 
 
-class EmbeddedWorker:
-    """A Huey consumer in this process's threads, started and stopped by the host."""
+TaskObserver = Callable[[str, str, float], None]
 
-    def __init__(self, settings: Settings, huey: SqliteHuey) -> None:
+
+class EmbeddedWorker:
+    """A Huey consumer in this process's threads, started and stopped by the host.
+
+    ``on_task(name, outcome, seconds)``, if given, is called from the worker
+    thread after each task (for metrics); it must be thread-safe.
+    """
+
+    def __init__(self, settings: Settings, huey: SqliteHuey, on_task: TaskObserver | None = None) -> None:
         self.settings = settings
         self.huey = huey
         self.consumer: HealthSyncConsumer | None = None
+        if on_task is not None:
+            started: dict[str, float] = {}
+
+            @huey.signal(SIGNAL_EXECUTING)
+            def _executing(signal: str, task: Task) -> None:
+                started[task.id] = time.monotonic()
+
+            @huey.signal(SIGNAL_COMPLETE, SIGNAL_ERROR)
+            def _finished(signal: str, task: Task, exc: BaseException | None = None) -> None:
+                begun = started.pop(task.id, None)
+                if begun is not None:
+                    on_task(task.name, "ok" if signal == SIGNAL_COMPLETE else "error", time.monotonic() - begun)
 
     async def start(self) -> None:
         """Start the consumer threads, then re-queue what a dead worker left behind."""

@@ -203,3 +203,33 @@ def test_huey_task_logic_in_immediate_mode(tmp_path):
     assert conn.execute("SELECT status FROM batches").fetchone()[0] == "processing"
     assert conn.execute("SELECT count(*) FROM patients").fetchone()[0] == 0
     conn.close()
+
+
+async def test_task_runs_are_counted_in_metrics(api):
+    resp = await api.post("/api/sync/upload/", {"device_id": "d", "changes": patient_changes(3), "async": True})
+    await api.post(f"/api/sync/trigger/{resp.json['batch_id']}/")
+    await wait_status(api, resp.json["batch_id"], "done")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        text = (await api.get("/metrics")).body.decode()
+        if 'healthsync_tasks_total{outcome="ok",task="apply_batch"} 1' in text:
+            break
+        await asyncio.sleep(0.05)
+    assert 'healthsync_tasks_total{outcome="ok",task="apply_batch"} 1' in text
+    assert 'healthsync_task_seconds_total{task="apply_batch"}' in text
+
+
+def test_scheduled_backup_keeps_the_newest(tmp_path):
+    from healthsync.tasks import scheduled_backup
+
+    settings = make_settings(tmp_path / "data", backup_keep=2)
+    db = Database(settings.db_path)
+    asyncio.run(db.open())
+    asyncio.run(db.close())
+    for day in ("20261120", "20261121", "20261122", "20261122"):
+        assert scheduled_backup(settings, today=day).endswith(f"healthsync-{day}.db")
+    kept = sorted(p.name for p in settings.effective_backup_dir.iterdir())
+    assert kept == ["healthsync-20261121.db", "healthsync-20261122.db"]
+    assert scheduled_backup(make_settings(tmp_path / "data", backup_keep=0)) is None
+    huey = make_huey(settings)
+    assert "daily_backup" in {t.__name__ for t in huey._registry._periodic_tasks}
