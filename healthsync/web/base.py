@@ -38,7 +38,7 @@ from ..errors import (
 from ..models import loads, parse_uuid
 
 if TYPE_CHECKING:
-    from ..app import Context
+    from ..context import Context
 
 log = logging.getLogger("healthsync.web")
 

@@ -29,7 +29,7 @@ from ..sync import download as dl
 from .base import origin_allowed, redact_query
 
 if TYPE_CHECKING:
-    from ..app import Context
+    from ..context import Context
     from ..push.hub import Subscription
 
 MAX_CLIENT_MESSAGE = 4096
