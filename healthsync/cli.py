@@ -21,6 +21,9 @@ import settings as settings_mod
 from settings import Settings, SettingsError
 
 log = logging.getLogger("healthsync")
+# The ready line is what operators, service managers and tests wait for: it is
+# logged at any ``log_level`` (this logger's own level lets it through).
+ready_log = logging.getLogger("healthsync.ready")
 
 SHUTDOWN_GRACE_SECONDS = 10.0
 
@@ -151,6 +154,7 @@ def setup_logging(level: str, fmt: str = "text") -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    ready_log.setLevel(logging.INFO)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -306,7 +310,7 @@ async def serve(settings: Settings) -> int:
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"
-    log.info("listening on http://%s:%d", host, port)
+    ready_log.info("listening on http://%s:%d", host, port)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

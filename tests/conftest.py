@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import inspect
 import logging
-import re
 import os
+import re
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,60 +207,95 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class ServerProcess:
-    """``python run.py …`` in a subprocess; ``start`` waits for the ready line."""
+class RunPy:
+    """``python run.py …`` in a subprocess; ``start`` waits for its ready line.
+
+    A thread drains the process's output into ``log`` for its whole life: an
+    unread pipe fills up and then blocks the process's next log line.
+    """
+
+    READY = re.compile(r"worker ready")
 
     def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.args = list(args)
         self.env = env
         self.proc: subprocess.Popen[str] | None = None
-        self.port: int | None = None
+        self.ready_line: str | None = None
         self.log: list[str] = []
+        self._ready = threading.Event()
+        self._reader: threading.Thread | None = None
 
     def start(self, timeout: float = 30) -> ServerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
         env.update(self.env or {})
-        cmd = [sys.executable, "run.py", *self.args]
-        if not any(a == "--port" for a in self.args):
-            cmd += ["--port", "0"]
-        cmd += ["--data-dir", str(self.data_dir)]
+        cmd = [sys.executable, "run.py", *self.args, *self.extra_args(), "--data-dir", str(self.data_dir)]
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
-        deadline = time.monotonic() + timeout
-        assert self.proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            self.log.append(line)
-            if "listening on http://" in line:
-                self.port = int(re.search(r"listening on http://\S+?:(\d+)", line).group(1))  # type: ignore[union-attr]
-                return self
-        self.stop()
-        raise RuntimeError("server did not start:\n" + "".join(self.log))
+        self.ready_line = None
+        self._ready.clear()
+        self._reader = threading.Thread(target=self._drain, args=(self.proc,), daemon=True)
+        self._reader.start()
+        self._ready.wait(timeout)
+        if self.ready_line is None:
+            self.stop()
+            raise RuntimeError(f"{' '.join(self.args) or 'serve'} did not start:\n" + "".join(self.log))
+        return self
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def extra_args(self) -> list[str]:
+        return []
+
+    def _drain(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.log.append(line)
+            if self.ready_line is None and self.READY.search(line):
+                self.ready_line = line
+                self._ready.set()
+        self._ready.set()  # the process exited: stop waiting
+
+    def _reap(self) -> None:
+        assert self.proc is not None
+        self.proc.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
-            out, _ = self.proc.communicate(timeout=timeout)
+            self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, _ = self.proc.communicate()
-        self.log.append(out or "")
+        self._reap()
         return self.proc.returncode
 
     def kill(self) -> None:
         assert self.proc is not None
         self.proc.kill()
-        self.proc.communicate()
+        self._reap()
+
+
+class ServerProcess(RunPy):
+    """``python run.py [serve] …`` on a free port (``--port 0`` unless given)."""
+
+    READY = re.compile(r"listening on http://\S+?:(\d+)")
+
+    def extra_args(self) -> list[str]:
+        return [] if "--port" in self.args else ["--port", "0"]
+
+    @property
+    def port(self) -> int | None:
+        m = self.READY.search(self.ready_line or "")
+        return int(m.group(1)) if m else None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
 
 @pytest.fixture

@@ -37,6 +37,13 @@ def test_serve_ready_line_and_clean_stop(server_process, sig):
     assert "stopped" in "".join(server.log)
 
 
+def test_ready_line_is_logged_at_any_log_level(server_process):
+    server = server_process("--log-level", "WARNING")
+    assert any("listening on http://" in line for line in server.log)
+    assert call("GET", server.url + "/api/health")[0] == 200
+    assert server.stop() == 0
+
+
 def test_restart_keeps_everything(server_process, tmp_path):
     data = tmp_path / "data"
     first = server_process(data_dir=data)

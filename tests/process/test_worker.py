@@ -3,47 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import RunPy
 from tests.process.test_cli import call
 
 pytestmark = pytest.mark.slow
 
 
-class Worker:
-    def __init__(self, data_dir, env=None) -> None:
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
-        full_env.update(env or {})
-        self.proc = subprocess.Popen(
-            [sys.executable, "run.py", "worker", "--data-dir", str(data_dir)],
-            cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        assert self.proc.stdout is not None
-        self.log = []
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            self.log.append(line)
-            if "worker ready" in line or not line:
-                break
-        assert "worker ready" in self.log[-1], "".join(self.log)
-
-    def stop(self, sig=signal.SIGTERM) -> int:
-        self.proc.send_signal(sig)
-        out, _ = self.proc.communicate(timeout=30)
-        self.log.append(out)
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.communicate()
+def Worker(data_dir, env=None) -> RunPy:
+    """``run.py worker`` on ``data_dir``, started (its ready line seen)."""
+    return RunPy(data_dir, "worker", env=env).start()
 
 
 def upload_async(url: str, n: int, device: str = "tablet-7") -> str:
