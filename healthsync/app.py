@@ -34,6 +34,7 @@ from .web.audit import AuditHandler
 from .web.base import NotFoundHandler
 from .web.batches import BatchHandler, BatchListHandler, TriggerHandler
 from .web.health import HealthHandler, MetricsHandler
+from .web.openapi import DocsHandler, SchemaHandler
 from .web.resources import PatientHandler, PatientListHandler, RecordHandler, RecordListHandler
 from .web.sync import ConflictHandler, ConflictListHandler, DeviceListHandler, DownloadHandler, UploadHandler
 from .web.ws import SyncSocket
@@ -179,6 +180,8 @@ def make_app(settings: Settings) -> HealthSyncApp:
         (rf"/api/conflicts/{uuid_ish}/resolve/?", ConflictHandler, kw),
         (r"/api/audit/?", AuditHandler, kw),
         (r"/api/health/?", HealthHandler, kw),
+        (r"/api/schema/?", SchemaHandler, kw),
+        (r"/api/docs/?", DocsHandler, kw),
         (r"/metrics", MetricsHandler, kw),
         (r"/()", tornado.web.StaticFileHandler, {"path": str(STATIC_DIR), "default_filename": "index.html"}),
         (r"/static/(.*)", tornado.web.StaticFileHandler, {"path": str(STATIC_DIR)}),

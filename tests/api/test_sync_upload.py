@@ -7,7 +7,6 @@ import uuid
 
 import pytest
 
-
 UPLOAD = "/api/sync/upload/"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from tests.dashboard.conftest import NETWORK_ERROR, Api, seed_patients
 
 pytestmark = pytest.mark.slow

@@ -402,3 +402,21 @@ def test_token_mode_asks_for_a_dashboard_token(server_process, dash, tmp_path):
     page.get_by_role("button", name="Forget dashboard token").click()
     expect(panel).to_be_visible(timeout=LOAD)
     assert page.evaluate("sessionStorage.getItem('healthsync.dashboardToken')") is None
+
+
+def test_api_docs_page_renders_the_openapi_document(server_process, dash):
+    srv = server_process()
+    operations = sum(
+        1 for item in Api(srv.url).get("/api/schema/")["paths"].values()
+        for method in item if method in ("get", "post", "put", "patch", "delete")
+    )
+    page = dash.page
+    page.goto(f"{srv.url}/api/docs/")
+    expect(page.locator("#title")).to_have_text(re.compile("HealthSync API"), timeout=LOAD)
+    expect(page.locator("section.op .method")).to_have_count(operations, timeout=LOAD)
+    expect(page.locator("#status")).to_have_count(0)
+    upload = page.locator("section.op", has=page.locator(".path", has_text="/api/sync/upload/"))
+    expect(upload.first).to_contain_text("Upload a device's batch of changes")
+    expect(page.locator("#schemas")).to_contain_text("UploadRequest")
+    dash.shot("api-docs")
+    assert dash.unexpected_errors() == []

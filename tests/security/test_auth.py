@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 
 import pytest
@@ -82,6 +83,19 @@ async def test_no_patient_data_without_a_token(api, tokens):
         assert resp.status == 401 and b"Secret" not in resp.body
     health = await api.get("/api/health")
     assert health.status == 200 and health.json["auth"] == "token" and b"Secret" not in health.body
+
+
+async def test_schema_and_docs_are_public_and_local(api):
+    schema = await api.get("/api/schema/")
+    assert schema.status == 200 and schema.json["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    docs = await api.get("/api/docs/")
+    assert docs.status == 200 and docs.headers["Content-Type"].startswith("text/html")
+    assert b"/api/schema/" in docs.body
+    # Nothing from the internet: every script, stylesheet and icon is served by this box.
+    for ref in re.findall(rb'(?:src|href)="([^"]+)"', docs.body):
+        assert ref.startswith(b"/"), ref
+        if ref.startswith(b"/static/"):
+            assert (await api.get(ref.decode())).status == 200, ref
 
 
 async def test_owner_is_the_creating_token(api, tokens):

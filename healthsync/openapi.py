@@ -1,0 +1,679 @@
+"""The OpenAPI 3.1 document of the whole HTTP API, built from pydantic models.
+
+Request bodies come from the models the handlers validate with
+(``PatientIn``, ``RecordIn``, ``UploadRequest`` and its ``Change``), so the
+document cannot drift from what the server accepts.  Response bodies are
+described by the models below; they mirror what ``storage/queries.py``,
+``sync/download.py``, ``sync/apply.py`` and ``errors.py`` produce, and the
+tests validate real responses (and a schemathesis fuzz run) against them.
+
+``build_schema(settings)`` returns a fresh dict; ``schema_for(settings)``
+caches it per limit values (the document shows the configured limits).
+Pure: no I/O, safe from any thread.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+
+from . import __version__ as _version
+from .fhir import R4_RESOURCE_TYPES
+from .models import PatientIn, RecordIn, UploadRequest
+
+REF = "#/components/schemas/{model}"
+UUID_EXAMPLE = "3f2b8c1e-8d4a-4c6e-9b7a-2d1e5f6a7b8c"
+TIME_EXAMPLE = "2025-09-12T19:25:18.331000Z"
+BATCH_STATUSES = ("pending", "processing", "done", "failed")
+CONFLICT_REASONS = ("version_mismatch", "server_newer", "deleted_on_server")
+
+
+# Response models ------------------------------------------------------------------
+#
+# ``extra="forbid"`` makes each one ``additionalProperties: false``: a key the
+# server starts sending without documenting it fails the schema tests.
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Patient(_Out):
+    """A patient as the API returns it."""
+
+    id: str = Field(description="Server id (UUID).", json_schema_extra={"format": "uuid"})
+    owner: str | None = Field(description="Name of the token that created it (null in open mode).")
+    name: str
+    dob: str | None = Field(description="Date of birth, YYYY-MM-DD.")
+    identifiers: dict[str, Any]
+    fhir: dict[str, Any] | None
+    server_version: int = Field(ge=1, description="1 on create, +1 on every change (deletes included).")
+    updated_at: str = Field(description="Server UTC time with microseconds.", examples=[TIME_EXAMPLE])
+    deleted: bool = Field(description="A tombstone (only shown with include_deleted=true).")
+
+
+class HealthRecord(_Out):
+    """A health record (a FHIR R4 resource of a patient)."""
+
+    id: str = Field(json_schema_extra={"format": "uuid"})
+    patient: str = Field(description="The patient's id.", json_schema_extra={"format": "uuid"})
+    resource_type: str = Field(description="A FHIR R4 resource type other than Patient.", examples=["Observation"])
+    data: dict[str, Any]
+    server_version: int = Field(ge=1)
+    updated_at: str
+    deleted: bool
+
+
+class PatientEntryData(_Out):
+    owner: str | None
+    name: str
+    dob: str | None
+    identifiers: dict[str, Any]
+    fhir: dict[str, Any] | None
+
+
+class PatientEntry(_Out):
+    """A patient's download entry: its fields in ``data``."""
+
+    server_id: str
+    resource_type: Literal["Patient"]
+    data: PatientEntryData
+    server_version: int
+    updated_at: str
+    deleted: bool
+
+
+class RecordEntry(_Out):
+    """A record's download entry, naming its ``patient``."""
+
+    server_id: str
+    resource_type: str
+    patient: str
+    data: dict[str, Any]
+    server_version: int
+    updated_at: str
+    deleted: bool
+
+
+class DownloadEntry(RootModel[PatientEntry | RecordEntry]):
+    """The latest version of a changed patient or record (tombstones included)."""
+
+
+class DownloadPage(_Out):
+    """``GET /api/sync/download/``: changes oldest first."""
+
+    changes: list[DownloadEntry]
+    server_time: str = Field(description="Follow it as the next `since`.")
+    cursor: str = Field(description="Opaque; follow it as the next `cursor`.", examples=["42"])
+    has_more: bool = Field(description="Another page follows (from `cursor`).")
+
+
+class UploadResult(_Out):
+    """The outcome of one change, in the order of ``changes``."""
+
+    status: Literal["created", "updated", "deleted", "not_found", "conflict", "rejected"]
+    client_temp_id: str = Field(None, description="Echoed for creates.")
+    server_id: str = Field(None, description="The item's server id (absent for a rejected create).")
+    server_version: int | None = Field(None, description="The new version of an applied change.")
+    error: str = Field(None, description="Why a `rejected` change could not apply.")
+    reason: Literal[CONFLICT_REASONS] = Field(None, description="Why a `conflict`.")  # type: ignore[valid-type]
+    conflict_id: str = Field(None, description="The conflict recorded at /api/conflicts/.")
+    server_copy: Patient | HealthRecord = Field(None, description="The server's copy, for a `conflict`.")
+
+
+class ConflictSummary(_Out):
+    server_id: str
+    reason: Literal[CONFLICT_REASONS]  # type: ignore[valid-type]
+
+
+class UploadResponse(_Out):
+    """A synchronous upload's answer (also returned again for a retried ``batch_id``)."""
+
+    batch_id: str
+    results: list[UploadResult]
+    conflicts: list[ConflictSummary]
+    server_time: str
+    cursor: str
+
+
+class AsyncUploadAccepted(_Out):
+    """An ``async: true`` upload, stored to be applied when triggered."""
+
+    batch_id: str
+    status: Literal["pending"]
+
+
+class Conflict(_Out):
+    """A recorded conflict: the device's change and the server's copy."""
+
+    id: str
+    batch_id: str
+    device_id: str
+    server_id: str
+    resource_type: str
+    reason: Literal[CONFLICT_REASONS]  # type: ignore[valid-type]
+    change: dict[str, Any] = Field(description="The change as the device sent it.")
+    server_copy: Patient | HealthRecord | None
+    created_at: str
+    resolved: bool
+    resolved_at: str | None
+    resolution: str | None
+
+
+class ConflictResolution(_Out):
+    """``PATCH /api/conflicts/{id}/`` (or ``POST …/resolve/``): mark resolved."""
+
+    resolved: Literal[True]
+    resolution: str | None = Field(None, max_length=2000, description="An optional note.")
+
+
+class Batch(_Out):
+    """A stored sync batch; once ``done`` (by id) it carries its upload response."""
+
+    batch_id: str
+    device_id: str
+    status: Literal[BATCH_STATUSES]  # type: ignore[valid-type]
+    change_count: int
+    attempts: int
+    task_id: str | None
+    created_at: str
+    claimed_at: str | None
+    finished_at: str | None
+    updated_at: str
+    error: str | None
+    results: list[UploadResult] = Field(None, description="Only by id, once applied.")
+    conflicts: list[ConflictSummary] = Field(None, description="Only by id, once applied.")
+    server_time: str = Field(None, description="Only by id, once applied.")
+    cursor: str = Field(None, description="Only by id, once applied.")
+
+
+class Device(_Out):
+    """A device seen by upload or download (with ``device_id``)."""
+
+    device_id: str
+    first_seen: str
+    last_seen: str
+    last_upload_at: str | None
+    last_download_at: str | None
+    last_cursor: str | None
+    behind: int | None = Field(description="Changes committed after its last download's cursor.")
+    pending_batches: int
+    failed_batches: int
+
+
+class AuditEntry(_Out):
+    id: int
+    at: str
+    who: str | None
+    role: str | None
+    method: str
+    path: str
+    query: str | None
+    status: int
+    remote_ip: str | None
+
+
+class TriggerResponse(_Out):
+    status: Literal["task started"]
+    task_id: str
+
+
+class HealthDatabaseOk(_Out):
+    ok: Literal[True]
+    schema_version: int
+    head: int
+
+
+class HealthDatabaseDown(_Out):
+    ok: Literal[False]
+    error: str
+
+
+class HealthWorker(_Out):
+    embedded: bool
+    alive: bool | None
+    queue_depth: int = Field(description="Tasks waiting in Huey's queue (-1 when unreadable).")
+
+
+class Health(_Out):
+    status: Literal["ok", "unavailable"]
+    auth: Literal["open", "token"]
+    uptime_seconds: float
+    database: HealthDatabaseOk | HealthDatabaseDown
+    warning: str = Field(None, description="Open mode on a network address.")
+    disk_free_bytes: int
+    websockets: int
+    worker: HealthWorker
+
+
+class ErrorDetail(_Out):
+    field: str = Field(None, description="The field, parameter or header at fault.")
+    index: int = Field(None, description="For uploads: the index of the change at fault.")
+    message: str
+
+
+class Error(_Out):
+    """Every error response."""
+
+    error: str
+    details: list[ErrorDetail]
+    resync: bool = Field(None, description="410: start over from since=1970-01-01T00:00:00Z (or cursor=0).")
+    status: str = Field(None, description="409: the batch's current status.")
+
+
+RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
+    Patient, HealthRecord, DownloadEntry, DownloadPage, UploadResult, UploadResponse, AsyncUploadAccepted,
+    Conflict, ConflictResolution, Batch, Device, AuditEntry, TriggerResponse, Health, Error,
+)
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (PatientIn, RecordIn, UploadRequest)
+
+
+# Schema assembly ---------------------------------------------------------------------
+
+
+def _strip_defaults(node: Any) -> None:
+    """Drop ``default`` from response schemas (meaningless there, and ``null``
+    defaults on non-nullable optional keys would read as if null were sent)."""
+    if isinstance(node, dict):
+        node.pop("default", None)
+        for key, value in node.items():
+            if key in ("properties", "$defs"):
+                for sub in value.values():
+                    _strip_defaults(sub)
+            elif key not in ("examples", "example", "enum", "const", "required"):
+                _strip_defaults(value)
+    elif isinstance(node, list):
+        for item in node:
+            _strip_defaults(item)
+
+
+def _add(components: dict[str, Any], model: type[BaseModel], mode: Literal["validation", "serialization"]) -> None:
+    schema = model.model_json_schema(ref_template=REF, mode=mode)
+    defs = schema.pop("$defs", {})
+    if mode == "serialization":
+        _strip_defaults(schema)
+        for sub in defs.values():
+            _strip_defaults(sub)
+    for name, sub in defs.items():
+        components.setdefault(name, sub)
+    components[model.__name__] = schema
+
+
+def _patch_schema(source: dict[str, Any], title: str) -> dict[str, Any]:
+    """A JSON Merge Patch body for ``source``: every key optional, null removes it."""
+    props = {}
+    for name, sub in source["properties"].items():
+        sub = {k: v for k, v in sub.items() if k != "default"}
+        props[name] = sub if not sub or "anyOf" in sub else {"anyOf": [sub, {"type": "null"}]}
+    return {
+        "title": title,
+        "description": "JSON Merge Patch (RFC 7396): keys given replace, null removes, absent keys stay; "
+        "object fields merge key by key. Read-only keys are ignored; unknown keys are refused.",
+        "type": "object",
+        "properties": props,
+        "additionalProperties": False,
+    }
+
+
+def _components() -> dict[str, Any]:
+    schemas: dict[str, Any] = {}
+    for model in REQUEST_MODELS:
+        _add(schemas, model, "validation")
+    for model in RESPONSE_MODELS:
+        _add(schemas, model, "serialization")
+    schemas["PatientPatch"] = _patch_schema(schemas["PatientIn"], "PatientPatch")
+    schemas["RecordPatch"] = _patch_schema(schemas["RecordIn"], "RecordPatch")
+    read_only = "Read-only: accepted when a client sends its copy back, and ignored."
+    for name in ("PatientIn", "RecordIn"):
+        for key in ("id", "owner", "server_version", "updated_at", "deleted"):
+            schemas[name]["properties"][key]["description"] = read_only
+    schemas["PatientIn"]["properties"]["dob"]["description"] = "YYYY-MM-DD, not in the future, or null."
+    schemas["RecordIn"]["properties"]["resource_type"]["description"] = "A FHIR R4 resource type other than Patient."
+    schemas["RecordIn"]["properties"]["patient"]["description"] = "An existing, not deleted patient's id (UUID)."
+    return schemas
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": REF.format(model=name)}
+
+
+def _json(name: str | None = None, schema: dict[str, Any] | None = None, example: Any = None) -> dict[str, Any]:
+    media: dict[str, Any] = {"schema": schema if schema is not None else _ref(name or "")}
+    if example is not None:
+        media["example"] = example
+    return {"application/json": media}
+
+
+ERROR_TEXT = {
+    400: "Invalid input: the field or parameter is named in `details`.",
+    401: "Token mode: missing or unknown bearer token (`WWW-Authenticate: Bearer`).",
+    403: "Token mode: this token's role may not do this (or a device token acting for another device).",
+    404: "Unknown id.",
+    409: "The batch is in a state that forbids this.",
+    410: "The cursor or `since` can no longer be answered in full: `resync` is true; start over.",
+    412: "`If-Match` no longer matches the current version; nothing changed.",
+    413: "Request body over `max_body_bytes` (or too many changes).",
+    415: "The body is not `application/json`.",
+    429: "Write rate limit (`write_rate_limit`) reached; see `Retry-After`.",
+    503: "Unavailable.",
+}
+
+
+def _error(status: int, text: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": text or ERROR_TEXT[status], "content": _json("Error")}
+    if status == 429:
+        out["headers"] = {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}}
+    if status == 401:
+        out["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+    return out
+
+
+ETAG = {"ETag": {"description": 'The weak version tag, `W/"<server_version>"`.', "schema": {"type": "string"}}}
+LINK = {"Link": {"description": 'RFC 8288 `<…>; rel="next"` while more remain (with `limit`).',
+                 "schema": {"type": "string"}}}
+
+
+def _ok(description: str, content: dict[str, Any] | None, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description}
+    if content is not None:
+        out["content"] = content
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+def _list_of(name: str) -> dict[str, Any]:
+    return _json(schema={"type": "array", "items": _ref(name)})
+
+
+def _param(name: str, where: str, schema: dict[str, Any], description: str, required: bool = False) -> dict[str, Any]:
+    out = {"name": name, "in": where, "description": description, "schema": schema}
+    if required or where == "path":
+        out["required"] = True
+    return out
+
+
+def _id_param(name: str, what: str) -> dict[str, Any]:
+    return _param(name, "path", {"type": "string", "format": "uuid"}, f"The {what}'s id (a UUID).")
+
+
+def build_schema(*, page_limit_max: int = 10000, max_batch_changes: int = 10000) -> dict[str, Any]:
+    """The OpenAPI 3.1 document (a new dict each call)."""
+    uuid_s = {"type": "string", "format": "uuid"}
+    limit = _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": page_limit_max},
+                   "Page size; a `Link: rel=\"next\"` header follows while more remain.")
+    after = _param("after", "query", {"type": "integer", "minimum": 0, "maximum": 2**62},
+                   "Page key from a previous page's `Link` header.")
+    include_deleted = _param("include_deleted", "query", {"type": "boolean"},
+                             "Also show tombstones (deleted items).")
+    record_types = sorted(R4_RESOURCE_TYPES - {"Patient"})
+    if_match = _param("If-Match", "header", {"type": "string"},
+                      'Only if the current version matches (`W/"<server_version>"`, or `*`): else 412.')
+    if_none_match = _param("If-None-Match", "header", {"type": "string"},
+                           "304 (no body) when it matches the current ETag.")
+
+    common_errors = {400: _error(400), 401: _error(401), 403: _error(403)}
+    write_errors = {**common_errors, 413: _error(413), 415: _error(415), 429: _error(429)}
+
+    def op(tag: str, summary: str, responses: dict[Any, Any], *, op_id: str, description: str = "",
+           parameters: list[dict[str, Any]] | None = None, body: dict[str, Any] | None = None,
+           public: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {"tags": [tag], "summary": summary, "operationId": op_id}
+        if description:
+            out["description"] = description
+        if parameters:
+            out["parameters"] = parameters
+        if body is not None:
+            out["requestBody"] = {"required": True, "content": body}
+        out["responses"] = {str(k): v for k, v in sorted(responses.items())}
+        if public:
+            out["security"] = []
+        return out
+
+    def item_ops(kind: str, tag: str, in_name: str, patch_name: str, out_name: str, example: Any) -> dict[str, Any]:
+        pid = _id_param("id", kind)
+        item = _ok(f"The {kind}.", _json(out_name), ETAG)
+        return {
+            "get": op(tag, f"Retrieve a {kind}", {200: item, 304: {"description": "Not modified."},
+                                                     **common_errors, 404: _error(404)},
+                      op_id=f"get_{kind}", parameters=[pid, include_deleted, if_none_match],
+                      description="Deleted items are 404 unless `include_deleted=true`."),
+            "put": op(tag, f"Replace a {kind}'s writable fields",
+                      {200: item, **write_errors, 404: _error(404), 412: _error(412)},
+                      op_id=f"replace_{kind}", parameters=[pid, if_match], body=_json(in_name, example=example)),
+            "patch": op(tag, f"Merge-patch a {kind}",
+                        {200: item, **write_errors, 404: _error(404), 412: _error(412)},
+                        op_id=f"patch_{kind}", parameters=[pid, if_match], body=_json(patch_name),
+                        description="JSON Merge Patch (RFC 7396); `application/merge-patch+json` is accepted too."),
+            "delete": op(tag, f"Delete a {kind} (soft: keeps a tombstone)",
+                         {204: {"description": "Deleted."}, **common_errors, 404: _error(404), 412: _error(412),
+                          413: _error(413), 429: _error(429)},
+                         op_id=f"delete_{kind}", parameters=[pid, if_match],
+                         description="Devices learn of it on their next sync"
+                         + ("; deleting a patient tombstones its records too." if kind == "patient" else ".")),
+        }
+
+    patient_example = {"name": "John Doe", "dob": "1990-01-01", "identifiers": {"mrn": "12345"}, "fhir": {}}
+    record_example = {"patient": UUID_EXAMPLE, "resource_type": "Observation",
+                      "data": {"code": {"text": "Body weight"}, "valueQuantity": {"value": 72.5, "unit": "kg"}}}
+    upload_example = {
+        "device_id": "tablet-7",
+        "changes": [
+            {"operation": "create", "resource_type": "Patient", "client_temp_id": "p1",
+             "payload": {"name": "Ana Silva", "dob": "1985-04-02"}},
+            {"operation": "create", "resource_type": "Observation", "client_temp_id": "o1",
+             "payload": {"patient_temp_id": "p1", "valueQuantity": {"value": 37.2, "unit": "Cel"}}},
+        ],
+    }
+    conflict_id = _id_param("id", "conflict")
+    resolve = op("Conflicts", "Mark a conflict resolved",
+                 {200: _ok("The conflict, resolved.", _json("Conflict")), **write_errors, 404: _error(404)},
+                 op_id="resolve_conflict", parameters=[conflict_id], body=_json(
+                     "ConflictResolution", example={"resolved": True, "resolution": "kept the server copy"}),
+                 description="Idempotent: resolving twice keeps the first resolution.")
+
+    paths: dict[str, Any] = {
+        "/api/patients/": {
+            "get": op("Patients", "List patients",
+                      {200: _ok("Patients in creation order.", _list_of("Patient"), LINK), **common_errors},
+                      op_id="list_patients", parameters=[include_deleted, limit, after],
+                      description="Everything by default (a plain JSON array); `limit` pages it."),
+            "post": op("Patients", "Create a patient",
+                       {201: _ok("Created.", _json("Patient"), {**ETAG, "Location": {"schema": {"type": "string"}}}),
+                        **write_errors},
+                       op_id="create_patient", body=_json("PatientIn", example=patient_example)),
+        },
+        "/api/patients/{id}/": item_ops("patient", "Patients", "PatientIn", "PatientPatch", "Patient",
+                                        patient_example),
+        "/api/records/": {
+            "get": op("Records", "List health records",
+                      {200: _ok("Records in creation order.", _list_of("HealthRecord"), LINK), **common_errors},
+                      op_id="list_records",
+                      parameters=[include_deleted, limit, after,
+                                  _param("patient", "query", uuid_s, "Only this patient's records."),
+                                  _param("resource_type", "query", {"type": "string", "enum": record_types},
+                                         "Only this FHIR R4 type.")]),
+            "post": op("Records", "Create a health record",
+                       {201: _ok("Created.", _json("HealthRecord"),
+                                 {**ETAG, "Location": {"schema": {"type": "string"}}}), **write_errors},
+                       op_id="create_record", body=_json("RecordIn", example=record_example),
+                       description="The patient must exist and not be deleted (else 400 naming `patient`)."),
+        },
+        "/api/records/{id}/": item_ops("record", "Records", "RecordIn", "RecordPatch", "HealthRecord",
+                                       record_example),
+        "/api/sync/upload/": {
+            "post": op("Sync", "Upload a device's batch of changes",
+                       {200: _ok("Applied in one transaction; one result per change, in order.",
+                                 _json("UploadResponse")),
+                        202: _ok("`async: true`: stored as pending; apply it with the trigger endpoint.",
+                                 _json("AsyncUploadAccepted")),
+                        **write_errors, 409: _error(409, "The `batch_id` belongs to another device, or is "
+                                                         "stored and not done yet (`status`).")},
+                       op_id="upload", body=_json("UploadRequest", example=upload_example),
+                       description=f"At most {max_batch_changes} changes (else 413). A malformed batch is refused "
+                       "whole with 400 naming the change `index` and `field`; nothing is applied. A retried "
+                       "`batch_id` returns its stored response and applies nothing again. In token mode a "
+                       "device token may only upload as its own `device_id`."),
+        },
+        "/api/sync/download/": {
+            "get": op("Sync", "Download changes after a time or cursor",
+                      {200: _ok("A page of changes, oldest first.", _json("DownloadPage")), **common_errors,
+                       410: _error(410)},
+                      op_id="download",
+                      parameters=[
+                          _param("since", "query", {"type": "string", "format": "date-time"},
+                                 "ISO 8601 time (an offset, `Z`, or none for UTC). `since` or `cursor` is "
+                                 "required (400 otherwise)."),
+                          _param("cursor", "query", {"type": "string", "pattern": "^[0-9]{1,19}$"},
+                                 "A previous page's `cursor` (wins over `since`). `0` is the start."),
+                          limit,
+                          _param("resource_type", "query",
+                                 {"type": "string", "enum": sorted(R4_RESOURCE_TYPES)}, "Only this type."),
+                          _param("patient", "query", uuid_s, "A patient's own entry and its records' entries."),
+                          _param("device_id", "query", {"type": "string", "minLength": 1, "maxLength": 256},
+                                 "Record this device's progress (shown at /api/devices/)."),
+                      ],
+                      description="The latest version of every patient and record changed after that point, "
+                      "tombstones included. A cut page's `server_time` and `cursor` are its last entry's."),
+        },
+        "/api/sync/trigger/{batch_id}/": {
+            "post": op("Sync", "Apply a stored (async) batch in the background",
+                       {202: _ok("Claimed and queued.", _json("TriggerResponse")), **common_errors,
+                        404: _error(404), 409: _error(409, "Already `processing` or `done` (`status`)."),
+                        413: _error(413), 429: _error(429)},
+                       op_id="trigger_batch", parameters=[_id_param("batch_id", "batch")],
+                       description="A `failed` batch may be triggered again. Poll the batch until `done`."),
+        },
+        "/api/sync/batches/": {
+            "get": op("Sync", "List batches, newest first",
+                      {200: _ok("Batches (without results).", _list_of("Batch"), LINK), **common_errors},
+                      op_id="list_batches",
+                      parameters=[_param("device_id", "query", {"type": "string"}, "Only this device's."),
+                                  _param("status", "query", {"type": "string", "enum": list(BATCH_STATUSES)},
+                                         "Only batches in this status."),
+                                  limit, after]),
+        },
+        "/api/sync/batches/{batch_id}/": {
+            "get": op("Sync", "A batch's status (and once done, its results)",
+                      {200: _ok("The batch.", _json("Batch")), **common_errors, 404: _error(404)},
+                      op_id="get_batch", parameters=[_id_param("batch_id", "batch")]),
+        },
+        "/api/devices/": {
+            "get": op("Devices", "Devices seen, most recently seen first",
+                      {200: _ok("Devices.", _list_of("Device")), **common_errors}, op_id="list_devices"),
+        },
+        "/api/conflicts/": {
+            "get": op("Conflicts", "List recorded conflicts",
+                      {200: _ok("Conflicts, oldest first.", _list_of("Conflict"), LINK), **common_errors},
+                      op_id="list_conflicts",
+                      parameters=[_param("device_id", "query", {"type": "string"}, "Only this device's."),
+                                  _param("resolved", "query", {"type": "boolean"}, "Only resolved or unresolved."),
+                                  limit, after]),
+        },
+        "/api/conflicts/{id}/": {
+            "get": op("Conflicts", "Retrieve a conflict",
+                      {200: _ok("The conflict.", _json("Conflict")), **common_errors, 404: _error(404)},
+                      op_id="get_conflict", parameters=[conflict_id]),
+            "patch": resolve,
+        },
+        "/api/conflicts/{id}/resolve/": {"post": {**resolve, "operationId": "resolve_conflict_post"}},
+        "/api/audit/": {
+            "get": op("Audit", "The audit trail (admin)",
+                      {200: _ok("Entries, oldest first.", _list_of("AuditEntry"), LINK), **common_errors},
+                      op_id="list_audit",
+                      parameters=[_param("who", "query", {"type": "string"}, "Only this token's requests."),
+                                  _param("since", "query", {"type": "string", "format": "date-time"},
+                                         "Only entries after this time."),
+                                  _param("limit", "query", {"type": "integer", "minimum": 1,
+                                                            "maximum": page_limit_max}, "Page size (default 1000)."),
+                                  after],
+                      description="Every API request (`/api/health` aside). Append-only: no other method."),
+        },
+        "/api/health": {
+            "get": op("Health", "Is this box able to serve?",
+                      {200: _ok("Up.", _json("Health")), 400: _error(400),
+                       503: _ok("Database unreadable or the embedded consumer died.", _json("Health"))},
+                      op_id="health", public=True, description="No token needed; no patient data."),
+        },
+        "/api/schema/": {
+            "get": op("Docs", "This OpenAPI document", {200: _ok("OpenAPI 3.1.", _json(schema={"type": "object"}))},
+                      op_id="openapi_schema", public=True),
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "HealthSync API",
+            "version": _version,
+            "summary": "The clinic sync server: patients, FHIR health records, device sync.",
+            "description": DESCRIPTION,
+        },
+        "servers": [{"url": "/", "description": "This server"}],
+        "tags": TAGS,
+        "paths": paths,
+        "components": {
+            "schemas": _components(),
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "Token mode: `Authorization: Bearer <token>` (made with "
+                    "`run.py token create --role device|dashboard|admin --name N`). In open mode (the default "
+                    "on a loopback address) no token is needed and any sent is ignored.",
+                }
+            },
+        },
+        # Token mode needs the bearer token; open mode needs nothing (the empty requirement).
+        "security": [{"bearerAuth": []}, {}],
+    }
+
+
+TAGS = [
+    {"name": "Patients", "description": "Patients: create, read, replace, merge-patch, soft delete."},
+    {"name": "Records", "description": "Health records: FHIR R4 resources of a patient."},
+    {"name": "Sync", "description": "Device sync: upload batches, download changes, background batches."},
+    {"name": "Conflicts", "description": "Conflicts recorded by uploads, and resolving them."},
+    {"name": "Devices", "description": "What the dashboard shows about each device."},
+    {"name": "Audit", "description": "Who did what, for admins."},
+    {"name": "Health", "description": "Monitoring (no token)."},
+    {"name": "Docs", "description": "This document (`/api/schema/`) and its reader (`/api/docs/`)."},
+]
+
+DESCRIPTION = """\
+HealthSync serves one clinic: offline tablets sync patients and FHIR R4 health records, and dashboards
+watch changes arrive. Trailing slashes are optional on every path.
+
+**Authentication.** In *open* mode (the default on a loopback address) no credentials are needed. In
+*token* mode every operation except `/api/health`, `/api/schema/` and `/api/docs/` needs
+`Authorization: Bearer <token>`: 401 without a live token, 403 when its role (`device`, `dashboard`,
+`admin`) may not.
+
+**Errors.** Every error is JSON: `{"error": "…", "details": [{"field": "dob", "message": "…"}]}` (plus
+`resync` on 410, `status` on some 409). Unknown paths are 404, wrong methods 405 (with `Allow`).
+
+**Versions.** `server_version` is 1 on create and +1 on every change. Responses carry
+`ETag: W/"<server_version>"`; `If-Match` guards writes (412), `If-None-Match` reads (304).
+
+**Live push: `/api/sync/ws` (websocket, not describable in OpenAPI).** Connect with `since` or `cursor`
+(as for download) and optionally `resource_type`, `patient`, `device_id` (and in token mode `token`, for
+browsers). Messages are JSON objects with a `type`: `hello` (`cursor`/`since`, `head`, `server_time`),
+`changes` (`changes` exactly as download's entries, `cursor`, `server_time`), `batch` (`batch_id`,
+`status`, `device_id`) and `error`. Send `{"type": "ping"}` to get `{"type": "pong"}`. Bad parameters fail
+the handshake with a JSON 400 (410 with `resync` for a cursor ahead of history). Reconnect with the last
+`cursor` received.
+
+**Not in this document:** `/metrics` (Prometheus text), the dashboard's static files (`/`, `/static/…`).
+"""
+
+
+@functools.lru_cache(maxsize=8)
+def _cached(page_limit_max: int, max_batch_changes: int) -> dict[str, Any]:
+    return build_schema(page_limit_max=page_limit_max, max_batch_changes=max_batch_changes)
+
+
+def schema_for(settings: Any) -> dict[str, Any]:
+    """The document for a server's settings (a copy of a cached build)."""
+    return copy.deepcopy(_cached(settings.page_limit_max, settings.max_batch_changes))
