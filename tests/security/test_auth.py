@@ -43,6 +43,7 @@ ROUTES = [
     ("GET", "/api/records/", None, {"device", "dashboard", "admin"}),
     ("POST", "/api/records/", {"patient": PID, "resource_type": "Observation"}, {"device", "admin"}),
     ("GET", f"/api/records/{PID}/", None, {"device", "dashboard", "admin"}),
+    ("PUT", f"/api/records/{PID}/", {"patient": PID, "resource_type": "Observation"}, {"device", "admin"}),
     ("PATCH", f"/api/records/{PID}/", {}, {"device", "admin"}),
     ("DELETE", f"/api/records/{PID}/", None, {"device", "admin"}),
     ("POST", "/api/sync/upload/", {"device_id": "tab-1", "changes": []}, {"device", "admin"}),
@@ -83,6 +84,14 @@ async def test_no_patient_data_without_a_token(api, tokens):
         assert resp.status == 401 and b"Secret" not in resp.body
     health = await api.get("/api/health")
     assert health.status == 200 and health.json["auth"] == "token" and b"Secret" not in health.body
+
+
+async def test_public_routes_need_no_token_and_hold_no_patient_data(api, tokens):
+    await api.post("/api/patients/", {"name": "Secret Sam"}, headers=auth(tokens["admin"]))
+    for path in ("/api/health", "/api/schema/", "/api/docs/", "/metrics", "/", "/static/js/app.js"):
+        resp = await api.get(path)
+        assert resp.status == 200, (path, resp.status)
+        assert b"Secret" not in resp.body, path
 
 
 async def test_schema_and_docs_are_public_and_local(api):
