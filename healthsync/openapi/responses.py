@@ -1,0 +1,261 @@
+"""Response models of the HTTP API, for its OpenAPI document.
+
+They mirror what ``storage/queries.py``, ``sync/download.py``,
+``sync/apply.py`` and ``errors.py`` produce; the tests validate real
+responses (and a schemathesis fuzz run) against the document built from
+them, so a drift fails a test.  Request bodies are not here: they are the
+models the handlers validate with (``models.py``).  Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+
+from ..models import PatientIn, RecordIn, UploadRequest
+
+UUID_EXAMPLE = "3f2b8c1e-8d4a-4c6e-9b7a-2d1e5f6a7b8c"
+TIME_EXAMPLE = "2025-09-12T19:25:18.331000Z"
+BATCH_STATUSES = ("pending", "processing", "done", "failed")
+CONFLICT_REASONS = ("version_mismatch", "server_newer", "deleted_on_server")
+
+
+# Response models ------------------------------------------------------------------
+#
+# ``extra="forbid"`` makes each one ``additionalProperties: false``: a key the
+# server starts sending without documenting it fails the schema tests.
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Patient(_Out):
+    """A patient as the API returns it."""
+
+    id: str = Field(description="Server id (UUID).", json_schema_extra={"format": "uuid"})
+    owner: str | None = Field(description="Name of the token that created it (null in open mode).")
+    name: str
+    dob: str | None = Field(description="Date of birth, YYYY-MM-DD.")
+    identifiers: dict[str, Any]
+    fhir: dict[str, Any] | None
+    server_version: int = Field(ge=1, description="1 on create, +1 on every change (deletes included).")
+    updated_at: str = Field(description="Server UTC time with microseconds.", examples=[TIME_EXAMPLE])
+    deleted: bool = Field(description="A tombstone (only shown with include_deleted=true).")
+
+
+class HealthRecord(_Out):
+    """A health record (a FHIR R4 resource of a patient)."""
+
+    id: str = Field(json_schema_extra={"format": "uuid"})
+    patient: str = Field(description="The patient's id.", json_schema_extra={"format": "uuid"})
+    resource_type: str = Field(description="A FHIR R4 resource type other than Patient.", examples=["Observation"])
+    data: dict[str, Any]
+    server_version: int = Field(ge=1)
+    updated_at: str
+    deleted: bool
+
+
+class PatientEntryData(_Out):
+    owner: str | None
+    name: str
+    dob: str | None
+    identifiers: dict[str, Any]
+    fhir: dict[str, Any] | None
+
+
+class PatientEntry(_Out):
+    """A patient's download entry: its fields in ``data``."""
+
+    server_id: str
+    resource_type: Literal["Patient"]
+    data: PatientEntryData
+    server_version: int
+    updated_at: str
+    deleted: bool
+
+
+class RecordEntry(_Out):
+    """A record's download entry, naming its ``patient``."""
+
+    server_id: str
+    resource_type: str
+    patient: str
+    data: dict[str, Any]
+    server_version: int
+    updated_at: str
+    deleted: bool
+
+
+class DownloadEntry(RootModel[PatientEntry | RecordEntry]):
+    """The latest version of a changed patient or record (tombstones included)."""
+
+
+class DownloadPage(_Out):
+    """``GET /api/sync/download/``: changes oldest first."""
+
+    changes: list[DownloadEntry]
+    server_time: str = Field(description="Follow it as the next `since`.")
+    cursor: str = Field(description="Opaque; follow it as the next `cursor`.", examples=["42"])
+    has_more: bool = Field(description="Another page follows (from `cursor`).")
+
+
+class UploadResult(_Out):
+    """The outcome of one change, in the order of ``changes``."""
+
+    status: Literal["created", "updated", "deleted", "not_found", "conflict", "rejected"]
+    client_temp_id: str = Field(None, description="Echoed for creates.")
+    server_id: str = Field(None, description="The item's server id (absent for a rejected create).")
+    server_version: int | None = Field(None, description="The new version of an applied change.")
+    error: str = Field(None, description="Why a `rejected` change could not apply.")
+    reason: Literal[CONFLICT_REASONS] = Field(None, description="Why a `conflict`.")  # type: ignore[valid-type]
+    conflict_id: str = Field(None, description="The conflict recorded at /api/conflicts/.")
+    server_copy: Patient | HealthRecord = Field(None, description="The server's copy, for a `conflict`.")
+
+
+class ConflictSummary(_Out):
+    server_id: str
+    reason: Literal[CONFLICT_REASONS]  # type: ignore[valid-type]
+
+
+class UploadResponse(_Out):
+    """A synchronous upload's answer (also returned again for a retried ``batch_id``)."""
+
+    batch_id: str
+    results: list[UploadResult]
+    conflicts: list[ConflictSummary]
+    server_time: str
+    cursor: str
+
+
+class AsyncUploadAccepted(_Out):
+    """An ``async: true`` upload, stored to be applied when triggered."""
+
+    batch_id: str
+    status: Literal["pending"]
+
+
+class Conflict(_Out):
+    """A recorded conflict: the device's change and the server's copy."""
+
+    id: str
+    batch_id: str
+    device_id: str
+    server_id: str
+    resource_type: str
+    reason: Literal[CONFLICT_REASONS]  # type: ignore[valid-type]
+    change: dict[str, Any] = Field(description="The change as the device sent it.")
+    server_copy: Patient | HealthRecord | None
+    created_at: str
+    resolved: bool
+    resolved_at: str | None
+    resolution: str | None
+
+
+class ConflictResolution(_Out):
+    """``PATCH /api/conflicts/{id}/`` (or ``POST …/resolve/``): mark resolved."""
+
+    resolved: Literal[True]
+    resolution: str | None = Field(None, max_length=2000, description="An optional note.")
+
+
+class Batch(_Out):
+    """A stored sync batch; once ``done`` (by id) it carries its upload response."""
+
+    batch_id: str
+    device_id: str
+    status: Literal[BATCH_STATUSES]  # type: ignore[valid-type]
+    change_count: int
+    attempts: int
+    task_id: str | None
+    created_at: str
+    claimed_at: str | None
+    finished_at: str | None
+    updated_at: str
+    error: str | None
+    results: list[UploadResult] = Field(None, description="Only by id, once applied.")
+    conflicts: list[ConflictSummary] = Field(None, description="Only by id, once applied.")
+    server_time: str = Field(None, description="Only by id, once applied.")
+    cursor: str = Field(None, description="Only by id, once applied.")
+
+
+class Device(_Out):
+    """A device seen by upload or download (with ``device_id``)."""
+
+    device_id: str
+    first_seen: str
+    last_seen: str
+    last_upload_at: str | None
+    last_download_at: str | None
+    last_cursor: str | None
+    behind: int | None = Field(description="Changes committed after its last download's cursor.")
+    pending_batches: int
+    failed_batches: int
+
+
+class AuditEntry(_Out):
+    id: int
+    at: str
+    who: str | None
+    role: str | None
+    method: str
+    path: str
+    query: str | None
+    status: int
+    remote_ip: str | None
+
+
+class TriggerResponse(_Out):
+    status: Literal["task started"]
+    task_id: str
+
+
+class HealthDatabaseOk(_Out):
+    ok: Literal[True]
+    schema_version: int
+    head: int
+
+
+class HealthDatabaseDown(_Out):
+    ok: Literal[False]
+    error: str
+
+
+class HealthWorker(_Out):
+    embedded: bool
+    alive: bool | None
+    queue_depth: int = Field(description="Tasks waiting in Huey's queue (-1 when unreadable).")
+
+
+class Health(_Out):
+    status: Literal["ok", "unavailable"]
+    auth: Literal["open", "token"]
+    uptime_seconds: float
+    database: HealthDatabaseOk | HealthDatabaseDown
+    warning: str = Field(None, description="Open mode on a network address.")
+    disk_free_bytes: int
+    websockets: int
+    worker: HealthWorker
+
+
+class ErrorDetail(_Out):
+    field: str = Field(None, description="The field, parameter or header at fault.")
+    index: int = Field(None, description="For uploads: the index of the change at fault.")
+    message: str
+
+
+class Error(_Out):
+    """Every error response."""
+
+    error: str
+    details: list[ErrorDetail]
+    resync: bool = Field(None, description="410: start over from since=1970-01-01T00:00:00Z (or cursor=0).")
+    status: str = Field(None, description="409: the batch's current status.")
+
+
+RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
+    Patient, HealthRecord, DownloadEntry, DownloadPage, UploadResult, UploadResponse, AsyncUploadAccepted,
+    Conflict, ConflictResolution, Batch, Device, AuditEntry, TriggerResponse, Health, Error,
+)
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (PatientIn, RecordIn, UploadRequest)
