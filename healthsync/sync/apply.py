@@ -31,8 +31,11 @@ from ..models import (
     READ_ONLY_KEYS,
     ROUTING_KEYS,
     Change,
+    PatientCheck,
     PatientIn,
+    PatientValues,
     UploadRequest,
+    patient_values,
     too_deep,
     validation_details,
 )
@@ -119,6 +122,8 @@ class _Apply:
         self.patients: dict[str, list[Any]] = {}
         self.records: dict[str, list[Any]] = {}
         self.new_ids: set[str] = set()
+        self.check = PatientCheck(clock.today_utc())
+        self.create_values: list[PatientValues | None] = []
         self.dirty_patients: dict[str, None] = {}  # insertion-ordered sets
         self.dirty_records: dict[str, None] = {}
         self.records_of: dict[str, set[str]] = {}
@@ -162,6 +167,19 @@ class _Apply:
             if row[0] not in self.records:
                 self._add_record(row)
 
+    def check_patient_creates(self, changes: list[Change]) -> None:
+        """Check every patient create's payload in one go (``PatientCheck.many``).
+
+        Its verdicts stand in for ``PatientIn`` when a create is decided; a
+        payload it is unsure of gets None, and ``PatientIn`` then decides.
+        """
+        indexes = [i for i, ch in enumerate(changes) if ch.operation == "create" and ch.resource_type == "Patient"]
+        self.create_values = [None] * len(changes)
+        if indexes:
+            values = self.check.many([changes[i].payload for i in indexes])
+            for i, value in zip(indexes, values, strict=True):
+                self.create_values[i] = value
+
     def _add_patient(self, row: list[Any]) -> None:
         row.append(None)  # seq: set when the row changes
         self.patients[row[0]] = row
@@ -192,8 +210,8 @@ class _Apply:
     def apply(self, index: int, ch: Change) -> dict[str, Any]:
         try:
             if ch.operation == "create":
-                return self._create(ch)
-            return self._update_or_delete(index, ch)
+                return self._create(index, ch)
+            return self._update_or_delete(ch)
         except _Rejected as exc:
             out: dict[str, Any] = {}
             if ch.client_temp_id is not None:
@@ -210,7 +228,7 @@ class _Apply:
             if problem:
                 raise _Rejected(f"resource_type: {problem}")
 
-    def _create(self, ch: Change) -> dict[str, Any]:
+    def _create(self, index: int, ch: Change) -> dict[str, Any]:
         temp_id = ch.client_temp_id
         assert temp_id is not None
         self._check_type(ch.resource_type)
@@ -222,9 +240,9 @@ class _Apply:
             return {"client_temp_id": temp_id, "status": "created", "server_id": server_id, "server_version": version}
         new_id = next(self._ids)
         if ch.resource_type == "Patient":
-            model = _validate(PatientIn, ch.payload)
-            row = [new_id, self.owner, model.name, model.dob, _dump(model.identifiers),
-                   None if model.fhir is None else _dump(model.fhir), 0, None, 0, None]
+            name, dob, identifiers, fhir = self._patient(ch.payload, self.create_values[index])
+            row = [new_id, self.owner, name, dob, _dump(identifiers),
+                   None if fhir is None else _dump(fhir), 0, None, 0, None]
             self.patients[new_id] = row
             self._touch_patient(row)
             version = row[P_VERSION]
@@ -242,6 +260,13 @@ class _Apply:
         self.temp[temp_id] = (new_id, ch.resource_type)
         self.new_temp.append((temp_id, new_id, ch.resource_type))
         return {"client_temp_id": temp_id, "status": "created", "server_id": new_id, "server_version": version}
+
+    def _patient(self, payload: dict[str, Any], checked: PatientValues | None) -> PatientValues:
+        """A patient payload's values: ``checked`` (``PatientCheck``'s verdict)
+        when it has one, else ``PatientIn``'s, which rejects with its errors."""
+        if checked is None:
+            checked = patient_values(_validate(PatientIn, payload))
+        return checked
 
     def _route(self, payload: dict[str, Any]) -> str | None:
         """The live patient a record payload names, None if it names none."""
@@ -276,7 +301,7 @@ class _Apply:
             raise _Rejected(f"payload is nested deeper than {MAX_JSON_DEPTH} levels")
         return data
 
-    def _update_or_delete(self, index: int, ch: Change) -> dict[str, Any]:
+    def _update_or_delete(self, ch: Change) -> dict[str, Any]:
         server_id = ch.server_id
         assert server_id is not None
         self._check_type(ch.resource_type)
@@ -327,10 +352,11 @@ class _Apply:
             "fhir": None if row[P_FHIR] is None else orjson.loads(row[P_FHIR]),
         }
         patch = {k: v for k, v in payload.items() if k not in READ_ONLY_KEYS}
-        model = _validate(PatientIn, merge_patch(current, patch))
-        row[P_NAME], row[P_DOB] = model.name, model.dob
-        row[P_IDENT] = _dump(model.identifiers)
-        row[P_FHIR] = None if model.fhir is None else _dump(model.fhir)
+        merged = merge_patch(current, patch)
+        name, dob, identifiers, fhir = self._patient(merged, self.check.one(merged))
+        row[P_NAME], row[P_DOB] = name, dob
+        row[P_IDENT] = _dump(identifiers)
+        row[P_FHIR] = None if fhir is None else _dump(fhir)
         self._touch_patient(row)
 
     def _update_record(self, row: list[Any], payload: dict[str, Any]) -> None:
@@ -393,6 +419,7 @@ async def apply_upload(
     """
     work = _Apply(tx, request.device_id, batch_id, owner)
     await work.preload(request.changes)
+    work.check_patient_creates(request.changes)
     results = [work.apply(i, ch) for i, ch in enumerate(request.changes)]
     await work.flush()
     tx.emit({"type": "applied", "changes": len(results), "conflicts": len(work.conflicts)})
