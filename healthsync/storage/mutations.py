@@ -166,13 +166,14 @@ async def load_temp_ids(tx: WriteTx, device_id: str, temp_ids: set[str]) -> dict
     return {r[0]: (r[1], r[2]) for r in rows}
 
 
-async def write_patients(tx: WriteTx, new: list[list[Any]], changed: list[list[Any]], owner_time: str) -> None:
-    """Insert ``new`` and update ``changed`` patient rows (``PATIENT_COLS`` + seq)."""
+async def write_patients(tx: WriteTx, new: list[list[Any]], changed: list[list[Any]]) -> None:
+    """Insert ``new`` rows (``PATIENT_COLS`` + seq + created_at, bound as they
+    are) and update ``changed`` ones (``PATIENT_COLS`` + seq)."""
     if new:
         await tx.conn.executemany(
             "INSERT INTO patients (id, owner, name, dob, identifiers, fhir, server_version,"
             " updated_at, deleted, seq, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(*row, owner_time) for row in new],
+            new,
         )
     if changed:
         await tx.conn.executemany(
@@ -182,13 +183,14 @@ async def write_patients(tx: WriteTx, new: list[list[Any]], changed: list[list[A
         )
 
 
-async def write_records(tx: WriteTx, new: list[list[Any]], changed: list[list[Any]], created_at: str) -> None:
-    """Insert ``new`` and update ``changed`` record rows (``RECORD_COLS`` + seq)."""
+async def write_records(tx: WriteTx, new: list[list[Any]], changed: list[list[Any]]) -> None:
+    """Insert ``new`` rows (``RECORD_COLS`` + seq + created_at, bound as they
+    are) and update ``changed`` ones (``RECORD_COLS`` + seq)."""
     if new:
         await tx.conn.executemany(
             "INSERT INTO records (id, patient, resource_type, data, server_version, updated_at,"
             " deleted, seq, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(*row, created_at) for row in new],
+            new,
         )
     if changed:
         await tx.conn.executemany(

@@ -43,7 +43,9 @@ from ..storage import WriteTx, mutations
 from ..storage.queries import patient_out, record_out
 from .rules import conflict_reason, encode_cursor, merge_patch
 
-# Row layouts: PATIENT_COLS / RECORD_COLS of storage.queries, plus the new seq.
+# Row layouts: PATIENT_COLS / RECORD_COLS of storage.queries, plus the new seq;
+# a row created by the batch also has its created_at last, so that it is
+# exactly the parameters of its INSERT.
 P_OWNER, P_NAME, P_DOB, P_IDENT, P_FHIR, P_VERSION, P_UPDATED, P_DELETED, P_SEQ = range(1, 10)
 R_PATIENT, R_TYPE, R_DATA, R_VERSION, R_UPDATED, R_DELETED, R_SEQ = range(1, 8)
 
@@ -122,6 +124,9 @@ class _Apply:
         self.patients: dict[str, list[Any]] = {}
         self.records: dict[str, list[Any]] = {}
         self.new_ids: set[str] = set()
+        self.new_patients: list[list[Any]] = []  # rows to insert, in creation order
+        self.new_records: list[list[Any]] = []
+        self.created_at = tx.now()
         self.check = PatientCheck(clock.today_utc())
         self.create_values: list[PatientValues | None] = []
         self.dirty_patients: dict[str, None] = {}  # insertion-ordered sets
@@ -241,21 +246,22 @@ class _Apply:
         new_id = next(self._ids)
         if ch.resource_type == "Patient":
             name, dob, identifiers, fhir = self._patient(ch.payload, self.create_values[index])
-            row = [new_id, self.owner, name, dob, _dump(identifiers),
-                   None if fhir is None else _dump(fhir), 0, None, 0, None]
+            seq, stamp = self.tx.stamp()
+            row = [new_id, self.owner, name, dob, _dump(identifiers), None if fhir is None else _dump(fhir),
+                   1, stamp, 0, seq, self.created_at]
             self.patients[new_id] = row
-            self._touch_patient(row)
-            version = row[P_VERSION]
+            self.new_patients.append(row)
         else:
             patient = self._route(ch.payload)
             if patient is None:
                 raise _Rejected("payload needs patient_id (a server id) or patient_temp_id")
             data = self._data(ch.payload, None)
-            row = [new_id, patient, ch.resource_type, _dump(data), 0, None, 0, None]
+            seq, stamp = self.tx.stamp()
+            row = [new_id, patient, ch.resource_type, _dump(data), 1, stamp, 0, seq, self.created_at]
             self.records[new_id] = row
             self.records_of.setdefault(patient, set()).add(new_id)
-            self._touch_record(row)
-            version = row[R_VERSION]
+            self.new_records.append(row)
+        version = 1
         self.new_ids.add(new_id)
         self.temp[temp_id] = (new_id, ch.resource_type)
         self.new_temp.append((temp_id, new_id, ch.resource_type))
@@ -399,13 +405,12 @@ class _Apply:
     # Writing -------------------------------------------------------------------
 
     async def flush(self) -> None:
-        now = self.tx.now()
-        new_p = [self.patients[i] for i in self.dirty_patients if i in self.new_ids]
+        # A row created here is inserted as it ends up (a record may be
+        # tombstoned later in the batch), never also updated.
         old_p = [self.patients[i] for i in self.dirty_patients if i not in self.new_ids]
-        new_r = [self.records[i] for i in self.dirty_records if i in self.new_ids]
         old_r = [self.records[i] for i in self.dirty_records if i not in self.new_ids]
-        await mutations.write_patients(self.tx, new_p, old_p, now)
-        await mutations.write_records(self.tx, new_r, old_r, now)
+        await mutations.write_patients(self.tx, self.new_patients, old_p)
+        await mutations.write_records(self.tx, self.new_records, old_r)
         await mutations.insert_temp_ids(self.tx, self.device_id, self.new_temp)
         await mutations.insert_conflicts(self.tx, self.conflict_rows)
 
