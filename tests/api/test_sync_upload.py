@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import sqlite3
 import uuid
 
 import pytest
-
 
 UPLOAD = "/api/sync/upload/"
 
@@ -273,3 +273,37 @@ async def test_record_created_and_tombstoned_in_one_batch_is_written_once_as_it_
     changes = (await api.get("/api/sync/download/?cursor=0")).json["changes"]
     assert [c["server_id"] for c in changes][-4:] == [p["id"], created["server_id"], kept["server_id"],
                                                       other["server_id"]]
+
+
+def test_gc_paused_restores_the_collector_as_it_found_it():
+    from healthsync.web.sync import gc_paused
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), gc_paused():
+        assert not gc.isenabled()
+        raise RuntimeError
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # off already: left off
+    finally:
+        gc.enable()
+
+
+async def test_upload_turns_the_collector_back_on(api, monkeypatch):
+    from healthsync.sync import service
+
+    during = []
+    real = service.SyncService.upload
+
+    async def spy(self, request, owner=None):
+        during.append(gc.isenabled())
+        return await real(self, request, owner)
+
+    monkeypatch.setattr(service.SyncService, "upload", spy)
+    ok = await upload(api, [change("create", "Patient", client_temp_id="a", payload={"name": "x"})])
+    bad = await upload(api, [change("zap", "Patient", client_temp_id="b")])
+    assert ok.status == 200 and bad.status == 400
+    assert during == [False] and gc.isenabled()
