@@ -125,22 +125,33 @@ def _json_list(values: Any) -> str:
     return orjson.dumps(list(values)).decode()
 
 
+def _by_ids(cols: str, table: str) -> str:
+    """``SELECT cols FROM table`` for the rows whose id is in a JSON array of
+    distinct ids (the parameter).  A join probes the primary key once per id,
+    in the array's order; ``id IN (SELECT value FROM json_each(?))`` first
+    sorts the ids into a temporary b-tree, which costs a third more for
+    10,000 ids (twice as much when few of them exist).  ``CROSS JOIN`` keeps
+    the array as the outer loop.  Rows come in no particular order."""
+    qualified = ", ".join(f"t.{col.strip()}" for col in cols.split(","))
+    return f"SELECT {qualified} FROM json_each(?) AS j CROSS JOIN {table} AS t ON t.id = j.value"
+
+
+_PATIENTS_BY_ID = _by_ids(PATIENT_COLS, "patients")
+_RECORDS_BY_ID = _by_ids(RECORD_COLS, "records")
+
+
 async def load_patients(tx: WriteTx, ids: set[str]) -> dict[str, list[Any]]:
     """Patient rows by id (columns of ``PATIENT_COLS``), as mutable lists."""
     if not ids:
         return {}
-    rows = await tx.conn.execute_fetchall(
-        f"SELECT {PATIENT_COLS} FROM patients WHERE id IN {_IDS}", (_json_list(ids),)
-    )
+    rows = await tx.conn.execute_fetchall(_PATIENTS_BY_ID, (_json_list(ids),))
     return {r[0]: list(r) for r in rows}
 
 
 async def load_records(tx: WriteTx, ids: set[str]) -> dict[str, list[Any]]:
     if not ids:
         return {}
-    rows = await tx.conn.execute_fetchall(
-        f"SELECT {RECORD_COLS} FROM records WHERE id IN {_IDS}", (_json_list(ids),)
-    )
+    rows = await tx.conn.execute_fetchall(_RECORDS_BY_ID, (_json_list(ids),))
     return {r[0]: list(r) for r in rows}
 
 
@@ -159,9 +170,9 @@ async def load_temp_ids(tx: WriteTx, device_id: str, temp_ids: set[str]) -> dict
     if not temp_ids:
         return {}
     rows = await tx.conn.execute_fetchall(
-        f"SELECT client_temp_id, server_id, resource_type FROM temp_ids"
-        f" WHERE device_id = ? AND client_temp_id IN {_IDS}",
-        (device_id, _json_list(temp_ids)),
+        "SELECT t.client_temp_id, t.server_id, t.resource_type FROM json_each(?) AS j"
+        " CROSS JOIN temp_ids AS t ON t.device_id = ? AND t.client_temp_id = j.value",  # see _by_ids
+        (_json_list(temp_ids), device_id),
     )
     return {r[0]: (r[1], r[2]) for r in rows}
 
