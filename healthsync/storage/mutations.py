@@ -178,8 +178,10 @@ async def load_temp_ids(tx: WriteTx, device_id: str, temp_ids: set[str]) -> dict
 
 
 async def write_patients(tx: WriteTx, new: list[list[Any]], changed: list[list[Any]]) -> None:
-    """Insert ``new`` rows (``PATIENT_COLS`` + seq + created_at, bound as they
-    are) and update ``changed`` ones (``PATIENT_COLS`` + seq)."""
+    """Insert ``new`` rows (``PATIENT_COLS`` + seq + created_at) and update
+    ``changed`` ones (``PATIENT_COLS`` + seq).  Rows are bound as they are,
+    with no copy: the UPDATE names its parameters by column position (?2, the
+    owner, is never changed)."""
     if new:
         await tx.conn.executemany(
             "INSERT INTO patients (id, owner, name, dob, identifiers, fhir, server_version,"
@@ -188,15 +190,16 @@ async def write_patients(tx: WriteTx, new: list[list[Any]], changed: list[list[A
         )
     if changed:
         await tx.conn.executemany(
-            "UPDATE patients SET name = ?, dob = ?, identifiers = ?, fhir = ?, server_version = ?,"
-            " updated_at = ?, deleted = ?, seq = ? WHERE id = ?",
-            [(r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[0]) for r in changed],
+            "UPDATE patients SET name = ?3, dob = ?4, identifiers = ?5, fhir = ?6, server_version = ?7,"
+            " updated_at = ?8, deleted = ?9, seq = ?10 WHERE id = ?1",
+            changed,
         )
 
 
 async def write_records(tx: WriteTx, new: list[list[Any]], changed: list[list[Any]]) -> None:
-    """Insert ``new`` rows (``RECORD_COLS`` + seq + created_at, bound as they
-    are) and update ``changed`` ones (``RECORD_COLS`` + seq)."""
+    """Insert ``new`` rows (``RECORD_COLS`` + seq + created_at) and update
+    ``changed`` ones (``RECORD_COLS`` + seq), bound as they are (see
+    ``write_patients``)."""
     if new:
         await tx.conn.executemany(
             "INSERT INTO records (id, patient, resource_type, data, server_version, updated_at,"
@@ -205,9 +208,9 @@ async def write_records(tx: WriteTx, new: list[list[Any]], changed: list[list[An
         )
     if changed:
         await tx.conn.executemany(
-            "UPDATE records SET patient = ?, resource_type = ?, data = ?, server_version = ?,"
-            " updated_at = ?, deleted = ?, seq = ? WHERE id = ?",
-            [(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[0]) for r in changed],
+            "UPDATE records SET patient = ?2, resource_type = ?3, data = ?4, server_version = ?5,"
+            " updated_at = ?6, deleted = ?7, seq = ?8 WHERE id = ?1",
+            changed,
         )
 
 
