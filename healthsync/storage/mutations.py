@@ -125,22 +125,33 @@ def _json_list(values: Any) -> str:
     return orjson.dumps(list(values)).decode()
 
 
+def _by_ids(cols: str, table: str) -> str:
+    """``SELECT cols FROM table`` for the rows whose id is in a JSON array of
+    distinct ids (the parameter).  A join probes the primary key once per id,
+    in the array's order; ``id IN (SELECT value FROM json_each(?))`` first
+    sorts the ids into a temporary b-tree, which costs a third more for
+    10,000 ids (twice as much when few of them exist).  ``CROSS JOIN`` keeps
+    the array as the outer loop.  Rows come in no particular order."""
+    qualified = ", ".join(f"t.{col.strip()}" for col in cols.split(","))
+    return f"SELECT {qualified} FROM json_each(?) AS j CROSS JOIN {table} AS t ON t.id = j.value"
+
+
+_PATIENTS_BY_ID = _by_ids(PATIENT_COLS, "patients")
+_RECORDS_BY_ID = _by_ids(RECORD_COLS, "records")
+
+
 async def load_patients(tx: WriteTx, ids: set[str]) -> dict[str, list[Any]]:
     """Patient rows by id (columns of ``PATIENT_COLS``), as mutable lists."""
     if not ids:
         return {}
-    rows = await tx.conn.execute_fetchall(
-        f"SELECT {PATIENT_COLS} FROM patients WHERE id IN {_IDS}", (_json_list(ids),)
-    )
+    rows = await tx.conn.execute_fetchall(_PATIENTS_BY_ID, (_json_list(ids),))
     return {r[0]: list(r) for r in rows}
 
 
 async def load_records(tx: WriteTx, ids: set[str]) -> dict[str, list[Any]]:
     if not ids:
         return {}
-    rows = await tx.conn.execute_fetchall(
-        f"SELECT {RECORD_COLS} FROM records WHERE id IN {_IDS}", (_json_list(ids),)
-    )
+    rows = await tx.conn.execute_fetchall(_RECORDS_BY_ID, (_json_list(ids),))
     return {r[0]: list(r) for r in rows}
 
 
@@ -159,42 +170,47 @@ async def load_temp_ids(tx: WriteTx, device_id: str, temp_ids: set[str]) -> dict
     if not temp_ids:
         return {}
     rows = await tx.conn.execute_fetchall(
-        f"SELECT client_temp_id, server_id, resource_type FROM temp_ids"
-        f" WHERE device_id = ? AND client_temp_id IN {_IDS}",
-        (device_id, _json_list(temp_ids)),
+        "SELECT t.client_temp_id, t.server_id, t.resource_type FROM json_each(?) AS j"
+        " CROSS JOIN temp_ids AS t ON t.device_id = ? AND t.client_temp_id = j.value",  # see _by_ids
+        (_json_list(temp_ids), device_id),
     )
     return {r[0]: (r[1], r[2]) for r in rows}
 
 
-async def write_patients(tx: WriteTx, new: list[list[Any]], changed: list[list[Any]], owner_time: str) -> None:
-    """Insert ``new`` and update ``changed`` patient rows (``PATIENT_COLS`` + seq)."""
+async def write_patients(tx: WriteTx, new: list[list[Any]], changed: list[list[Any]]) -> None:
+    """Insert ``new`` rows (``PATIENT_COLS`` + seq + created_at) and update
+    ``changed`` ones (``PATIENT_COLS`` + seq).  Rows are bound as they are,
+    with no copy: the UPDATE names its parameters by column position (?2, the
+    owner, is never changed)."""
     if new:
         await tx.conn.executemany(
             "INSERT INTO patients (id, owner, name, dob, identifiers, fhir, server_version,"
             " updated_at, deleted, seq, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(*row, owner_time) for row in new],
+            new,
         )
     if changed:
         await tx.conn.executemany(
-            "UPDATE patients SET name = ?, dob = ?, identifiers = ?, fhir = ?, server_version = ?,"
-            " updated_at = ?, deleted = ?, seq = ? WHERE id = ?",
-            [(r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[0]) for r in changed],
+            "UPDATE patients SET name = ?3, dob = ?4, identifiers = ?5, fhir = ?6, server_version = ?7,"
+            " updated_at = ?8, deleted = ?9, seq = ?10 WHERE id = ?1",
+            changed,
         )
 
 
-async def write_records(tx: WriteTx, new: list[list[Any]], changed: list[list[Any]], created_at: str) -> None:
-    """Insert ``new`` and update ``changed`` record rows (``RECORD_COLS`` + seq)."""
+async def write_records(tx: WriteTx, new: list[list[Any]], changed: list[list[Any]]) -> None:
+    """Insert ``new`` rows (``RECORD_COLS`` + seq + created_at) and update
+    ``changed`` ones (``RECORD_COLS`` + seq), bound as they are (see
+    ``write_patients``)."""
     if new:
         await tx.conn.executemany(
             "INSERT INTO records (id, patient, resource_type, data, server_version, updated_at,"
             " deleted, seq, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(*row, created_at) for row in new],
+            new,
         )
     if changed:
         await tx.conn.executemany(
-            "UPDATE records SET patient = ?, resource_type = ?, data = ?, server_version = ?,"
-            " updated_at = ?, deleted = ?, seq = ? WHERE id = ?",
-            [(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[0]) for r in changed],
+            "UPDATE records SET patient = ?2, resource_type = ?3, data = ?4, server_version = ?5,"
+            " updated_at = ?6, deleted = ?7, seq = ?8 WHERE id = ?1",
+            changed,
         )
 
 

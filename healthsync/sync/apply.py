@@ -31,8 +31,11 @@ from ..models import (
     READ_ONLY_KEYS,
     ROUTING_KEYS,
     Change,
+    PatientCheck,
     PatientIn,
+    PatientValues,
     UploadRequest,
+    patient_values,
     too_deep,
     validation_details,
 )
@@ -40,7 +43,9 @@ from ..storage import WriteTx, mutations
 from ..storage.queries import patient_out, record_out
 from .rules import conflict_reason, encode_cursor, merge_patch
 
-# Row layouts: PATIENT_COLS / RECORD_COLS of storage.queries, plus the new seq.
+# Row layouts: PATIENT_COLS / RECORD_COLS of storage.queries, plus the new seq;
+# a row created by the batch also has its created_at last, so that it is
+# exactly the parameters of its INSERT.
 P_OWNER, P_NAME, P_DOB, P_IDENT, P_FHIR, P_VERSION, P_UPDATED, P_DELETED, P_SEQ = range(1, 10)
 R_PATIENT, R_TYPE, R_DATA, R_VERSION, R_UPDATED, R_DELETED, R_SEQ = range(1, 8)
 
@@ -119,6 +124,11 @@ class _Apply:
         self.patients: dict[str, list[Any]] = {}
         self.records: dict[str, list[Any]] = {}
         self.new_ids: set[str] = set()
+        self.new_patients: list[list[Any]] = []  # rows to insert, in creation order
+        self.new_records: list[list[Any]] = []
+        self.created_at = tx.now()
+        self.check = PatientCheck(clock.today_utc())
+        self.create_values: list[PatientValues | None] = []
         self.dirty_patients: dict[str, None] = {}  # insertion-ordered sets
         self.dirty_records: dict[str, None] = {}
         self.records_of: dict[str, set[str]] = {}
@@ -162,6 +172,19 @@ class _Apply:
             if row[0] not in self.records:
                 self._add_record(row)
 
+    def check_patient_creates(self, changes: list[Change]) -> None:
+        """Check every patient create's payload in one go (``PatientCheck.many``).
+
+        Its verdicts stand in for ``PatientIn`` when a create is decided; a
+        payload it is unsure of gets None, and ``PatientIn`` then decides.
+        """
+        indexes = [i for i, ch in enumerate(changes) if ch.operation == "create" and ch.resource_type == "Patient"]
+        self.create_values = [None] * len(changes)
+        if indexes:
+            values = self.check.many([changes[i].payload for i in indexes])
+            for i, value in zip(indexes, values, strict=True):
+                self.create_values[i] = value
+
     def _add_patient(self, row: list[Any]) -> None:
         row.append(None)  # seq: set when the row changes
         self.patients[row[0]] = row
@@ -192,8 +215,8 @@ class _Apply:
     def apply(self, index: int, ch: Change) -> dict[str, Any]:
         try:
             if ch.operation == "create":
-                return self._create(ch)
-            return self._update_or_delete(index, ch)
+                return self._create(index, ch)
+            return self._update_or_delete(ch)
         except _Rejected as exc:
             out: dict[str, Any] = {}
             if ch.client_temp_id is not None:
@@ -210,7 +233,7 @@ class _Apply:
             if problem:
                 raise _Rejected(f"resource_type: {problem}")
 
-    def _create(self, ch: Change) -> dict[str, Any]:
+    def _create(self, index: int, ch: Change) -> dict[str, Any]:
         temp_id = ch.client_temp_id
         assert temp_id is not None
         self._check_type(ch.resource_type)
@@ -222,26 +245,34 @@ class _Apply:
             return {"client_temp_id": temp_id, "status": "created", "server_id": server_id, "server_version": version}
         new_id = next(self._ids)
         if ch.resource_type == "Patient":
-            model = _validate(PatientIn, ch.payload)
-            row = [new_id, self.owner, model.name, model.dob, _dump(model.identifiers),
-                   None if model.fhir is None else _dump(model.fhir), 0, None, 0, None]
+            name, dob, identifiers, fhir = self._patient(ch.payload, self.create_values[index])
+            seq, stamp = self.tx.stamp()
+            row = [new_id, self.owner, name, dob, _dump(identifiers), None if fhir is None else _dump(fhir),
+                   1, stamp, 0, seq, self.created_at]
             self.patients[new_id] = row
-            self._touch_patient(row)
-            version = row[P_VERSION]
+            self.new_patients.append(row)
         else:
             patient = self._route(ch.payload)
             if patient is None:
                 raise _Rejected("payload needs patient_id (a server id) or patient_temp_id")
             data = self._data(ch.payload, None)
-            row = [new_id, patient, ch.resource_type, _dump(data), 0, None, 0, None]
+            seq, stamp = self.tx.stamp()
+            row = [new_id, patient, ch.resource_type, _dump(data), 1, stamp, 0, seq, self.created_at]
             self.records[new_id] = row
             self.records_of.setdefault(patient, set()).add(new_id)
-            self._touch_record(row)
-            version = row[R_VERSION]
+            self.new_records.append(row)
+        version = 1
         self.new_ids.add(new_id)
         self.temp[temp_id] = (new_id, ch.resource_type)
         self.new_temp.append((temp_id, new_id, ch.resource_type))
         return {"client_temp_id": temp_id, "status": "created", "server_id": new_id, "server_version": version}
+
+    def _patient(self, payload: dict[str, Any], checked: PatientValues | None) -> PatientValues:
+        """A patient payload's values: ``checked`` (``PatientCheck``'s verdict)
+        when it has one, else ``PatientIn``'s, which rejects with its errors."""
+        if checked is None:
+            checked = patient_values(_validate(PatientIn, payload))
+        return checked
 
     def _route(self, payload: dict[str, Any]) -> str | None:
         """The live patient a record payload names, None if it names none."""
@@ -276,7 +307,7 @@ class _Apply:
             raise _Rejected(f"payload is nested deeper than {MAX_JSON_DEPTH} levels")
         return data
 
-    def _update_or_delete(self, index: int, ch: Change) -> dict[str, Any]:
+    def _update_or_delete(self, ch: Change) -> dict[str, Any]:
         server_id = ch.server_id
         assert server_id is not None
         self._check_type(ch.resource_type)
@@ -327,10 +358,11 @@ class _Apply:
             "fhir": None if row[P_FHIR] is None else orjson.loads(row[P_FHIR]),
         }
         patch = {k: v for k, v in payload.items() if k not in READ_ONLY_KEYS}
-        model = _validate(PatientIn, merge_patch(current, patch))
-        row[P_NAME], row[P_DOB] = model.name, model.dob
-        row[P_IDENT] = _dump(model.identifiers)
-        row[P_FHIR] = None if model.fhir is None else _dump(model.fhir)
+        merged = merge_patch(current, patch)
+        name, dob, identifiers, fhir = self._patient(merged, self.check.one(merged))
+        row[P_NAME], row[P_DOB] = name, dob
+        row[P_IDENT] = _dump(identifiers)
+        row[P_FHIR] = None if fhir is None else _dump(fhir)
         self._touch_patient(row)
 
     def _update_record(self, row: list[Any], payload: dict[str, Any]) -> None:
@@ -373,13 +405,12 @@ class _Apply:
     # Writing -------------------------------------------------------------------
 
     async def flush(self) -> None:
-        now = self.tx.now()
-        new_p = [self.patients[i] for i in self.dirty_patients if i in self.new_ids]
+        # A row created here is inserted as it ends up (a record may be
+        # tombstoned later in the batch), never also updated.
         old_p = [self.patients[i] for i in self.dirty_patients if i not in self.new_ids]
-        new_r = [self.records[i] for i in self.dirty_records if i in self.new_ids]
         old_r = [self.records[i] for i in self.dirty_records if i not in self.new_ids]
-        await mutations.write_patients(self.tx, new_p, old_p, now)
-        await mutations.write_records(self.tx, new_r, old_r, now)
+        await mutations.write_patients(self.tx, self.new_patients, old_p)
+        await mutations.write_records(self.tx, self.new_records, old_r)
         await mutations.insert_temp_ids(self.tx, self.device_id, self.new_temp)
         await mutations.insert_conflicts(self.tx, self.conflict_rows)
 
@@ -393,6 +424,7 @@ async def apply_upload(
     """
     work = _Apply(tx, request.device_id, batch_id, owner)
     await work.preload(request.changes)
+    work.check_patient_creates(request.changes)
     results = [work.apply(i, ch) for i, ch in enumerate(request.changes)]
     await work.flush()
     tx.emit({"type": "applied", "changes": len(results), "conflicts": len(work.conflicts)})

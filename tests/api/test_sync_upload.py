@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sqlite3
 import uuid
 
@@ -250,3 +251,59 @@ async def test_batch_is_stored_done(api, settings):
     row = conn.execute("SELECT status, change_count, device_id FROM batches WHERE id = ?", (resp.json["batch_id"],)).fetchone()
     conn.close()
     assert row == ("done", 1, "device123")
+
+
+async def test_record_created_and_tombstoned_in_one_batch_is_written_once_as_it_ends(api):
+    p = await api.new_patient()
+    resp = await upload(api, [
+        change("create", client_temp_id="o1", payload={"patient_id": p["id"], "v": 1}),
+        change("delete", "Patient", server_id=p["id"]),
+        change("create", "Patient", client_temp_id="p2", payload={"name": "Kept"}),
+        change("create", client_temp_id="o2", payload={"patient_temp_id": "p2", "v": 2}),
+    ])
+    created, deleted, kept, other = resp.json["results"]
+    assert created["status"] == "created" and created["server_version"] == 1
+    assert deleted == {"server_id": p["id"], "status": "deleted", "server_version": 2}
+    record = (await api.get(f"/api/records/{created['server_id']}/?include_deleted=true")).json
+    patient = (await api.get(f"/api/patients/{p['id']}/?include_deleted=true")).json
+    assert record["deleted"] is True and record["server_version"] == 2
+    assert record["updated_at"] > patient["updated_at"]  # tombstoned after its patient
+    assert (await api.get(f"/api/records/{other['server_id']}/")).json["server_version"] == 1
+    assert (await api.get(f"/api/patients/{kept['server_id']}/")).json["server_version"] == 1
+    changes = (await api.get("/api/sync/download/?cursor=0")).json["changes"]
+    assert [c["server_id"] for c in changes][-4:] == [p["id"], created["server_id"], kept["server_id"],
+                                                      other["server_id"]]
+
+
+def test_gc_paused_restores_the_collector_as_it_found_it():
+    from healthsync.web.sync import gc_paused
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), gc_paused():
+        assert not gc.isenabled()
+        raise RuntimeError
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # off already: left off
+    finally:
+        gc.enable()
+
+
+async def test_upload_turns_the_collector_back_on(api, monkeypatch):
+    from healthsync.sync import service
+
+    during = []
+    real = service.SyncService.upload
+
+    async def spy(self, request, owner=None):
+        during.append(gc.isenabled())
+        return await real(self, request, owner)
+
+    monkeypatch.setattr(service.SyncService, "upload", spy)
+    ok = await upload(api, [change("create", "Patient", client_temp_id="a", payload={"name": "x"})])
+    bad = await upload(api, [change("zap", "Patient", client_temp_id="b")])
+    assert ok.status == 200 and bad.status == 400
+    assert during == [False] and gc.isenabled()
