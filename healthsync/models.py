@@ -15,6 +15,7 @@ that words every error.
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import date
 from typing import Annotated, Any, Literal, Required
@@ -128,12 +129,18 @@ class _Writable(BaseModel):
     deleted: Any = Field(None, exclude=True)
 
 
+# date.fromisoformat also reads other ISO 8601 forms (``2020-W01-1``,
+# ``20200101``); a date of birth is stored and sent back as given, so only
+# the calendar form is accepted.
+_DOB_FORM = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
 def dob_problem(value: str, today: date) -> str | None:
     """Why ``value`` is not a date of birth (``YYYY-MM-DD``, not after ``today``), or None."""
     try:
-        day = date.fromisoformat(value)
-        if len(value) != 10:
+        if not _DOB_FORM.fullmatch(value):
             raise ValueError
+        day = date.fromisoformat(value)
     except ValueError:
         return f"{value[:64]!r} is not a date in YYYY-MM-DD form"
     if day > today:

@@ -148,6 +148,8 @@ async def test_limit_pages_with_link_header(api):
         ({"name": "x", "dob": "banana"}, "dob"),
         ({"name": "x", "dob": "2999-01-01"}, "dob"),
         ({"name": "x", "dob": "1990-1-1"}, "dob"),
+        ({"name": "x", "dob": "2020-W01-1"}, "dob"),  # an ISO week date: not YYYY-MM-DD
+        ({"name": "x", "dob": "19900101"}, "dob"),
         ({"name": "x" * 10_000}, "name"),
         ({"name": ""}, "name"),
         ({"name": "   "}, "name"),
