@@ -287,3 +287,35 @@ async def test_changes_from_another_process_are_pushed(api, ws, settings):
     assert await proc.wait() == 0
     entries = await client.changes_until(1, timeout=10)
     assert entries[0]["data"]["name"] == "from another process"
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 0xFFFF, 0x10000, 300_000])
+def test_text_frame_header_by_payload_length(size):
+    from healthsync.web.ws import text_frame
+
+    payload = b"x" * size
+    frame = text_frame(payload)
+    assert frame[0] == 0x81  # FIN, text
+    assert frame[1] & 0x80 == 0  # a server never masks
+    length, header = frame[1], 2
+    if length == 126:
+        length, header = int.from_bytes(frame[2:4], "big"), 4
+    elif length == 127:
+        length, header = int.from_bytes(frame[2:10], "big"), 10
+    assert length == size and frame[header:] == payload
+    assert header == (2 if size < 126 else 4 if size <= 0xFFFF else 10)  # the shortest form, as RFC 6455 asks
+
+
+async def test_frames_of_every_length_class_arrive_whole(api, ws):
+    """Live frames under 126 bytes cannot carry a change; the catch-up page and
+    live frames of 16-bit and 64-bit lengths are read back by Tornado's own client."""
+    client = await ws("cursor=0")
+    small = await api.new_patient(name="S")
+    big = await api.new_patient(name="B", fhir={"note": "y" * 70_000})
+    entries = await client.changes_until(2)
+    assert [e["server_id"] for e in entries] == [small["id"], big["id"]]
+    assert entries[1]["data"]["fhir"]["note"] == "y" * 70_000
+    late = await ws("cursor=0")  # catch-up: both in one page
+    assert [e["server_id"] for e in await late.changes_until(2)] == [small["id"], big["id"]]
+    await late.conn.write_message(b'{"type": "ping"}')
+    assert (await late.until(lambda m: m["type"] == "pong"))["type"] == "pong"
