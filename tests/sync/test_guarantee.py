@@ -156,7 +156,6 @@ async def final_state(api) -> dict[str, dict[str, Any]]:
 async def test_followers_see_everything_under_concurrent_writers(api, settings):
     seed = random.randrange(1 << 30)
     print("seed", seed)
-    rnd = random.Random(seed)
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD.format(root=str(ROOT), path=str(settings.db_path), seed=seed, batches=60)]
     )
