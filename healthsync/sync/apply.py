@@ -112,16 +112,20 @@ def _dump(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def _new_ids() -> Iterator[str]:
-    """Random (version 4) UUIDs as text, drawing entropy 256 ids at a time and
-    formatting them directly (``uuid.UUID`` costs more than the write)."""
-    while True:
-        pool = bytearray(os.urandom(16 * 256))
-        for i in range(0, len(pool), 16):
-            pool[i + 6] = (pool[i + 6] & 0x0F) | 0x40  # version 4
-            pool[i + 8] = (pool[i + 8] & 0x3F) | 0x80  # RFC 4122 variant
-            h = pool[i : i + 16].hex()
-            yield f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+# Byte maps that set the version (4) and RFC 4122 variant bits of a UUID's bytes 6 and 8.
+_UUID_VERSION = bytes((b & 0x0F) | 0x40 for b in range(256))
+_UUID_VARIANT = bytes((b & 0x3F) | 0x80 for b in range(256))
+
+
+def _new_ids(n: int) -> list[str]:
+    """``n`` random (version 4) UUIDs as text, from one draw of entropy for the
+    whole batch, formatted directly (``uuid.UUID`` costs more than the write)."""
+    pool = bytearray(os.urandom(16 * n))
+    pool[6::16] = pool[6::16].translate(_UUID_VERSION)
+    pool[8::16] = pool[8::16].translate(_UUID_VARIANT)
+    h = pool.hex()
+    return [f"{h[i:i + 8]}-{h[i + 8:i + 12]}-{h[i + 12:i + 16]}-{h[i + 16:i + 20]}-{h[i + 20:i + 32]}"
+            for i in range(0, 32 * n, 32)]
 
 
 class _Apply:
@@ -144,10 +148,10 @@ class _Apply:
         self.dirty_records: dict[str, None] = {}
         self.records_of: dict[str, set[str]] = {}
         self.temp: dict[str, tuple[str, str]] = {}
-        self.new_temp: list[tuple[str, str, str]] = []
+        self.new_temp: list[tuple[str, str, str, str]] = []  # temp_ids rows, as their INSERT parameters
         self.conflict_rows: list[tuple[Any, ...]] = []
         self.conflicts: list[dict[str, Any]] = []
-        self._ids = _new_ids()
+        self._ids: Iterator[str] = iter(())  # one id per create: drawn in preload
 
     # Loading -----------------------------------------------------------------
 
@@ -156,10 +160,13 @@ class _Apply:
         patient_ids: set[str] = set()
         record_ids: set[str] = set()
         deleted_patients: set[str] = set()
+        creates = 0
         for ch in changes:
             temp_id, server_id = ch.get("client_temp_id"), ch.get("server_id")
             if temp_id is not None:
                 temp_ids.add(temp_id)
+            if ch["operation"] == "create":
+                creates += 1
             if ch["resource_type"] == "Patient":
                 if server_id is not None:
                     patient_ids.add(server_id)
@@ -173,6 +180,7 @@ class _Apply:
                     patient_ids.add(pid)
                 if isinstance(ptemp, str):
                     temp_ids.add(ptemp)
+        self._ids = iter(_new_ids(creates))
         self.temp = await mutations.load_temp_ids(self.tx, self.device_id, temp_ids)
         for server_id, kind in self.temp.values():
             (patient_ids if kind == "Patient" else record_ids).add(server_id)
@@ -280,7 +288,7 @@ class _Apply:
         version = 1
         self.new_ids.add(new_id)
         self.temp[temp_id] = (new_id, resource_type)
-        self.new_temp.append((temp_id, new_id, resource_type))
+        self.new_temp.append((self.device_id, temp_id, new_id, resource_type))
         return {"client_temp_id": temp_id, "status": "created", "server_id": new_id, "server_version": version}
 
     def _patient(self, payload: dict[str, Any], checked: PatientValues | None) -> PatientValues:
@@ -429,7 +437,7 @@ class _Apply:
         old_r = [self.records[i] for i in self.dirty_records if i not in self.new_ids]
         await mutations.write_patients(self.tx, self.new_patients, old_p)
         await mutations.write_records(self.tx, self.new_records, old_r)
-        await mutations.insert_temp_ids(self.tx, self.device_id, self.new_temp)
+        await mutations.insert_temp_ids(self.tx, self.new_temp)
         await mutations.insert_conflicts(self.tx, self.conflict_rows)
 
 
