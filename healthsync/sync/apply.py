@@ -383,7 +383,9 @@ class _Apply:
             "identifiers": orjson.loads(row[P_IDENT]),
             "fhir": None if row[P_FHIR] is None else orjson.loads(row[P_FHIR]),
         }
-        patch = {k: v for k, v in payload.items() if k not in READ_ONLY_KEYS}
+        patch = payload  # merge_patch copies what it keeps: the payload is only read
+        if not READ_ONLY_KEYS.isdisjoint(payload):  # keys a client echoed back: ignored
+            patch = {k: v for k, v in payload.items() if k not in READ_ONLY_KEYS}
         merged = merge_patch(current, patch)
         name, dob, identifiers, fhir = self._patient(merged, self.check.one(merged))
         row[P_NAME], row[P_DOB] = name, dob
