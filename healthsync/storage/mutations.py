@@ -214,12 +214,13 @@ async def write_records(tx: WriteTx, new: list[list[Any]], changed: list[list[An
         )
 
 
-async def insert_temp_ids(tx: WriteTx, device_id: str, rows: list[tuple[str, str, str]]) -> None:
-    """Remember (client_temp_id, server_id, resource_type) for ``device_id``."""
+async def insert_temp_ids(tx: WriteTx, rows: list[tuple[str, str, str, str]]) -> None:
+    """Remember rows of (device_id, client_temp_id, server_id, resource_type),
+    bound as they are."""
     if rows:
         await tx.conn.executemany(
             "INSERT INTO temp_ids (device_id, client_temp_id, server_id, resource_type) VALUES (?, ?, ?, ?)",
-            [(device_id, *r) for r in rows],
+            rows,
         )
 
 

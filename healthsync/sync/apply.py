@@ -30,12 +30,16 @@ from ..models import (
     MAX_JSON_DEPTH,
     READ_ONLY_KEYS,
     ROUTING_KEYS,
-    Change,
+    ChangeFields,
     PatientCheck,
     PatientIn,
     PatientValues,
+    Upload,
     UploadRequest,
+    change_dump,
+    check_upload,
     patient_values,
+    routing_problem,
     too_deep,
     validation_details,
 )
@@ -50,8 +54,13 @@ P_OWNER, P_NAME, P_DOB, P_IDENT, P_FHIR, P_VERSION, P_UPDATED, P_DELETED, P_SEQ 
 R_PATIENT, R_TYPE, R_DATA, R_VERSION, R_UPDATED, R_DELETED, R_SEQ = range(1, 8)
 
 
-def parse_upload(body: Any, max_changes: int) -> UploadRequest:
-    """Validate an upload body: ``UploadRequest`` or a whole-batch refusal."""
+def parse_upload(body: Any, max_changes: int) -> Upload:
+    """Validate an upload body: an ``Upload`` or a whole-batch refusal.
+
+    ``check_upload`` answers for a valid body; anything it is not sure of goes
+    to ``UploadRequest``, which words the errors (or, in a case the check is
+    unsure of, accepts).
+    """
     if not isinstance(body, dict):
         raise Invalid("upload body must be a JSON object", [{"field": "body", "message": "expected a JSON object"}])
     changes = body.get("changes")
@@ -60,14 +69,16 @@ def parse_upload(body: Any, max_changes: int) -> UploadRequest:
             f"batch has {len(changes)} changes; the most one upload may carry is {max_changes}",
             [{"field": "changes", "message": f"at most {max_changes} changes per batch"}],
         )
-    try:
-        request = UploadRequest.model_validate(body)
-    except ValidationError as exc:
-        details = validation_details(exc)
-        raise Invalid(_summary("invalid upload", details), details) from None
+    request = check_upload(body)
+    if request is None:
+        try:
+            request = Upload.from_model(UploadRequest.model_validate(body))
+        except ValidationError as exc:
+            details = validation_details(exc)
+            raise Invalid(_summary("invalid upload", details), details) from None
     problems = []
     for index, change in enumerate(request.changes):
-        problem = change.routing_problem()
+        problem = routing_problem(change["operation"], change.get("client_temp_id"), change.get("server_id"))
         if problem:
             problems.append({"index": index, "field": problem[0], "message": problem[1]})
     if problems:
@@ -101,16 +112,20 @@ def _dump(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def _new_ids() -> Iterator[str]:
-    """Random (version 4) UUIDs as text, drawing entropy 256 ids at a time and
-    formatting them directly (``uuid.UUID`` costs more than the write)."""
-    while True:
-        pool = bytearray(os.urandom(16 * 256))
-        for i in range(0, len(pool), 16):
-            pool[i + 6] = (pool[i + 6] & 0x0F) | 0x40  # version 4
-            pool[i + 8] = (pool[i + 8] & 0x3F) | 0x80  # RFC 4122 variant
-            h = pool[i : i + 16].hex()
-            yield f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+# Byte maps that set the version (4) and RFC 4122 variant bits of a UUID's bytes 6 and 8.
+_UUID_VERSION = bytes((b & 0x0F) | 0x40 for b in range(256))
+_UUID_VARIANT = bytes((b & 0x3F) | 0x80 for b in range(256))
+
+
+def _new_ids(n: int) -> list[str]:
+    """``n`` random (version 4) UUIDs as text, from one draw of entropy for the
+    whole batch, formatted directly (``uuid.UUID`` costs more than the write)."""
+    pool = bytearray(os.urandom(16 * n))
+    pool[6::16] = pool[6::16].translate(_UUID_VERSION)
+    pool[8::16] = pool[8::16].translate(_UUID_VARIANT)
+    h = pool.hex()
+    return [f"{h[i:i + 8]}-{h[i + 8:i + 12]}-{h[i + 12:i + 16]}-{h[i + 16:i + 20]}-{h[i + 20:i + 32]}"
+            for i in range(0, 32 * n, 32)]
 
 
 class _Apply:
@@ -133,34 +148,39 @@ class _Apply:
         self.dirty_records: dict[str, None] = {}
         self.records_of: dict[str, set[str]] = {}
         self.temp: dict[str, tuple[str, str]] = {}
-        self.new_temp: list[tuple[str, str, str]] = []
+        self.new_temp: list[tuple[str, str, str, str]] = []  # temp_ids rows, as their INSERT parameters
         self.conflict_rows: list[tuple[Any, ...]] = []
         self.conflicts: list[dict[str, Any]] = []
-        self._ids = _new_ids()
+        self._ids: Iterator[str] = iter(())  # one id per create: drawn in preload
 
     # Loading -----------------------------------------------------------------
 
-    async def preload(self, changes: Iterable[Change]) -> None:
+    async def preload(self, changes: Iterable[ChangeFields]) -> None:
         temp_ids: set[str] = set()
         patient_ids: set[str] = set()
         record_ids: set[str] = set()
         deleted_patients: set[str] = set()
+        creates = 0
         for ch in changes:
-            if ch.client_temp_id is not None:
-                temp_ids.add(ch.client_temp_id)
-            if ch.resource_type == "Patient":
-                if ch.server_id is not None:
-                    patient_ids.add(ch.server_id)
-                    if ch.operation == "delete":
-                        deleted_patients.add(ch.server_id)
+            temp_id, server_id = ch.get("client_temp_id"), ch.get("server_id")
+            if temp_id is not None:
+                temp_ids.add(temp_id)
+            if ch["operation"] == "create":
+                creates += 1
+            if ch["resource_type"] == "Patient":
+                if server_id is not None:
+                    patient_ids.add(server_id)
+                    if ch["operation"] == "delete":
+                        deleted_patients.add(server_id)
             else:
-                if ch.server_id is not None:
-                    record_ids.add(ch.server_id)
-                pid, ptemp = ch.payload.get("patient_id"), ch.payload.get("patient_temp_id")
+                if server_id is not None:
+                    record_ids.add(server_id)
+                pid, ptemp = ch["payload"].get("patient_id"), ch["payload"].get("patient_temp_id")
                 if isinstance(pid, str):
                     patient_ids.add(pid)
                 if isinstance(ptemp, str):
                     temp_ids.add(ptemp)
+        self._ids = iter(_new_ids(creates))
         self.temp = await mutations.load_temp_ids(self.tx, self.device_id, temp_ids)
         for server_id, kind in self.temp.values():
             (patient_ids if kind == "Patient" else record_ids).add(server_id)
@@ -172,16 +192,18 @@ class _Apply:
             if row[0] not in self.records:
                 self._add_record(row)
 
-    def check_patient_creates(self, changes: list[Change]) -> None:
+    def check_patient_creates(self, changes: list[ChangeFields]) -> None:
         """Check every patient create's payload in one go (``PatientCheck.many``).
 
         Its verdicts stand in for ``PatientIn`` when a create is decided; a
         payload it is unsure of gets None, and ``PatientIn`` then decides.
         """
-        indexes = [i for i, ch in enumerate(changes) if ch.operation == "create" and ch.resource_type == "Patient"]
+        indexes = [
+            i for i, ch in enumerate(changes) if ch["operation"] == "create" and ch["resource_type"] == "Patient"
+        ]
         self.create_values = [None] * len(changes)
         if indexes:
-            values = self.check.many([changes[i].payload for i in indexes])
+            values = self.check.many([changes[i]["payload"] for i in indexes])
             for i, value in zip(indexes, values, strict=True):
                 self.create_values[i] = value
 
@@ -212,17 +234,18 @@ class _Apply:
 
     # Deciding ------------------------------------------------------------------
 
-    def apply(self, index: int, ch: Change) -> dict[str, Any]:
+    def apply(self, index: int, ch: ChangeFields) -> dict[str, Any]:
         try:
-            if ch.operation == "create":
+            if ch["operation"] == "create":
                 return self._create(index, ch)
             return self._update_or_delete(ch)
         except _Rejected as exc:
             out: dict[str, Any] = {}
-            if ch.client_temp_id is not None:
-                out["client_temp_id"] = ch.client_temp_id
-            if ch.server_id is not None:
-                out["server_id"] = ch.server_id
+            temp_id, server_id = ch.get("client_temp_id"), ch.get("server_id")
+            if temp_id is not None:
+                out["client_temp_id"] = temp_id
+            if server_id is not None:
+                out["server_id"] = server_id
             out["status"] = "rejected"
             out["error"] = str(exc)
             return out
@@ -233,10 +256,11 @@ class _Apply:
             if problem:
                 raise _Rejected(f"resource_type: {problem}")
 
-    def _create(self, index: int, ch: Change) -> dict[str, Any]:
-        temp_id = ch.client_temp_id
+    def _create(self, index: int, ch: ChangeFields) -> dict[str, Any]:
+        temp_id = ch.get("client_temp_id")
         assert temp_id is not None
-        self._check_type(ch.resource_type)
+        resource_type = ch["resource_type"]
+        self._check_type(resource_type)
         known = self.temp.get(temp_id)
         if known is not None:  # a retried create: same answer, nothing new
             server_id, kind = known
@@ -244,27 +268,27 @@ class _Apply:
             version = row[P_VERSION if kind == "Patient" else R_VERSION] if row else None
             return {"client_temp_id": temp_id, "status": "created", "server_id": server_id, "server_version": version}
         new_id = next(self._ids)
-        if ch.resource_type == "Patient":
-            name, dob, identifiers, fhir = self._patient(ch.payload, self.create_values[index])
+        if resource_type == "Patient":
+            name, dob, identifiers, fhir = self._patient(ch["payload"], self.create_values[index])
             seq, stamp = self.tx.stamp()
             row = [new_id, self.owner, name, dob, _dump(identifiers), None if fhir is None else _dump(fhir),
                    1, stamp, 0, seq, self.created_at]
             self.patients[new_id] = row
             self.new_patients.append(row)
         else:
-            patient = self._route(ch.payload)
+            patient = self._route(ch["payload"])
             if patient is None:
                 raise _Rejected("payload needs patient_id (a server id) or patient_temp_id")
-            data = self._data(ch.payload, None)
+            data = self._data(ch["payload"], None)
             seq, stamp = self.tx.stamp()
-            row = [new_id, patient, ch.resource_type, _dump(data), 1, stamp, 0, seq, self.created_at]
+            row = [new_id, patient, resource_type, _dump(data), 1, stamp, 0, seq, self.created_at]
             self.records[new_id] = row
             self.records_of.setdefault(patient, set()).add(new_id)
             self.new_records.append(row)
         version = 1
         self.new_ids.add(new_id)
-        self.temp[temp_id] = (new_id, ch.resource_type)
-        self.new_temp.append((temp_id, new_id, ch.resource_type))
+        self.temp[temp_id] = (new_id, resource_type)
+        self.new_temp.append((self.device_id, temp_id, new_id, resource_type))
         return {"client_temp_id": temp_id, "status": "created", "server_id": new_id, "server_version": version}
 
     def _patient(self, payload: dict[str, Any], checked: PatientValues | None) -> PatientValues:
@@ -307,28 +331,30 @@ class _Apply:
             raise _Rejected(f"payload is nested deeper than {MAX_JSON_DEPTH} levels")
         return data
 
-    def _update_or_delete(self, ch: Change) -> dict[str, Any]:
-        server_id = ch.server_id
+    def _update_or_delete(self, ch: ChangeFields) -> dict[str, Any]:
+        server_id = ch.get("server_id")
         assert server_id is not None
-        self._check_type(ch.resource_type)
-        is_patient = ch.resource_type == "Patient"
+        resource_type, operation = ch["resource_type"], ch["operation"]
+        self._check_type(resource_type)
+        is_patient = resource_type == "Patient"
         row = (self.patients if is_patient else self.records).get(server_id)
-        if row is not None and not is_patient and row[R_TYPE] != ch.resource_type:
-            raise _Rejected(f"server_id {server_id} is a {row[R_TYPE]}, not a {ch.resource_type}")
+        if row is not None and not is_patient and row[R_TYPE] != resource_type:
+            raise _Rejected(f"server_id {server_id} is a {row[R_TYPE]}, not a {resource_type}")
         if row is None:
             return {"server_id": server_id, "status": "not_found"}
         v_col, u_col, d_col = (P_VERSION, P_UPDATED, P_DELETED) if is_patient else (R_VERSION, R_UPDATED, R_DELETED)
-        if ch.operation == "delete" and row[d_col]:
+        if operation == "delete" and row[d_col]:
             return {"server_id": server_id, "status": "deleted", "server_version": row[v_col]}
         client_us = None
-        if ch.client_updated_at is not None:
+        client_updated_at = ch.get("client_updated_at")
+        if client_updated_at is not None:
             try:
-                client_us = clock.parse(ch.client_updated_at)
+                client_us = clock.parse(client_updated_at)
             except ValueError as exc:
                 raise _Rejected(f"client_updated_at: {exc}") from None
         reason = conflict_reason(
-            ch.operation,
-            base_version=ch.base_version,
+            operation,
+            base_version=ch.get("base_version"),
             client_updated_us=client_us,
             server_version=row[v_col],
             # only read when it decides anything: a parse per change is not free
@@ -337,7 +363,7 @@ class _Apply:
         )
         if reason is not None:
             return self._conflict(ch, row, is_patient, reason)
-        if ch.operation == "delete":
+        if operation == "delete":
             if is_patient:
                 self._delete_patient(row)
             else:
@@ -345,9 +371,9 @@ class _Apply:
                 self._touch_record(row)
             return {"server_id": server_id, "status": "deleted", "server_version": row[v_col]}
         if is_patient:
-            self._update_patient(row, ch.payload)
+            self._update_patient(row, ch["payload"])
         else:
-            self._update_record(row, ch.payload)
+            self._update_record(row, ch["payload"])
         return {"server_id": server_id, "status": "updated", "server_version": row[v_col]}
 
     def _update_patient(self, row: list[Any], payload: dict[str, Any]) -> None:
@@ -357,7 +383,9 @@ class _Apply:
             "identifiers": orjson.loads(row[P_IDENT]),
             "fhir": None if row[P_FHIR] is None else orjson.loads(row[P_FHIR]),
         }
-        patch = {k: v for k, v in payload.items() if k not in READ_ONLY_KEYS}
+        patch = payload  # merge_patch copies what it keeps: the payload is only read
+        if not READ_ONLY_KEYS.isdisjoint(payload):  # keys a client echoed back: ignored
+            patch = {k: v for k, v in payload.items() if k not in READ_ONLY_KEYS}
         merged = merge_patch(current, patch)
         name, dob, identifiers, fhir = self._patient(merged, self.check.one(merged))
         row[P_NAME], row[P_DOB] = name, dob
@@ -384,13 +412,13 @@ class _Apply:
                 record[R_DELETED] = 1
                 self._touch_record(record)
 
-    def _conflict(self, ch: Change, row: list[Any], is_patient: bool, reason: str) -> dict[str, Any]:
+    def _conflict(self, ch: ChangeFields, row: list[Any], is_patient: bool, reason: str) -> dict[str, Any]:
         server_id = row[0]
         copy = patient_out(row[:9]) if is_patient else record_out(row[:7])
         conflict_id = str(uuid.uuid4())
         self.conflict_rows.append(
-            (conflict_id, self.batch_id, self.device_id, server_id, ch.resource_type, reason,
-             _dump(ch.model_dump(by_alias=True, exclude_none=True)), _dump(copy), self.tx.now())
+            (conflict_id, self.batch_id, self.device_id, server_id, ch["resource_type"], reason,
+             _dump(change_dump(ch)), _dump(copy), self.tx.now())
         )
         self.conflicts.append({"server_id": server_id, "reason": reason})
         return {
@@ -411,13 +439,11 @@ class _Apply:
         old_r = [self.records[i] for i in self.dirty_records if i not in self.new_ids]
         await mutations.write_patients(self.tx, self.new_patients, old_p)
         await mutations.write_records(self.tx, self.new_records, old_r)
-        await mutations.insert_temp_ids(self.tx, self.device_id, self.new_temp)
+        await mutations.insert_temp_ids(self.tx, self.new_temp)
         await mutations.insert_conflicts(self.tx, self.conflict_rows)
 
 
-async def apply_upload(
-    tx: WriteTx, request: UploadRequest, batch_id: str, owner: str | None = None
-) -> dict[str, Any]:
+async def apply_upload(tx: WriteTx, request: Upload, batch_id: str, owner: str | None = None) -> dict[str, Any]:
     """Apply ``request``'s changes inside ``tx``; return the upload response.
 
     The caller has checked that ``batch_id`` is not applied yet.
@@ -437,7 +463,7 @@ async def apply_upload(
     }
 
 
-async def upload(tx: WriteTx, request: UploadRequest, owner: str | None = None) -> tuple[int, Any]:
+async def upload(tx: WriteTx, request: Upload, owner: str | None = None) -> tuple[int, Any]:
     """A synchronous upload inside ``tx``: (status, response body).
 
     A ``batch_id`` already applied returns its stored response and applies
@@ -462,8 +488,7 @@ async def upload(tx: WriteTx, request: UploadRequest, owner: str | None = None) 
                 status=status,
             )
     if request.async_:
-        body = request.model_dump(by_alias=True, exclude={"async_"}, exclude_none=True)
-        body["batch_id"] = batch_id
+        body = request.stored_request(batch_id)
         await mutations.insert_batch(
             tx, batch_id, request.device_id, "pending", len(request.changes), request=_dump(body)
         )

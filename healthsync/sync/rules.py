@@ -19,8 +19,10 @@ def merge_patch(target: Any, patch: Any) -> Any:
     for key, value in patch.items():
         if value is None:
             result.pop(key, None)
-        else:
+        elif isinstance(value, dict):
             result[key] = merge_patch(result.get(key), value)
+        else:  # what merge_patch(…, value) would return, without the call: most values are scalars
+            result[key] = value
     return result
 
 

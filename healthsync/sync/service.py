@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import NotFound
-from ..models import UploadRequest
+from ..models import Upload
 from ..storage import Database, WriteTx, mutations, queries
 from . import apply, download
 
@@ -14,7 +14,7 @@ class SyncService:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def upload(self, request: UploadRequest, owner: str | None = None) -> tuple[int, Any]:
+    async def upload(self, request: Upload, owner: str | None = None) -> tuple[int, Any]:
         """Apply (or, with ``async``, store) a parsed upload: (status, body)."""
         return await self.db.write(lambda tx: apply.upload(tx, request, owner))
 
