@@ -143,15 +143,25 @@ _DOB_PATTERN = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 
 def dob_problem(value: str, today: date) -> str | None:
     """Why ``value`` is not a date of birth (``YYYY-MM-DD``, not after ``today``), or None."""
+    if not _DOB_FORM.fullmatch(value):
+        return _not_a_date(value)
+    return day_problem(value, today)
+
+
+def day_problem(value: str, today: date) -> str | None:
+    """``dob_problem`` for a ``value`` already known to have the ``YYYY-MM-DD``
+    form: a day the calendar has (not 1990-02-30), not after ``today``."""
     try:
-        if not _DOB_FORM.fullmatch(value):
-            raise ValueError
         day = date.fromisoformat(value)
     except ValueError:
-        return f"{value[:64]!r} is not a date in YYYY-MM-DD form"
+        return _not_a_date(value)
     if day > today:
         return f"{value} is in the future"
     return None
+
+
+def _not_a_date(value: str) -> str:
+    return f"{value[:64]!r} is not a date in YYYY-MM-DD form"
 
 
 def check_dob(value: str | None) -> str | None:
@@ -281,12 +291,8 @@ class PatientCheck:
         fhir = fields.get("fhir")
         if not name.strip() or (identifiers and too_deep(identifiers)) or (fhir and too_deep(fhir)):
             return None
-        if dob is not None:  # of dob_problem, only the calendar and the future are left to check
-            try:
-                if date.fromisoformat(dob) > self.today:
-                    return None
-            except ValueError:
-                return None
+        if dob is not None and day_problem(dob, self.today) is not None:  # its form: checked by the pattern
+            return None
         return name, dob, identifiers, fhir
 
 
@@ -352,10 +358,6 @@ class Change(BaseModel):
     client_updated_at: Annotated[str, StringConstraints(max_length=64)] | None = None
     base_version: Annotated[int, Field(ge=0)] | None = None
     payload: dict[str, Any] = Field(default_factory=dict)
-
-    def routing_problem(self) -> tuple[str, str] | None:
-        """(field, message) when the change cannot be routed at all."""
-        return routing_problem(self.operation, self.client_temp_id, self.server_id)
 
 
 def routing_problem(operation: str, client_temp_id: str | None, server_id: str | None) -> tuple[str, str] | None:

@@ -35,7 +35,6 @@ Tornado.  A peer is anything with ``send(bytes) -> Future | None`` and
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ import orjson
 
 from .. import clock
 from ..errors import HealthSyncError
+from ..gcpause import gc_paused
 from ..storage import Database, queries
 from ..sync import download as dl
 from ..sync.rules import encode_cursor
@@ -228,13 +228,8 @@ class Hub:
         # Group frames: each built once, sent as the same bytes to every member.
         # The loop is synchronous and allocates a little per subscriber: keep
         # the cyclic GC from pausing it half-way through a thousand sockets.
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
-        try:
+        with gc_paused():
             self._fan_out(rows, start, end, end_time)
-        finally:
-            if gc_was_enabled:
-                gc.enable()
         self.live_seq, self.live_time = end, end_time
         self.head_seq = max(self.head_seq, end)
 

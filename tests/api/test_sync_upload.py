@@ -276,7 +276,7 @@ async def test_record_created_and_tombstoned_in_one_batch_is_written_once_as_it_
 
 
 def test_gc_paused_restores_the_collector_as_it_found_it():
-    from healthsync.web.sync import gc_paused
+    from healthsync.gcpause import gc_paused
 
     assert gc.isenabled()
     with pytest.raises(RuntimeError), gc_paused():
