@@ -92,6 +92,12 @@ class Settings(BaseModel):
     busy_timeout_ms: int = Field(
         10_000, ge=0, description="How long a write waits for another process's write lock."
     )
+    wal_checkpoint_pages: int = Field(
+        1000,
+        ge=0,
+        description="WAL pages that start a background checkpoint after a commit; 0: SQLite checkpoints "
+        "inside the commit that passes 1,000 pages.",
+    )
     backup_keep: int = Field(
         7, ge=0, description="Daily backups kept in backup_dir (0 turns scheduled backups off)."
     )

@@ -133,6 +133,7 @@ def make_app(settings: Settings) -> HealthSyncApp:
         synchronous=settings.synchronous,
         readers=settings.read_connections,
         busy_timeout_ms=settings.busy_timeout_ms,
+        checkpoint_pages=settings.wal_checkpoint_pages,
     )
     ctx = Context(
         settings=settings,

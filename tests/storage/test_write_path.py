@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import uuid
 
 import pytest
 
@@ -185,3 +186,82 @@ async def test_two_processes_writing_one_file(tmp_path):
     rows = all_changes(path)
     assert len(rows) == 1200 and head[0] == 1200
     assert_strictly_increasing(rows)
+
+
+async def _write_blobs(db: Database, n: int, size: int) -> None:
+    """``n`` rows of about ``size`` bytes each, in one write."""
+    batch = uuid.uuid4().hex
+
+    async def run(tx):
+        await tx.conn.executemany(
+            "INSERT INTO devices (device_id, first_seen, last_seen, last_upload_at) VALUES (?, ?, ?, ?)",
+            [(f"{batch}-{i}-{'x' * size}", "t", "t", "t") for i in range(n)],
+        )
+
+    await db.write(run)
+
+
+async def test_background_checkpoint_copies_the_wal_after_the_commit(tmp_path):
+    db = Database(tmp_path / "h.db", checkpoint_pages=100)
+    try:
+        await db.open()
+        assert (await (await db._writer.execute("PRAGMA wal_autocheckpoint")).fetchone())[0] == 0
+        await _write_blobs(db, 400, 1000)  # over 100 pages
+        assert db._checkpoint_task is not None, "a commit past the threshold starts a checkpoint"
+        await db._checkpoint_task
+        assert db.checkpoints == 1
+        assert db._pages_waiting() == 0
+        # A small commit below the threshold starts none.
+        await _write_blobs(db, 1, 10)
+        assert db._checkpoint_task is None and db.checkpoints == 1
+        rows = await db.fetchone("SELECT count(*) FROM devices")
+        assert rows[0] == 401
+    finally:
+        await db.close()
+    conn = sqlite3.connect(tmp_path / "h.db")
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("SELECT count(*) FROM devices").fetchone()[0] == 401
+    finally:
+        conn.close()
+
+
+async def test_a_reader_holding_pages_does_not_make_every_commit_checkpoint(tmp_path):
+    db = Database(tmp_path / "h.db", checkpoint_pages=100)
+    try:
+        await db.open()
+        held = asyncio.Event()
+        release = asyncio.Event()
+
+        async def hold(conn):
+            await conn.execute_fetchall("SELECT count(*) FROM devices")  # pins this snapshot
+            held.set()
+            await release.wait()
+
+        reader = asyncio.create_task(db.read(hold))
+        await held.wait()
+        await _write_blobs(db, 400, 1000)
+        await db._checkpoint_task
+        assert db._pages_waiting() > 100, "the open snapshot keeps the new pages in the WAL"
+        await _write_blobs(db, 1, 10)
+        assert db._checkpoint_task is None, "pages a reader holds do not count again"
+        release.set()
+        await reader
+        await _write_blobs(db, 400, 1000)
+        await db._checkpoint_task
+        assert db._pages_waiting() == 0
+        assert db.checkpoints == 2
+    finally:
+        await db.close()
+
+
+async def test_checkpoints_stay_in_the_commit_by_default(tmp_path):
+    db = Database(tmp_path / "h.db")
+    try:
+        await db.open()
+        assert (await (await db._writer.execute("PRAGMA wal_autocheckpoint")).fetchone())[0] == 1000
+        await _write_blobs(db, 200, 1000)
+        assert db._checkpoint_task is None and db.checkpoints == 0
+    finally:
+        await db.close()
+    assert not (tmp_path / "h.db-wal").exists() or (tmp_path / "h.db-wal").stat().st_size == 0
