@@ -260,7 +260,8 @@ class _Apply:
         temp_id = ch.get("client_temp_id")
         assert temp_id is not None
         resource_type = ch["resource_type"]
-        self._check_type(resource_type)
+        if resource_type != "Patient":
+            self._check_type(resource_type)
         known = self.temp.get(temp_id)
         if known is not None:  # a retried create: same answer, nothing new
             server_id, kind = known
@@ -269,10 +270,11 @@ class _Apply:
             return {"client_temp_id": temp_id, "status": "created", "server_id": server_id, "server_version": version}
         new_id = next(self._ids)
         if resource_type == "Patient":
-            name, dob, identifiers, fhir = self._patient(ch["payload"], self.create_values[index])
+            checked = self.create_values[index]
+            name, dob, identifiers, fhir = checked if checked is not None else self._patient(ch["payload"], None)
             seq, stamp = self.tx.stamp()
-            row = [new_id, self.owner, name, dob, _dump(identifiers), None if fhir is None else _dump(fhir),
-                   1, stamp, 0, seq, self.created_at]
+            row = [new_id, self.owner, name, dob, orjson.dumps(identifiers).decode(),
+                   None if fhir is None else orjson.dumps(fhir).decode(), 1, stamp, 0, seq, self.created_at]
             self.patients[new_id] = row
             self.new_patients.append(row)
         else:

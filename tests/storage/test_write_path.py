@@ -265,3 +265,19 @@ async def test_checkpoints_stay_in_the_commit_by_default(tmp_path):
     finally:
         await db.close()
     assert not (tmp_path / "h.db-wal").exists() or (tmp_path / "h.db-wal").stat().st_size == 0
+
+
+@pytest.mark.parametrize("lag", [-5, 0, 1, 10_000_000])
+def test_stamps_follow_the_clock_rules_across_a_second(lag):
+    """``WriteTx.stamp`` inlines ``clock.step`` and ``clock.format_us``: same answers."""
+    from healthsync import clock
+    from healthsync.storage.db import WriteTx
+
+    last = 1_760_000_000 * 1_000_000 - 3  # three microseconds before a whole second
+    tx = WriteTx(None, 41, last)
+    tx._now = last + lag
+    expected_us, expected_seq = last, 41
+    for _ in range(8):
+        expected_us, expected_seq = clock.step(expected_us, tx._now), expected_seq + 1
+        assert tx.stamp() == (expected_seq, clock.format_us(expected_us))
+    assert tx.last_us == expected_us and tx.changed == 8
