@@ -30,10 +30,8 @@ from pydantic import (
     Field,
     Strict,
     StringConstraints,
-    TypeAdapter,
     ValidationError,
     field_validator,
-    with_config,
 )
 
 # pydantic needs typing_extensions' TypedDict before Python 3.12 (it depends on the package)
@@ -116,7 +114,8 @@ def invalid_from(exc: ValidationError, what: str) -> Invalid:
     return Invalid(f"invalid {what}: {named}", details)
 
 
-_WRITABLE_CONFIG = ConfigDict(extra="forbid", str_max_length=1_000_000)
+_MAX_STR = 1_000_000
+_WRITABLE_CONFIG = ConfigDict(extra="forbid", str_max_length=_MAX_STR)
 
 
 class _Writable(BaseModel):
@@ -136,9 +135,6 @@ class _Writable(BaseModel):
 # ``20200101``); a date of birth is stored and sent back as given, so only
 # the calendar form is accepted.
 _DOB_FORM = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-# The same form for pydantic's own (Rust) regex engine, where ``$`` is the
-# very end of the text: ``PatientFields`` checks it without calling Python.
-_DOB_PATTERN = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 
 
 def dob_problem(value: str, today: date) -> str | None:
@@ -173,7 +169,7 @@ def check_dob(value: str | None) -> str | None:
     return value
 
 
-#: A patient's name: the constraint PatientIn and PatientFields share.
+#: A patient's name (``PatientCheck`` checks the same bounds).
 PatientName = Annotated[str, Field(min_length=1, max_length=256)]
 
 
@@ -213,30 +209,10 @@ def patient_values(model: PatientIn) -> PatientValues:
     return model.name, model.dob, model.identifiers, model.fhir
 
 
-@with_config(_WRITABLE_CONFIG)
-class PatientFields(TypedDict, total=False):
-    """``PatientIn``'s fields with only their declarative constraints, as a
-    plain dict: pydantic checks a list of these without building a model per
-    item or calling back into Python, several times faster than ``PatientIn``.
-    ``PatientCheck`` adds the checks that ``PatientIn`` does in Python, but
-    for the ``dob``'s form, which pydantic checks here as a pattern.  Keep
-    the two in step (``tests/test_models.py`` compares them)."""
-
-    name: Required[PatientName]
-    dob: Annotated[str, StringConstraints(pattern=_DOB_PATTERN)] | None
-    identifiers: dict[str, Any]
-    fhir: dict[str, Any] | None
-    id: Any
-    owner: Any
-    server_version: Any
-    updated_at: Any
-    deleted: Any
-
-
-# The validator itself for single items: TypeAdapter.validate_python's own
-# Python layer costs a third as much again as checking a small payload.
-_validate_patient_fields = TypeAdapter(PatientFields).validator.validate_python
-_PATIENT_FIELDS_LIST = TypeAdapter(list[PatientFields])
+#: The keys a patient payload may have: ``PatientIn``'s fields, the ignored
+#: read-only ones included (any other key is refused).
+_PATIENT_KEYS = frozenset(PatientIn.model_fields)
+_ABSENT: Any = object()
 
 
 class PatientCheck:
@@ -244,56 +220,59 @@ class PatientCheck:
 
     A sync batch carries up to 10,000 patient payloads; one ``PatientIn`` per
     payload, with its Python validators (and ``today`` read for every
-    ``dob``), costs more than writing the rows.  Here pydantic checks the
-    declarative constraints of a whole list in one call, ``today`` is read
-    once, and the Python checks run on plain values.
+    ``dob``), costs more than writing the rows, and even pydantic checking a
+    list of plain dicts in one call builds a copy of every payload.  Here
+    ``today`` is read once and each payload is checked where it lies, with
+    plain type tests, no copy.
 
     Every method answers a payload's ``PatientValues`` only when ``PatientIn``
     certainly accepts it with those very values, and None otherwise: the
     caller then asks ``PatientIn`` itself, which words the errors (or, in a
     case this check is unsure of, accepts).  So errors and edge cases have
-    one source of truth, and the fast path cannot change an outcome.
+    one source of truth, and the fast path cannot change an outcome
+    (``tests/test_models.py`` holds the two together on generated payloads).
     """
 
     def __init__(self, today: date) -> None:
         self.today = today
 
     def many(self, payloads: list[Any]) -> list[PatientValues | None]:
-        """``one`` for each of ``payloads``, validating them together."""
-        try:
-            checked: list[PatientFields | None] = _PATIENT_FIELDS_LIST.validate_python(payloads)
-        except ValidationError as exc:
-            # One bad payload fails the list: check the others again without it.
-            bad = {e["loc"][0] for e in exc.errors(include_url=False, include_input=False)}
-            rest = [i for i in range(len(payloads)) if i not in bad]
-            checked = [None] * len(payloads)
-            try:
-                valid = _PATIENT_FIELDS_LIST.validate_python([payloads[i] for i in rest])
-            except ValidationError:
-                return checked
-            for i, fields in zip(rest, valid, strict=True):
-                checked[i] = fields
-        return [None if fields is None else self._values(fields) for fields in checked]
+        """``one`` for each of ``payloads``."""
+        one = self.one
+        return [one(payload) for payload in payloads]
 
     def one(self, payload: Any) -> PatientValues | None:
-        """``payload``'s values when ``PatientIn`` would accept it as they are, else None."""
-        try:
-            fields = _validate_patient_fields(payload)
-        except ValidationError:
-            return None
-        return self._values(fields)
+        """``payload``'s values when ``PatientIn`` would accept it as they are, else None.
 
-    def _values(self, fields: PatientFields) -> PatientValues | None:
-        """The checks ``PatientIn`` makes in Python, on fields pydantic has checked."""
-        name = fields["name"]
-        dob = fields.get("dob")
-        identifiers = fields.get("identifiers", {})
-        fhir = fields.get("fhir")
-        if not name.strip() or (identifiers and too_deep(identifiers)) or (fhir and too_deep(fhir)):
+        Exact types only (what ``orjson`` gives): anything else, a subclass
+        included, is left to ``PatientIn``.  ``str_max_length`` applies to the
+        top-level keys of ``identifiers`` and ``fhir`` (the values are ``Any``).
+        """
+        if type(payload) is not dict or not _PATIENT_KEYS.issuperset(payload):
             return None
-        if dob is not None and day_problem(dob, self.today) is not None:  # its form: checked by the pattern
+        name = payload.get("name")
+        if type(name) is not str or not 0 < len(name) <= 256 or not name.strip():
+            return None
+        dob = payload.get("dob")
+        if dob is not None and (
+            type(dob) is not str or not _DOB_FORM.fullmatch(dob) or day_problem(dob, self.today) is not None
+        ):
+            return None
+        identifiers = payload.get("identifiers", _ABSENT)
+        if identifiers is _ABSENT:
+            identifiers = {}
+        elif type(identifiers) is not dict or (identifiers and not _plain_document(identifiers)):
+            return None
+        fhir = payload.get("fhir")
+        if fhir is not None and (type(fhir) is not dict or (fhir and not _plain_document(fhir))):
             return None
         return name, dob, identifiers, fhir
+
+
+def _plain_document(doc: dict[str, Any]) -> bool:
+    """A ``dict[str, Any]`` field ``PatientIn`` takes as it is: keys within
+    ``str_max_length`` and not nested past ``MAX_JSON_DEPTH``."""
+    return not too_deep(doc) and all(type(key) is str and len(key) <= _MAX_STR for key in doc)
 
 
 class RecordIn(_Writable):
@@ -390,28 +369,27 @@ class UploadRequest(BaseModel):
             raise ValueError("batch_id must be a UUID made by the client") from None
 
 
-@with_config(ConfigDict(extra="forbid", strict=True))
 class ChangeFields(TypedDict, total=False):
-    """``Change`` as a plain dict, with the very same field types and
-    constraints: pydantic checks a list of these without building a model per
-    change, about twice as fast.  A key the client left out is absent rather
-    than None, so read the optional ones with ``.get``; ``payload`` is always
-    there once ``check_upload`` or ``Upload.from_model`` has made it.  Keep
-    the two in step (``tests/test_envelope.py`` compares them)."""
+    """``Change`` as a plain dict, with the very same fields.  A key the
+    client left out is absent rather than None, so read the optional ones
+    with ``.get``; ``payload`` is always there once ``check_upload`` or
+    ``Upload.from_model`` has made it.  Keep the two in step
+    (``tests/test_envelope.py`` compares them)."""
 
     operation: Required[Literal["create", "update", "delete"]]
-    resource_type: Required[_ID]
-    client_temp_id: _ID | None
-    server_id: _ID | None
-    client_updated_at: Annotated[str, StringConstraints(max_length=64)] | None
-    base_version: Annotated[int, Field(ge=0)] | None
+    resource_type: Required[str]
+    client_temp_id: str | None
+    server_id: str | None
+    client_updated_at: str | None
+    base_version: int | None
     payload: dict[str, Any]
 
 
-_CHANGE_FIELDS_LIST = TypeAdapter(list[ChangeFields])
 _UPLOAD_KEYS = frozenset({"device_id", "changes", "batch_id", "async"})
 #: ``Change``'s fields in its order: the order of ``change_dump``.
 _CHANGE_KEYS = ("operation", "resource_type", "client_temp_id", "server_id", "client_updated_at", "base_version")
+_CHANGE_KEY_SET = frozenset((*_CHANGE_KEYS, "payload"))
+_OPERATIONS = frozenset(("create", "update", "delete"))
 
 
 def change_dump(change: ChangeFields) -> dict[str, Any]:
@@ -456,8 +434,8 @@ def _is_id(value: Any) -> bool:
 def check_upload(body: dict[str, Any]) -> Upload | None:
     """``UploadRequest``'s verdict on ``body``, reached cheaply when it accepts.
 
-    The envelope's own keys are checked in Python and the changes as one list
-    of ``ChangeFields``.  The answer is an ``Upload`` only when
+    The envelope's own keys and each change are checked with plain type
+    tests, in place.  The answer is an ``Upload`` only when
     ``UploadRequest`` certainly accepts ``body`` with those very values, and
     None otherwise: the caller then asks ``UploadRequest``, which words every
     error, so a malformed batch is refused exactly as before.
@@ -477,11 +455,40 @@ def check_upload(body: dict[str, Any]) -> Upload | None:
             batch_id = str(uuid.UUID(batch_id))  # as UploadRequest._batch_uuid
         except ValueError:
             return None
-    try:
-        checked: list[ChangeFields] = _CHANGE_FIELDS_LIST.validate_python(changes)
-    except ValidationError:
-        return None
-    for change in checked:
-        if "payload" not in change:
-            change["payload"] = {}
-    return Upload(device_id, checked, batch_id, async_)
+    for change in changes:
+        if not _plain_change(change):
+            return None
+    return Upload(device_id, cast(list[ChangeFields], changes), batch_id, async_)
+
+
+def _plain_change(change: Any) -> bool:
+    """Whether ``Change`` (strict) certainly accepts ``change`` as it is; a
+    missing ``payload`` is filled in as ``{}``, the model's default.
+
+    Exact types only, as in ``PatientCheck``: the change is checked where it
+    lies, not copied (pydantic checking a list of ``ChangeFields`` builds a
+    new dict per change, and costs twice this).
+    """
+    if type(change) is not dict or not _CHANGE_KEY_SET.issuperset(change):
+        return False
+    operation = change.get("operation")
+    if type(operation) is not str or operation not in _OPERATIONS or not _is_id(change.get("resource_type")):
+        return False
+    value = change.get("client_temp_id")
+    if value is not None and not _is_id(value):
+        return False
+    value = change.get("server_id")
+    if value is not None and not _is_id(value):
+        return False
+    value = change.get("client_updated_at")
+    if value is not None and (type(value) is not str or len(value) > 64):
+        return False
+    value = change.get("base_version")
+    if value is not None and (type(value) is not int or value < 0):
+        return False
+    value = change.get("payload", _ABSENT)
+    if value is _ABSENT:
+        change["payload"] = {}
+    elif type(value) is not dict:
+        return False
+    return True

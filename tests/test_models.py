@@ -11,7 +11,7 @@ read-only keys).
 from __future__ import annotations
 
 from datetime import date, timedelta
-from typing import Any, get_type_hints
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -23,7 +23,6 @@ from healthsync.models import (
     MAX_JSON_DEPTH,
     READ_ONLY_KEYS,
     PatientCheck,
-    PatientFields,
     PatientIn,
     patient_values,
 )
@@ -126,7 +125,3 @@ def test_depth_limit_is_patient_ins(key):
     assert check.one(at_limit) is not None and reference(at_limit) is not None
     over = {"name": "A", key: nested(MAX_JSON_DEPTH + 1)}
     assert check.one(over) is None and reference(over) is None
-
-
-def test_patient_fields_mirror_patient_in():
-    assert set(get_type_hints(PatientFields)) == set(PatientIn.model_fields)

@@ -22,10 +22,11 @@ inside the commit that takes the WAL past 1,000 pages, so that one write pays
 for it (about half the commit of a 10,000-change upload).  With
 ``checkpoint_pages`` the writer's automatic checkpoint is off; after a commit
 leaves at least that many pages not yet copied, a ``PASSIVE`` checkpoint runs
-on a connection of its own, after the write has returned.  It never blocks a
-reader or the writer (SQLite lets all three run at once), and the pages
-waiting are read from the WAL-index header (the documented ``-shm`` format),
-so deciding costs one ``pread`` per commit, not a query.
+as a write of its own, queued behind the write lock like any other: the
+write that crossed the line has already returned, no write of this process
+shares the disk with it, and readers are never blocked.  The pages waiting
+are read from the WAL-index header (the documented ``-shm`` format), so
+deciding costs one ``pread`` per commit, not a query.
 
 Loop rules: all methods are coroutines for the event loop that opened the
 database.  A different thread or process must open its own ``Database``.
@@ -147,7 +148,6 @@ class Database:
         self._closed = False
         self.schema_version = 0
         self._shm: int | None = None  # file descriptor of the WAL index, when checkpoints are ours
-        self._checkpointer: aiosqlite.Connection | None = None
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._checkpoint_floor = 0  # pages a checkpoint could not copy (a reader holds them)
         self.checkpoints = 0
@@ -183,7 +183,7 @@ class Database:
                     await reader.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
                     readers.append(reader)
                 if self.checkpoint_pages:
-                    await self._open_checkpointer(writer)
+                    await self._take_over_checkpoints(writer)
             except BaseException:
                 await writer.close()
                 raise
@@ -194,10 +194,9 @@ class Database:
             self._writer = writer
         return self
 
-    async def _open_checkpointer(self, writer: aiosqlite.Connection) -> None:
-        """Turn the commit-time checkpoint off and open the connection that
-        checkpoints instead; if the WAL index is not the documented format,
-        keep SQLite's own checkpoint."""
+    async def _take_over_checkpoints(self, writer: aiosqlite.Connection) -> None:
+        """Turn the commit-time checkpoint off, to run it after commits instead;
+        if the WAL index is not the documented format, keep SQLite's own."""
         try:
             fd = os.open(f"{self.path}-shm", os.O_RDONLY)
         except OSError:
@@ -207,11 +206,8 @@ class Database:
             os.close(fd)
             log.warning("unknown WAL index format: checkpoints stay inside commits")
             return
-        checkpointer = await aiosqlite.connect(self.path, isolation_level=None)
-        await checkpointer.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-        await checkpointer.execute(f"PRAGMA synchronous = {self.synchronous}")
         await writer.execute("PRAGMA wal_autocheckpoint = 0")
-        self._shm, self._checkpointer = fd, checkpointer
+        self._shm = fd
 
     def _pages_waiting(self) -> int:
         """WAL pages not yet copied into the database file (0 if unknown)."""
@@ -224,7 +220,7 @@ class Database:
 
     def _after_commit(self) -> None:
         """Start a background checkpoint when enough pages wait for one."""
-        if self._checkpointer is None or self._checkpoint_task is not None:
+        if self._shm is None or self._checkpoint_task is not None:
             return
         waiting = self._pages_waiting()
         if waiting < self._checkpoint_floor:  # the WAL started over
@@ -234,8 +230,10 @@ class Database:
 
     async def _checkpoint(self) -> None:
         try:
-            assert self._checkpointer is not None
-            await self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            async with self._write_lock:
+                if self._writer is None:
+                    return  # closed meanwhile: closing the writer checkpoints
+                await self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
             self.checkpoints += 1
             # What is still waiting is held by a reader's snapshot: do not
             # retry for it after every commit, only once as much again is added.
@@ -256,9 +254,6 @@ class Database:
             writer, self._writer = self._writer, None
         if self._checkpoint_task is not None:
             await asyncio.gather(self._checkpoint_task, return_exceptions=True)
-        if self._checkpointer is not None:
-            await self._checkpointer.close()
-            self._checkpointer = None
         if self._shm is not None:
             os.close(self._shm)
             self._shm = None
