@@ -236,11 +236,6 @@ class PatientCheck:
     def __init__(self, today: date) -> None:
         self.today = today
 
-    def many(self, payloads: list[Any]) -> list[PatientValues | None]:
-        """``one`` for each of ``payloads``."""
-        one = self.one
-        return [one(payload) for payload in payloads]
-
     def one(self, payload: Any) -> PatientValues | None:
         """``payload``'s values when ``PatientIn`` would accept it as they are, else None.
 
@@ -462,8 +457,9 @@ def check_upload(body: dict[str, Any]) -> Upload | None:
 
 
 def _plain_change(change: Any) -> bool:
-    """Whether ``Change`` (strict) certainly accepts ``change`` as it is; a
-    missing ``payload`` is filled in as ``{}``, the model's default.
+    """Whether ``Change`` (strict) certainly accepts ``change`` as it is, and
+    it can be routed (``routing_problem``); a missing ``payload`` is filled in
+    as ``{}``, the model's default.
 
     Exact types only, as in ``PatientCheck``: the change is checked where it
     lies, not copied (pydantic checking a list of ``ChangeFields`` builds a
@@ -474,11 +470,10 @@ def _plain_change(change: Any) -> bool:
     operation = change.get("operation")
     if type(operation) is not str or operation not in _OPERATIONS or not _is_id(change.get("resource_type")):
         return False
-    value = change.get("client_temp_id")
-    if value is not None and not _is_id(value):
+    temp_id, server_id = change.get("client_temp_id"), change.get("server_id")
+    if (temp_id is not None and not _is_id(temp_id)) or (server_id is not None and not _is_id(server_id)):
         return False
-    value = change.get("server_id")
-    if value is not None and not _is_id(value):
+    if routing_problem(operation, temp_id, server_id) is not None:
         return False
     value = change.get("client_updated_at")
     if value is not None and (type(value) is not str or len(value) > 64):

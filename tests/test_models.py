@@ -102,12 +102,6 @@ def test_one_is_sure_of_every_plain_valid_payload(payload):
         assert PatientCheck(TODAY).one(payload) == expected
 
 
-@given(st.lists(payloads | json_values, max_size=12))
-def test_many_is_one_for_each(items):
-    check = PatientCheck(TODAY)
-    assert check.many(items) == [check.one(item) for item in items]
-
-
 def test_the_future_starts_tomorrow():
     check = PatientCheck(TODAY)
     assert check.one({"name": "A", "dob": TODAY.isoformat()}) == ("A", TODAY.isoformat(), {}, None)

@@ -59,7 +59,7 @@ def parse_upload(body: Any, max_changes: int) -> Upload:
 
     ``check_upload`` answers for a valid body; anything it is not sure of goes
     to ``UploadRequest``, which words the errors (or, in a case the check is
-    unsure of, accepts).
+    unsure of, accepts), and then to the routing check (``routing_problem``).
     """
     if not isinstance(body, dict):
         raise Invalid("upload body must be a JSON object", [{"field": "body", "message": "expected a JSON object"}])
@@ -69,13 +69,14 @@ def parse_upload(body: Any, max_changes: int) -> Upload:
             f"batch has {len(changes)} changes; the most one upload may carry is {max_changes}",
             [{"field": "changes", "message": f"at most {max_changes} changes per batch"}],
         )
-    request = check_upload(body)
-    if request is None:
-        try:
-            request = Upload.from_model(UploadRequest.model_validate(body))
-        except ValidationError as exc:
-            details = validation_details(exc)
-            raise Invalid(_summary("invalid upload", details), details) from None
+    request = check_upload(body)  # sure of a valid body, routing included
+    if request is not None:
+        return request
+    try:
+        request = Upload.from_model(UploadRequest.model_validate(body))
+    except ValidationError as exc:
+        details = validation_details(exc)
+        raise Invalid(_summary("invalid upload", details), details) from None
     problems = []
     for index, change in enumerate(request.changes):
         problem = routing_problem(change["operation"], change.get("client_temp_id"), change.get("server_id"))
@@ -143,7 +144,6 @@ class _Apply:
         self.new_records: list[list[Any]] = []
         self.created_at = tx.now()
         self.check = PatientCheck(clock.today_utc())
-        self.create_values: list[PatientValues | None] = []
         self.dirty_patients: dict[str, None] = {}  # insertion-ordered sets
         self.dirty_records: dict[str, None] = {}
         self.records_of: dict[str, set[str]] = {}
@@ -192,21 +192,6 @@ class _Apply:
             if row[0] not in self.records:
                 self._add_record(row)
 
-    def check_patient_creates(self, changes: list[ChangeFields]) -> None:
-        """Check every patient create's payload in one go (``PatientCheck.many``).
-
-        Its verdicts stand in for ``PatientIn`` when a create is decided; a
-        payload it is unsure of gets None, and ``PatientIn`` then decides.
-        """
-        indexes = [
-            i for i, ch in enumerate(changes) if ch["operation"] == "create" and ch["resource_type"] == "Patient"
-        ]
-        self.create_values = [None] * len(changes)
-        if indexes:
-            values = self.check.many([changes[i]["payload"] for i in indexes])
-            for i, value in zip(indexes, values, strict=True):
-                self.create_values[i] = value
-
     def _add_patient(self, row: list[Any]) -> None:
         row.append(None)  # seq: set when the row changes
         self.patients[row[0]] = row
@@ -234,10 +219,10 @@ class _Apply:
 
     # Deciding ------------------------------------------------------------------
 
-    def apply(self, index: int, ch: ChangeFields) -> dict[str, Any]:
+    def apply(self, ch: ChangeFields) -> dict[str, Any]:
         try:
             if ch["operation"] == "create":
-                return self._create(index, ch)
+                return self._create(ch)
             return self._update_or_delete(ch)
         except _Rejected as exc:
             out: dict[str, Any] = {}
@@ -256,7 +241,7 @@ class _Apply:
             if problem:
                 raise _Rejected(f"resource_type: {problem}")
 
-    def _create(self, index: int, ch: ChangeFields) -> dict[str, Any]:
+    def _create(self, ch: ChangeFields) -> dict[str, Any]:
         temp_id = ch.get("client_temp_id")
         assert temp_id is not None
         resource_type = ch["resource_type"]
@@ -270,8 +255,7 @@ class _Apply:
             return {"client_temp_id": temp_id, "status": "created", "server_id": server_id, "server_version": version}
         new_id = next(self._ids)
         if resource_type == "Patient":
-            checked = self.create_values[index]
-            name, dob, identifiers, fhir = checked if checked is not None else self._patient(ch["payload"], None)
+            name, dob, identifiers, fhir = self._patient(ch["payload"])
             seq, stamp = self.tx.stamp()
             row = [new_id, self.owner, name, dob, orjson.dumps(identifiers).decode(),
                    None if fhir is None else orjson.dumps(fhir).decode(), 1, stamp, 0, seq, self.created_at]
@@ -293,9 +277,10 @@ class _Apply:
         self.new_temp.append((self.device_id, temp_id, new_id, resource_type))
         return {"client_temp_id": temp_id, "status": "created", "server_id": new_id, "server_version": version}
 
-    def _patient(self, payload: dict[str, Any], checked: PatientValues | None) -> PatientValues:
-        """A patient payload's values: ``checked`` (``PatientCheck``'s verdict)
-        when it has one, else ``PatientIn``'s, which rejects with its errors."""
+    def _patient(self, payload: dict[str, Any]) -> PatientValues:
+        """A patient payload's values: ``PatientCheck``'s verdict when it is
+        sure, else ``PatientIn``'s, which rejects with its errors."""
+        checked = self.check.one(payload)
         if checked is None:
             checked = patient_values(_validate(PatientIn, payload))
         return checked
@@ -389,7 +374,7 @@ class _Apply:
         if not READ_ONLY_KEYS.isdisjoint(payload):  # keys a client echoed back: ignored
             patch = {k: v for k, v in payload.items() if k not in READ_ONLY_KEYS}
         merged = merge_patch(current, patch)
-        name, dob, identifiers, fhir = self._patient(merged, self.check.one(merged))
+        name, dob, identifiers, fhir = self._patient(merged)
         row[P_NAME], row[P_DOB] = name, dob
         row[P_IDENT] = _dump(identifiers)
         row[P_FHIR] = None if fhir is None else _dump(fhir)
@@ -452,8 +437,7 @@ async def apply_upload(tx: WriteTx, request: Upload, batch_id: str, owner: str |
     """
     work = _Apply(tx, request.device_id, batch_id, owner)
     await work.preload(request.changes)
-    work.check_patient_creates(request.changes)
-    results = [work.apply(i, ch) for i, ch in enumerate(request.changes)]
+    results = [work.apply(ch) for ch in request.changes]
     await work.flush()
     tx.emit({"type": "applied", "changes": len(results), "conflicts": len(work.conflicts)})
     return {
