@@ -93,7 +93,8 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
     route = type(handler).__name__
     if ctx is not None:
         ctx.metrics.observe_request(route, handler.request.method or "", status, seconds)
-    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    # 503 is the server saying "not now" (shutting down, database unreachable), not a fault of its own.
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 or status == 503 else logging.ERROR
     access_log.log(
         level,
         "%s %s %d %.1fms %s",

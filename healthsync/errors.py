@@ -90,3 +90,10 @@ class RateLimited(HealthSyncError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class ShuttingDown(HealthSyncError):
+    """A request that reached the server after its database closed for shutdown (503)."""
+
+    status = 503
+    retry_after = 1

@@ -112,13 +112,13 @@ ERROR_TEXT = {
     413: "Request body over `max_body_bytes` (or too many changes).",
     415: "The body is not `application/json`.",
     429: "Write rate limit (`write_rate_limit`) reached; see `Retry-After`.",
-    503: "Unavailable.",
+    503: "The server is shutting down (the request came after its database closed); see `Retry-After`.",
 }
 
 
 def _error(status: int, text: str | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"description": text or ERROR_TEXT[status], "content": _json("Error")}
-    if status == 429:
+    if status in (429, 503):
         out["headers"] = {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}}
     if status == 401:
         out["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
@@ -169,7 +169,7 @@ def build_schema(*, page_limit_max: int = 10000, max_batch_changes: int = 10000)
     if_none_match = _param("If-None-Match", "header", {"type": "string"},
                            "304 (no body) when it matches the current ETag.")
 
-    common_errors = {400: _error(400), 401: _error(401), 403: _error(403)}
+    common_errors = {400: _error(400), 401: _error(401), 403: _error(403), 503: _error(503)}
     write_errors = {**common_errors, 413: _error(413), 415: _error(415), 429: _error(429)}
 
     def op(tag: str, summary: str, responses: dict[Any, Any], *, op_id: str, description: str = "",

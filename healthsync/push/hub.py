@@ -271,6 +271,10 @@ class Hub:
         device_id: str | None = None,
     ) -> Subscription:
         sub = Subscription(peer, cursor, since, resource_type, patient, device_id)
+        if self._closed:  # a handshake that slipped in during shutdown
+            sub.state = CLOSED
+            peer.close(1001, "server shutting down")
+            return sub
         self.subs.add(sub)
         self._groups.setdefault(sub.group, set()).add(sub)
         self._send(

@@ -31,11 +31,13 @@ from ..errors import (
     MethodNotAllowed,
     NotFound,
     RateLimited,
+    ShuttingDown,
     TooLarge,
     Unauthorized,
     UnsupportedMediaType,
 )
 from ..models import loads, parse_uuid
+from ..storage import DatabaseClosed
 
 if TYPE_CHECKING:
     from ..context import Context
@@ -294,6 +296,10 @@ class BaseHandler(tornado.web.RequestHandler):
     # Errors -----------------------------------------------------------------
 
     def _handle_request_exception(self, e: BaseException) -> None:
+        if isinstance(e, DatabaseClosed):
+            # A request on a kept-alive connection after shutdown closed the
+            # database: the client should come back, not see a server fault.
+            e = ShuttingDown("the server is shutting down: retry in a moment")
         if isinstance(e, HealthSyncError) and not self._finished:
             log.info("%s %s -> %d %s", self.request.method, self.request.path, e.status, e.message)
             self._reason = tornado.httputil.responses.get(e.status, "Error")
@@ -305,7 +311,7 @@ class BaseHandler(tornado.web.RequestHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, HealthSyncError):
             body = exc.body()
-            if isinstance(exc, RateLimited):
+            if isinstance(exc, (RateLimited, ShuttingDown)):
                 self.set_header("Retry-After", str(exc.retry_after))
             if isinstance(exc, Unauthorized):
                 self.set_header("WWW-Authenticate", 'Bearer realm="healthsync"')

@@ -136,3 +136,15 @@ async def test_health(api):
     assert resp.json["database"]["schema_version"] >= 2
 
 
+
+
+async def test_a_request_after_shutdown_closed_the_database_is_503_not_500(api, app):
+    # What a kept-alive connection meets between the database closing and the
+    # connections being dropped at shutdown (the hub closes first, as there).
+    await app.ctx.hub.close()
+    await app.ctx.db.close()
+    resp = await api.get("/api/patients/")
+    assert resp.status == 503
+    assert resp.headers["Retry-After"] == "1"
+    assert_error_shape(resp)
+    assert "shutting down" in resp.json["error"]

@@ -319,3 +319,14 @@ async def test_frames_of_every_length_class_arrive_whole(api, ws):
     assert [e["server_id"] for e in await late.changes_until(2)] == [small["id"], big["id"]]
     await late.conn.write_message(b'{"type": "ping"}')
     assert (await late.until(lambda m: m["type"] == "pong"))["type"] == "pong"
+
+
+async def test_a_handshake_during_shutdown_gets_a_close_frame(app, http_server_client):
+    await app.ctx.hub.close()
+    url = http_server_client.get_url("/api/sync/ws?cursor=0").replace("http://", "ws://")
+    conn = await websocket_connect(url)
+    try:
+        assert await asyncio.wait_for(conn.read_message(), 5) is None
+        assert (conn.close_code, conn.close_reason) == (1001, "server shutting down")
+    finally:
+        conn.close()
