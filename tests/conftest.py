@@ -312,3 +312,8 @@ def server_process(tmp_path: Path) -> Iterator[Any]:
     for proc in started:
         if proc.proc is not None and proc.proc.poll() is None:
             proc.kill()
+    for proc in started:
+        # A server-side error behind a failing test shows in its report (captured stderr).
+        if any(" ERROR " in line for line in proc.log):
+            print(f"--- {' '.join(proc.args) or 'serve'} ({proc.data_dir}) logged errors:", file=sys.stderr)
+            print("".join(proc.log), file=sys.stderr)

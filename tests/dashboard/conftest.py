@@ -70,7 +70,8 @@ class Dashboard:
 
     def _on_console(self, msg: Any) -> None:
         if msg.type == "error":
-            self.errors.append(f"console.error: {msg.text}")
+            where = (msg.location or {}).get("url")  # for a failed load: the resource
+            self.errors.append(f"console.error: {msg.text}" + (f" [{where}]" if where else ""))
 
     def allow_errors(self, pattern: re.Pattern[str] | str) -> None:
         """Console errors matching ``pattern`` are expected (uncaught errors never are)."""
