@@ -6,7 +6,7 @@ bounded and the script stops by itself.  Example (about 5-10 minutes on a
 
     python bench/bench_push.py --subscribers 100,1000 --writes 50 --memory 1000,5000 --runs 3
 
-What it measures, against two servers started as subprocesses the same way:
+What it measures, against three servers started as subprocesses the same way:
 
 * ``healthsync``: the real server, ``python run.py --port 0 --data-dir <tmp> --no-worker``.
 * ``bare``: a bare Tornado websocket server written below (``--role bare-server``)
@@ -61,7 +61,7 @@ Two websocket clients hold the subscribers (``--client``):
 Either way messages are only stored on receipt (receive time, text) and parsed
 after the run.
 
-Each figure is the median over ``--runs`` runs; the two servers alternate
+Each figure is the median over ``--runs`` runs; the servers alternate
 within each run so that noise on a shared machine hits both alike.
 ``--profile DIR`` runs ``py-spy record`` on each server during the measured
 writes (those runs' latencies are perturbed; use them for where time goes,
