@@ -62,7 +62,7 @@ Either way messages are only stored on receipt (receive time, text) and parsed
 after the run.
 
 Each figure is the median over ``--runs`` runs; the servers alternate
-within each run so that noise on a shared machine hits both alike.
+within each run so that noise on a shared machine hits them all alike.
 ``--profile DIR`` runs ``py-spy record`` on each server during the measured
 writes (those runs' latencies are perturbed; use them for where time goes,
 not for figures); ``--json FILE`` keeps every run's numbers.
