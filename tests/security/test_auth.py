@@ -178,10 +178,16 @@ async def test_ws_token_never_lands_in_the_audit(http_server_client, api, tokens
     base = http_server_client.get_url("/api/sync/ws?cursor=0").replace("http://", "ws://")
     conn = await websocket_connect(base + f"&token={tokens['dashboard']}")
     conn.close()
-    await asyncio.sleep(0.05)
-    entries = (await api.get("/api/audit/", headers=auth(tokens["admin"]))).json
+    # The socket's entry is written once the server has seen the close: wait for it.
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        entries = (await api.get("/api/audit/", headers=auth(tokens["admin"]))).json
+        mine = [e for e in entries if e["path"] == "/api/sync/ws" and e["who"] == "front-desk"]
+        if mine or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    assert mine, "the websocket's audit entry never came"
     assert not any(tokens["dashboard"] in (e["query"] or "") for e in entries)
-    assert any(e["path"] == "/api/sync/ws" and e["who"] == "front-desk" for e in entries)
 
 
 def test_rate_limiter_refills():
