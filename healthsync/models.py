@@ -9,7 +9,7 @@ envelope models live in ``sync/`` beside the code that applies them.
 ``details`` list of our error body, each entry naming its field.
 
 ``PatientCheck`` is the sync upload's fast way to the same verdict as
-``PatientIn`` for thousands of payloads at once; ``PatientIn`` stays the one
+``PatientIn`` for each of thousands of payloads; ``PatientIn`` stays the one
 that words every error.  ``check_upload`` does the same for the upload
 envelope and ``UploadRequest``: a valid batch becomes an ``Upload`` whose
 changes are plain dicts (``ChangeFields``), not 10,000 ``Change`` models.
@@ -225,7 +225,7 @@ class PatientCheck:
     ``today`` is read once and each payload is checked where it lies, with
     plain type tests, no copy.
 
-    Every method answers a payload's ``PatientValues`` only when ``PatientIn``
+    ``one`` answers a payload's ``PatientValues`` only when ``PatientIn``
     certainly accepts it with those very values, and None otherwise: the
     caller then asks ``PatientIn`` itself, which words the errors (or, in a
     case this check is unsure of, accepts).  So errors and edge cases have

@@ -245,8 +245,7 @@ class _Apply:
         temp_id = ch.get("client_temp_id")
         assert temp_id is not None
         resource_type = ch["resource_type"]
-        if resource_type != "Patient":
-            self._check_type(resource_type)
+        self._check_type(resource_type)
         known = self.temp.get(temp_id)
         if known is not None:  # a retried create: same answer, nothing new
             server_id, kind = known
@@ -257,8 +256,8 @@ class _Apply:
         if resource_type == "Patient":
             name, dob, identifiers, fhir = self._patient(ch["payload"])
             seq, stamp = self.tx.stamp()
-            row = [new_id, self.owner, name, dob, orjson.dumps(identifiers).decode(),
-                   None if fhir is None else orjson.dumps(fhir).decode(), 1, stamp, 0, seq, self.created_at]
+            row = [new_id, self.owner, name, dob, _dump(identifiers), None if fhir is None else _dump(fhir),
+                   1, stamp, 0, seq, self.created_at]
             self.patients[new_id] = row
             self.new_patients.append(row)
         else:
