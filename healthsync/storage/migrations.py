@@ -168,6 +168,13 @@ MIGRATIONS: list[tuple[str, str | list[str]]] = [
         CREATE INDEX records_tombstones ON records (deleted, updated_at)
         """,
     ),
+    (
+        "temp ids: written after the batch's commit, from a batch marked until then",
+        """
+        ALTER TABLE batches ADD COLUMN temp_pending INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX batches_temp_pending ON batches (device_id) WHERE temp_pending = 1
+        """,
+    ),
 ]
 
 LATEST = len(MIGRATIONS)

@@ -418,26 +418,38 @@ class _Apply:
 
     # Writing -------------------------------------------------------------------
 
-    async def flush(self) -> None:
+    async def flush(self, temp_ids: bool) -> None:
         # A row created here is inserted as it ends up (a record may be
         # tombstoned later in the batch), never also updated.
         old_p = [self.patients[i] for i in self.dirty_patients if i not in self.new_ids]
         old_r = [self.records[i] for i in self.dirty_records if i not in self.new_ids]
         await mutations.write_patients(self.tx, self.new_patients, old_p)
         await mutations.write_records(self.tx, self.new_records, old_r)
-        await mutations.insert_temp_ids(self.tx, self.new_temp)
+        if temp_ids:
+            await mutations.insert_temp_ids(self.tx, self.new_temp)
         await mutations.insert_conflicts(self.tx, self.conflict_rows)
 
 
-async def apply_upload(tx: WriteTx, request: Upload, batch_id: str, owner: str | None = None) -> dict[str, Any]:
+#: Rows of ``temp_ids`` (device_id, client_temp_id, server_id, resource_type).
+TempIdRows = list[tuple[str, str, str, str]]
+
+
+async def apply_upload(
+    tx: WriteTx, request: Upload, batch_id: str, owner: str | None = None, *, later: TempIdRows | None = None
+) -> dict[str, Any]:
     """Apply ``request``'s changes inside ``tx``; return the upload response.
 
-    The caller has checked that ``batch_id`` is not applied yet.
+    The caller has checked that ``batch_id`` is not applied yet.  With
+    ``later``, the batch's new ``temp_ids`` rows are not written but added to
+    it, and the caller stores the batch marked ``temp_pending`` (see
+    ``upload``).
     """
     work = _Apply(tx, request.device_id, batch_id, owner)
     await work.preload(request.changes)
     results = [work.apply(ch) for ch in request.changes]
-    await work.flush()
+    await work.flush(temp_ids=later is None)
+    if later is not None:
+        later += work.new_temp
     tx.emit({"type": "applied", "changes": len(results), "conflicts": len(work.conflicts)})
     return {
         "batch_id": batch_id,
@@ -448,11 +460,19 @@ async def apply_upload(tx: WriteTx, request: Upload, batch_id: str, owner: str |
     }
 
 
-async def upload(tx: WriteTx, request: Upload, owner: str | None = None) -> tuple[int, Any]:
+async def upload(
+    tx: WriteTx, request: Upload, owner: str | None = None, later: list[tuple[str, TempIdRows]] | None = None
+) -> tuple[int, Any]:
     """A synchronous upload inside ``tx``: (status, response body).
 
     A ``batch_id`` already applied returns its stored response and applies
     nothing; one stored ``pending`` (async) is only stored again if absent.
+
+    With ``later``, writing the batch's new ``temp_ids`` rows is left to the
+    caller, after the commit and off the response's path: (batch_id, rows) is
+    added to it and the batch is stored marked ``temp_pending``, so that
+    until those rows are written, the batch's stored response stands in for
+    them (``mutations.catch_up_temp_ids``).
     """
     batch_id = request.batch_id or str(uuid.uuid4())
     await mutations.device_uploaded(tx, request.device_id)
@@ -478,8 +498,12 @@ async def upload(tx: WriteTx, request: Upload, owner: str | None = None) -> tupl
             tx, batch_id, request.device_id, "pending", len(request.changes), request=_dump(body)
         )
         return 202, {"batch_id": batch_id, "status": "pending"}
-    response = await apply_upload(tx, request, batch_id, owner)
+    rows: TempIdRows | None = None if later is None else []
+    response = await apply_upload(tx, request, batch_id, owner, later=rows)
     text = _dump(response)
-    await mutations.insert_batch(tx, batch_id, request.device_id, "done", len(request.changes), response=text)
+    await mutations.insert_batch(tx, batch_id, request.device_id, "done", len(request.changes), response=text,
+                                 temp_pending=bool(rows))
+    if rows and later is not None:
+        later.append((batch_id, rows))
     tx.emit({"type": "batch", "batch_id": batch_id, "status": "done", "device_id": request.device_id})
     return 200, orjson.Fragment(text)
