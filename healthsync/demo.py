@@ -88,7 +88,7 @@ def progress(done: int, total: int) -> None:
 
 
 async def fill_db(db: Any, patients: int, seed: int | None = None) -> int:
-    from .sync.apply import parse_upload
+    from .sync.envelope import parse_upload
     from .sync.service import SyncService
 
     rnd = random.Random(seed)

@@ -2,26 +2,24 @@
 
 ``PatientIn`` and ``RecordIn`` are the writable fields of the two resources;
 read-only keys a client echoes back (``id``, ``server_version``…) are ignored,
-unknown keys are refused so a typo never silently drops data.  The upload
-envelope models live in ``sync/`` beside the code that applies them.
+unknown keys are refused so a typo never silently drops data.
+``UploadRequest`` and ``Change`` are the sync upload's envelope;
+``sync/envelope.py`` reaches their verdict cheaply for a valid batch.
 
 ``validation_details`` turns a pydantic ``ValidationError`` into the
 ``details`` list of our error body, each entry naming its field.
 
 ``PatientCheck`` is the sync upload's fast way to the same verdict as
 ``PatientIn`` for each of thousands of payloads; ``PatientIn`` stays the one
-that words every error.  ``check_upload`` does the same for the upload
-envelope and ``UploadRequest``: a valid batch becomes an ``Upload`` whose
-changes are plain dicts (``ChangeFields``), not 10,000 ``Change`` models.
+that words every error.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
 from datetime import date
-from typing import Annotated, Any, Literal, Required, cast
+from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import (
@@ -33,9 +31,6 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-
-# pydantic needs typing_extensions' TypedDict before Python 3.12 (it depends on the package)
-from typing_extensions import TypedDict
 
 from . import clock
 from .errors import Invalid
@@ -212,7 +207,7 @@ def patient_values(model: PatientIn) -> PatientValues:
 #: The keys a patient payload may have: ``PatientIn``'s fields, the ignored
 #: read-only ones included (any other key is refused).
 _PATIENT_KEYS = frozenset(PatientIn.model_fields)
-_ABSENT: Any = object()
+ABSENT: Any = object()  # a key left out, told apart from a None value
 
 
 class PatientCheck:
@@ -253,8 +248,8 @@ class PatientCheck:
             type(dob) is not str or not _DOB_FORM.fullmatch(dob) or day_problem(dob, self.today) is not None
         ):
             return None
-        identifiers = payload.get("identifiers", _ABSENT)
-        if identifiers is _ABSENT:
+        identifiers = payload.get("identifiers", ABSENT)
+        if identifiers is ABSENT:
             identifiers = {}
         elif type(identifiers) is not dict or (identifiers and not _plain_document(identifiers)):
             return None
@@ -311,7 +306,7 @@ def parse_model(model: type[BaseModel], body: Any, what: str) -> Any:
         raise invalid_from(exc, what) from None
 
 
-# Sync upload envelope ---------------------------------------------------------
+# Sync upload envelope (checked in sync/envelope.py) --------------------------------
 
 #: Keys of a record payload that route it to its patient; the rest is ``data``.
 ROUTING_KEYS = frozenset({"patient_id", "patient_temp_id"})
@@ -362,128 +357,3 @@ class UploadRequest(BaseModel):
             return str(uuid.UUID(v))
         except ValueError:
             raise ValueError("batch_id must be a UUID made by the client") from None
-
-
-class ChangeFields(TypedDict, total=False):
-    """``Change`` as a plain dict, with the very same fields.  A key the
-    client left out is absent rather than None, so read the optional ones
-    with ``.get``; ``payload`` is always there once ``check_upload`` or
-    ``Upload.from_model`` has made it.  Keep the two in step
-    (``tests/test_envelope.py`` compares them)."""
-
-    operation: Required[Literal["create", "update", "delete"]]
-    resource_type: Required[str]
-    client_temp_id: str | None
-    server_id: str | None
-    client_updated_at: str | None
-    base_version: int | None
-    payload: dict[str, Any]
-
-
-_UPLOAD_KEYS = frozenset({"device_id", "changes", "batch_id", "async"})
-#: ``Change``'s fields in its order: the order of ``change_dump``.
-_CHANGE_KEYS = ("operation", "resource_type", "client_temp_id", "server_id", "client_updated_at", "base_version")
-_CHANGE_KEY_SET = frozenset((*_CHANGE_KEYS, "payload"))
-_OPERATIONS = frozenset(("create", "update", "delete"))
-
-
-def change_dump(change: ChangeFields) -> dict[str, Any]:
-    """A change as ``Change.model_dump(by_alias=True, exclude_none=True)`` gives
-    it (keys in field order, None left out, the payload always there): how it
-    is stored with a conflict or an async batch."""
-    out: dict[str, Any] = {}
-    for key in _CHANGE_KEYS:
-        value = change.get(key)
-        if value is not None:
-            out[key] = value
-    out["payload"] = change.get("payload", {})
-    return out
-
-
-@dataclass(slots=True)
-class Upload:
-    """A valid upload envelope, its changes as ``ChangeFields``; what
-    ``UploadRequest`` accepts, as ``check_upload`` or ``from_model`` makes it."""
-
-    device_id: str
-    changes: list[ChangeFields]
-    batch_id: str | None = None
-    async_: bool = False
-
-    @classmethod
-    def from_model(cls, request: UploadRequest) -> Upload:
-        changes = [cast(ChangeFields, change.model_dump()) for change in request.changes]
-        return cls(request.device_id, changes, request.batch_id, request.async_)
-
-    def stored_request(self, batch_id: str) -> dict[str, Any]:
-        """The body an async batch is stored as, to be applied later under ``batch_id``."""
-        changes = [change_dump(change) for change in self.changes]
-        return {"device_id": self.device_id, "changes": changes, "batch_id": batch_id}
-
-
-def _is_id(value: Any) -> bool:
-    """What ``_ID`` accepts, or less (a ``str`` subclass is left to the model)."""
-    return type(value) is str and 0 < len(value) <= 256
-
-
-def check_upload(body: dict[str, Any]) -> Upload | None:
-    """``UploadRequest``'s verdict on ``body``, reached cheaply when it accepts.
-
-    The envelope's own keys and each change are checked with plain type
-    tests, in place.  The answer is an ``Upload`` only when
-    ``UploadRequest`` certainly accepts ``body`` with those very values, and
-    None otherwise: the caller then asks ``UploadRequest``, which words every
-    error, so a malformed batch is refused exactly as before.
-    """
-    device_id, changes, batch_id = body.get("device_id"), body.get("changes"), body.get("batch_id")
-    async_ = body.get("async", False)
-    if not (
-        _UPLOAD_KEYS.issuperset(body)
-        and _is_id(device_id)
-        and type(changes) is list
-        and (batch_id is None or _is_id(batch_id))
-        and type(async_) is bool
-    ):
-        return None
-    if batch_id is not None:
-        try:
-            batch_id = str(uuid.UUID(batch_id))  # as UploadRequest._batch_uuid
-        except ValueError:
-            return None
-    for change in changes:
-        if not _plain_change(change):
-            return None
-    return Upload(device_id, cast(list[ChangeFields], changes), batch_id, async_)
-
-
-def _plain_change(change: Any) -> bool:
-    """Whether ``Change`` (strict) certainly accepts ``change`` as it is, and
-    it can be routed (``routing_problem``); a missing ``payload`` is filled in
-    as ``{}``, the model's default.
-
-    Exact types only, as in ``PatientCheck``: the change is checked where it
-    lies, not copied (pydantic checking a list of ``ChangeFields`` builds a
-    new dict per change, and costs twice this).
-    """
-    if type(change) is not dict or not _CHANGE_KEY_SET.issuperset(change):
-        return False
-    operation = change.get("operation")
-    if type(operation) is not str or operation not in _OPERATIONS or not _is_id(change.get("resource_type")):
-        return False
-    temp_id, server_id = change.get("client_temp_id"), change.get("server_id")
-    if (temp_id is not None and not _is_id(temp_id)) or (server_id is not None and not _is_id(server_id)):
-        return False
-    if routing_problem(operation, temp_id, server_id) is not None:
-        return False
-    value = change.get("client_updated_at")
-    if value is not None and (type(value) is not str or len(value) > 64):
-        return False
-    value = change.get("base_version")
-    if value is not None and (type(value) is not int or value < 0):
-        return False
-    value = change.get("payload", _ABSENT)
-    if value is _ABSENT:
-        change["payload"] = {}
-    elif type(value) is not dict:
-        return False
-    return True

@@ -42,7 +42,8 @@ from settings import Settings
 from . import clock
 from .errors import Conflict, NotFound
 from .storage import Database, WriteTx, mutations
-from .sync.apply import apply_upload, parse_upload
+from .sync.apply import apply_upload
+from .sync.envelope import parse_upload
 
 log = logging.getLogger("healthsync.tasks")
 

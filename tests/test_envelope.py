@@ -16,15 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from healthsync.models import (
-    Change,
-    ChangeFields,
-    Upload,
-    UploadRequest,
-    change_dump,
-    check_upload,
-    routing_problem,
-)
+from healthsync.models import Change, UploadRequest, routing_problem
+from healthsync.sync.envelope import ChangeFields, Upload, change_dump, check_upload
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5)
 json_values = st.recursive(

@@ -1,9 +1,8 @@
 """Apply one upload batch, whole, inside one ``Database.write`` transaction.
 
-``parse_upload`` checks the envelope and every change's routing first and
-refuses the whole batch (``Invalid`` naming the change index and field, or
-``TooLarge``) before anything is written.  ``apply_upload`` then runs inside
-the write: it loads every row the batch touches in a few bulk statements,
+``envelope.parse_upload`` has checked the envelope and every change's
+routing, refusing a malformed batch whole before anything is written.
+``apply_upload`` then runs inside the write: it loads every row the batch touches in a few bulk statements,
 decides each change in memory (validation, temp-id routing, conflicts), and
 writes the outcome with ``executemany``.  One bad change is ``rejected``
 without sinking the others; because every decision is made before the rows
@@ -24,27 +23,22 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from .. import clock
-from ..errors import Conflict, Invalid, TooLarge
+from ..errors import Conflict
 from ..fhir import record_type_error
 from ..models import (
     MAX_JSON_DEPTH,
     READ_ONLY_KEYS,
     ROUTING_KEYS,
-    ChangeFields,
     PatientCheck,
     PatientIn,
     PatientValues,
-    Upload,
-    UploadRequest,
-    change_dump,
-    check_upload,
     patient_values,
-    routing_problem,
     too_deep,
     validation_details,
 )
 from ..storage import WriteTx, mutations
 from ..storage.queries import patient_out, record_out
+from .envelope import ChangeFields, Upload, change_dump
 from .rules import conflict_reason, encode_cursor, merge_patch
 
 # Row layouts: PATIENT_COLS / RECORD_COLS of storage.queries, plus the new seq;
@@ -52,46 +46,6 @@ from .rules import conflict_reason, encode_cursor, merge_patch
 # exactly the parameters of its INSERT.
 P_OWNER, P_NAME, P_DOB, P_IDENT, P_FHIR, P_VERSION, P_UPDATED, P_DELETED, P_SEQ = range(1, 10)
 R_PATIENT, R_TYPE, R_DATA, R_VERSION, R_UPDATED, R_DELETED, R_SEQ = range(1, 8)
-
-
-def parse_upload(body: Any, max_changes: int) -> Upload:
-    """Validate an upload body: an ``Upload`` or a whole-batch refusal.
-
-    ``check_upload`` answers for a valid body; anything it is not sure of goes
-    to ``UploadRequest``, which words the errors (or, in a case the check is
-    unsure of, accepts), and then to the routing check (``routing_problem``).
-    """
-    if not isinstance(body, dict):
-        raise Invalid("upload body must be a JSON object", [{"field": "body", "message": "expected a JSON object"}])
-    changes = body.get("changes")
-    if isinstance(changes, list) and len(changes) > max_changes:
-        raise TooLarge(
-            f"batch has {len(changes)} changes; the most one upload may carry is {max_changes}",
-            [{"field": "changes", "message": f"at most {max_changes} changes per batch"}],
-        )
-    request = check_upload(body)  # sure of a valid body, routing included
-    if request is not None:
-        return request
-    try:
-        request = Upload.from_model(UploadRequest.model_validate(body))
-    except ValidationError as exc:
-        details = validation_details(exc)
-        raise Invalid(_summary("invalid upload", details), details) from None
-    problems = []
-    for index, change in enumerate(request.changes):
-        problem = routing_problem(change["operation"], change.get("client_temp_id"), change.get("server_id"))
-        if problem:
-            problems.append({"index": index, "field": problem[0], "message": problem[1]})
-    if problems:
-        raise Invalid(_summary("invalid upload", problems), problems)
-    return request
-
-
-def _summary(prefix: str, details: list[dict[str, Any]]) -> str:
-    first = details[0]
-    where = f"change {first['index']}: " if "index" in first else ""
-    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
-    return f"{prefix}: {where}{first['field']}: {first['message']}{more}"
 
 
 class _Rejected(Exception):

@@ -7,9 +7,9 @@ import logging
 from typing import Any
 
 from ..errors import NotFound
-from ..models import Upload
 from ..storage import Database, DatabaseClosed, WriteTx, mutations, queries
 from . import apply, download
+from .envelope import Upload
 
 log = logging.getLogger("healthsync.sync")
 

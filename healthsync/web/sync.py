@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..auth import Permission, require_device
 from ..errors import Invalid
 from ..gcpause import gc_paused
-from ..sync.apply import parse_upload
+from ..sync.envelope import parse_upload
 from .base import BaseHandler
 
 

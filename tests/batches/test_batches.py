@@ -144,7 +144,7 @@ async def test_requeue_after_a_dead_worker_applies_exactly_once(tmp_path):
     huey = make_huey(settings)
     db = Database(settings.db_path)
     try:
-        from healthsync.sync.apply import parse_upload
+        from healthsync.sync.envelope import parse_upload
         from healthsync.sync.service import SyncService
 
         req = parse_upload({"device_id": "d", "changes": patient_changes(50), "async": True}, 10_000)
@@ -177,7 +177,7 @@ def test_huey_task_logic_in_immediate_mode(tmp_path):
     db_path = settings.db_path
 
     async def store() -> str:
-        from healthsync.sync.apply import parse_upload
+        from healthsync.sync.envelope import parse_upload
         from healthsync.sync.service import SyncService
 
         db = Database(db_path)

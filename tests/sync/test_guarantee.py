@@ -62,7 +62,7 @@ CHILD = textwrap.dedent(
     import asyncio, random, sys
     sys.path.insert(0, {root!r})
     from healthsync.storage import Database
-    from healthsync.sync.apply import parse_upload
+    from healthsync.sync.envelope import parse_upload
     from healthsync.sync.service import SyncService
 
     async def main():
