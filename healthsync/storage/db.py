@@ -39,6 +39,7 @@ import logging
 import os
 import sqlite3
 import struct
+import time
 import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -151,6 +152,7 @@ class Database:
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._checkpoint_floor = 0  # pages a checkpoint could not copy (a reader holds them)
         self.checkpoints = 0
+        self._last_write = 0.0  # time.monotonic() when a write or checkpoint last let go of the writer
 
     # Lifecycle --------------------------------------------------------------
 
@@ -234,6 +236,7 @@ class Database:
                 if self._writer is None:
                     return  # closed meanwhile: closing the writer checkpoints
                 await self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                self._last_write = time.monotonic()
             self.checkpoints += 1
             # What is still waiting is held by a reader's snapshot: do not
             # retry for it after every commit, only once as much again is added.
@@ -272,6 +275,10 @@ class Database:
     def closed(self) -> bool:
         return self._closed
 
+    def idle_for(self) -> float:
+        """Seconds since a write (or checkpoint) last let go of the writer; 0 while one holds it."""
+        return 0.0 if self._write_lock.locked() else time.monotonic() - self._last_write
+
     def add_commit_hook(self, hook: CommitHook) -> None:
         """Call ``hook(CommitInfo)`` on the event loop after every committed write."""
         self._hooks.append(hook)
@@ -307,6 +314,8 @@ class Database:
                 # inside a transaction that the next write would trip over.
                 await asyncio.shield(_rollback(conn))
                 raise
+            finally:
+                self._last_write = time.monotonic()
         self._after_commit()
         info = CommitInfo(tx.seq, tx.last_us, tx.changed, tx.events)
         for hook in self._hooks:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -46,6 +46,10 @@ from .rules import conflict_reason, encode_cursor, merge_patch
 # exactly the parameters of its INSERT.
 P_OWNER, P_NAME, P_DOB, P_IDENT, P_FHIR, P_VERSION, P_UPDATED, P_DELETED, P_SEQ = range(1, 10)
 R_PATIENT, R_TYPE, R_DATA, R_VERSION, R_UPDATED, R_DELETED, R_SEQ = range(1, 8)
+
+
+#: Rows of ``temp_ids`` (device_id, client_temp_id, server_id, resource_type).
+TempIdRows = list[tuple[str, str, str, str]]
 
 
 class _Rejected(Exception):
@@ -109,7 +113,7 @@ class _Apply:
 
     # Loading -----------------------------------------------------------------
 
-    async def preload(self, changes: Iterable[ChangeFields]) -> None:
+    async def preload(self, changes: Iterable[ChangeFields], first: Sequence[tuple[str, TempIdRows]]) -> None:
         temp_ids: set[str] = set()
         patient_ids: set[str] = set()
         record_ids: set[str] = set()
@@ -135,6 +139,9 @@ class _Apply:
                 if isinstance(ptemp, str):
                     temp_ids.add(ptemp)
         self._ids = iter(_new_ids(creates))
+        if temp_ids:
+            for batch_id, rows in first:  # this device's, put off: cheaper written than caught up
+                await mutations.index_temp_ids(self.tx, batch_id, rows)
         self.temp = await mutations.load_temp_ids(self.tx, self.device_id, temp_ids)
         for server_id, kind in self.temp.values():
             (patient_ids if kind == "Patient" else record_ids).add(server_id)
@@ -384,22 +391,24 @@ class _Apply:
         await mutations.insert_conflicts(self.tx, self.conflict_rows)
 
 
-#: Rows of ``temp_ids`` (device_id, client_temp_id, server_id, resource_type).
-TempIdRows = list[tuple[str, str, str, str]]
-
-
 async def apply_upload(
-    tx: WriteTx, request: Upload, batch_id: str, owner: str | None = None, *, later: TempIdRows | None = None
+    tx: WriteTx,
+    request: Upload,
+    batch_id: str,
+    owner: str | None = None,
+    *,
+    later: TempIdRows | None = None,
+    first: Sequence[tuple[str, TempIdRows]] = (),
 ) -> dict[str, Any]:
     """Apply ``request``'s changes inside ``tx``; return the upload response.
 
     The caller has checked that ``batch_id`` is not applied yet.  With
     ``later``, the batch's new ``temp_ids`` rows are not written but added to
-    it, and the caller stores the batch marked ``temp_pending`` (see
-    ``upload``).
+    it, and the caller stores the batch marked ``temp_pending``; ``first``
+    holds such rows of earlier batches (see ``upload``).
     """
     work = _Apply(tx, request.device_id, batch_id, owner)
-    await work.preload(request.changes)
+    await work.preload(request.changes, first)
     results = [work.apply(ch) for ch in request.changes]
     await work.flush(temp_ids=later is None)
     if later is not None:
@@ -415,7 +424,11 @@ async def apply_upload(
 
 
 async def upload(
-    tx: WriteTx, request: Upload, owner: str | None = None, later: list[tuple[str, TempIdRows]] | None = None
+    tx: WriteTx,
+    request: Upload,
+    owner: str | None = None,
+    later: list[tuple[str, TempIdRows]] | None = None,
+    first: Sequence[tuple[str, TempIdRows]] = (),
 ) -> tuple[int, Any]:
     """A synchronous upload inside ``tx``: (status, response body).
 
@@ -426,7 +439,9 @@ async def upload(
     caller, after the commit and off the response's path: (batch_id, rows) is
     added to it and the batch is stored marked ``temp_pending``, so that
     until those rows are written, the batch's stored response stands in for
-    them (``mutations.catch_up_temp_ids``).
+    them (``mutations.catch_up_temp_ids``).  ``first`` holds such rows of
+    this device's earlier batches: written first if this batch looks up
+    temp ids (else they wait for their own write).
     """
     batch_id = request.batch_id or str(uuid.uuid4())
     await mutations.device_uploaded(tx, request.device_id)
@@ -453,7 +468,7 @@ async def upload(
         )
         return 202, {"batch_id": batch_id, "status": "pending"}
     rows: TempIdRows | None = None if later is None else []
-    response = await apply_upload(tx, request, batch_id, owner, later=rows)
+    response = await apply_upload(tx, request, batch_id, owner, later=rows, first=first)
     text = _dump(response)
     await mutations.insert_batch(tx, batch_id, request.device_id, "done", len(request.changes), response=text,
                                  temp_pending=bool(rows))

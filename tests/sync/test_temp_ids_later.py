@@ -40,10 +40,10 @@ def stored(db_path: Any) -> tuple[list[tuple[str, ...]], list[tuple[str, int]]]:
 def never_indexed(monkeypatch: pytest.MonkeyPatch) -> None:
     """As if the server stopped between an upload's answer and its temp ids' write."""
 
-    async def lost(self: SyncService, batch_id: str, rows: Any) -> None:
+    def lost(self: SyncService, batch_id: str, device_id: str, rows: Any) -> None:
         return None
 
-    monkeypatch.setattr(SyncService, "_index", lost)
+    monkeypatch.setattr(SyncService, "_put_off_rows", lost)
 
 
 async def test_rows_are_written_after_the_answer(api, app, settings):
@@ -57,6 +57,26 @@ async def test_rows_are_written_after_the_answer(api, app, settings):
     ids = {r["client_temp_id"]: r.get("server_id") for r in resp.json["results"]}
     assert temp == sorted([("tab", "o", ids["o"], "Observation"), ("tab", "p", ids["p"], "Patient")])
     assert [m[1] for m in marks] == [0]
+
+
+async def test_they_wait_for_a_pause_or_the_devices_next_upload(api, app, settings, monkeypatch):
+    monkeypatch.setattr(SyncService, "INDEX_QUIET", 60.0)  # no pause comes in this test
+    monkeypatch.setattr(SyncService, "INDEX_AT_MOST", 120.0)
+    one = await api.post(UPLOAD, {"device_id": "tab", "changes": [create("p", {"name": "A"})]})
+    other = await api.post(UPLOAD, {"device_id": "other", "changes": [create("q", {"name": "B"})]})
+    assert stored(settings.db_path) == ([], [(one.json["batch_id"], 1), (other.json["batch_id"], 1)])
+
+    two = await api.post(UPLOAD, {"device_id": "tab", "changes": [create("p", {"name": "A"}),
+                                                                   create("r", {"name": "C"})]})
+    assert two.json["results"][0] == one.json["results"][0]  # a retry, answered from the rows written first
+    temp, marks = stored(settings.db_path)
+    assert [r[:2] for r in temp] == [("tab", "p")]
+    assert marks == [(one.json["batch_id"], 0), (other.json["batch_id"], 1), (two.json["batch_id"], 1)]
+
+    await app.ctx.sync.settle()  # as at shutdown: no waiting for a pause
+    temp, marks = stored(settings.db_path)
+    assert [r[:2] for r in temp] == [("other", "q"), ("tab", "p"), ("tab", "r")]
+    assert {m[1] for m in marks} == {0}
 
 
 async def test_a_batch_of_updates_is_not_marked(api, app, settings):
