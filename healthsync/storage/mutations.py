@@ -216,14 +216,14 @@ async def write_records(tx: WriteTx, new: list[list[Any]], changed: list[list[An
         )
 
 
-_INSERT_TEMP_IDS = "INSERT INTO temp_ids (device_id, client_temp_id, server_id, resource_type) VALUES (?, ?, ?, ?)"
-
-
 async def insert_temp_ids(tx: WriteTx, rows: list[tuple[str, str, str, str]]) -> None:
     """Remember rows of (device_id, client_temp_id, server_id, resource_type),
     bound as they are."""
     if rows:
-        await tx.conn.executemany(_INSERT_TEMP_IDS, rows)
+        await tx.conn.executemany(
+            "INSERT INTO temp_ids (device_id, client_temp_id, server_id, resource_type) VALUES (?, ?, ?, ?)",
+            rows,
+        )
 
 
 # Temp ids put off until after their batch's commit ------------------------------------
@@ -239,7 +239,7 @@ async def index_temp_ids(tx: WriteTx, batch_id: str, rows: list[tuple[str, str, 
     """Write the temp_ids rows put off from ``batch_id``, and clear its mark
     (unless a catch-up got there first)."""
     if await tx.conn.execute_fetchall("SELECT 1 FROM batches WHERE id = ? AND temp_pending = 1", (batch_id,)):
-        await tx.conn.executemany(_INSERT_TEMP_IDS, rows)
+        await insert_temp_ids(tx, rows)
         await tx.conn.execute("UPDATE batches SET temp_pending = 0 WHERE id = ?", (batch_id,))
 
 

@@ -2,12 +2,13 @@
 
 ``envelope.parse_upload`` has checked the envelope and every change's
 routing, refusing a malformed batch whole before anything is written.
-``apply_upload`` then runs inside the write: it loads every row the batch touches in a few bulk statements,
-decides each change in memory (validation, temp-id routing, conflicts), and
-writes the outcome with ``executemany``.  One bad change is ``rejected``
-without sinking the others; because every decision is made before the rows
-are written, there is nothing to undo per change.  Whatever fails below that
-(the disk, a bug) rolls the whole batch back: a batch is all there or absent.
+``apply_upload`` then runs inside the write: it loads every row the batch
+touches in a few bulk statements, decides each change in memory
+(validation, temp-id routing, conflicts), and writes the outcome with
+``executemany``.  One bad change is ``rejected`` without sinking the
+others; because every decision is made before the rows are written, there
+is nothing to undo per change.  Whatever fails below that (the disk, a bug)
+rolls the whole batch back: a batch is all there or absent.
 
 The same code serves synchronous uploads and the Huey task (``tasks.py``).
 """

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from healthsync.sync.service import SyncService
-from healthsync.tasks import purge_tombstones
+from healthsync.tasks import purge_old_batches, purge_tombstones
 
 UPLOAD = "/api/sync/upload/"
 
@@ -128,6 +128,17 @@ async def test_a_purge_catches_up_first(api, app, settings, never_indexed):
     assert again.json["results"][0] == {"client_temp_id": "p", "status": "created", "server_id": sid,
                                         "server_version": None}
     assert (await api.get("/api/patients/")).json == []
+
+
+async def test_batch_retention_catches_up_first(api, app, settings, never_indexed):
+    resp = await api.post(UPLOAD, {"device_id": "tab", "changes": [create("p", {"name": "A"})]})
+    sid = resp.json["results"][0]["server_id"]
+    await asyncio.sleep(0.01)
+    assert await purge_old_batches(app.ctx.db, 1e-12) == 1  # the batch, with the response that stood in
+    assert stored(settings.db_path) == ([("tab", "p", sid, "Patient")], [])
+    again = await api.post(UPLOAD, {"device_id": "tab", "changes": [create("p", {"name": "A"})]})
+    assert again.json["results"][0]["server_id"] == sid
+    assert len((await api.get("/api/patients/")).json) == 1
 
 
 async def test_shutdown_writes_what_is_left(api, app, settings):
