@@ -31,7 +31,7 @@ class SyncService:
     async def upload(self, request: Upload, owner: str | None = None) -> tuple[int, Any]:
         """Apply (or, with ``async``, store) a parsed upload: (status, body).
 
-        The batch's new ``temp_ids`` rows (about a sixth of a 10,000-create
+        The batch's new ``temp_ids`` rows (about an eighth of a 10,000-create
         upload) are written after it has answered (``apply.upload``): in a
         pause between writes, or by this device's next upload that looks up
         temp ids, whichever comes first (the other then finds them written).
