@@ -23,7 +23,8 @@ async def test_conflict_is_listed_with_both_versions_and_resolvable(api):
     assert c["server_id"] == p["id"] and c["resolved"] is False
     assert c["change"]["payload"] == {"name": "Mine"} and c["server_copy"]["name"] == "John Doe"
     resolved = await api.patch(f"/api/conflicts/{c['id']}/", {"resolved": True, "resolution": "kept server copy"})
-    assert resolved.status == 200 and resolved.json["resolved"] is True and resolved.json["resolution"] == "kept server copy"
+    assert (resolved.status == 200 and resolved.json["resolved"] is True
+            and resolved.json["resolution"] == "kept server copy")
     assert resolved.json["resolved_at"]
     assert (await api.get("/api/conflicts/?resolved=false")).json == []
     assert len((await api.get("/api/conflicts/?resolved=true")).json) == 1

@@ -97,7 +97,8 @@ async def test_cors_preflight_and_request_from_local_origin(api):
     pre = await api.request(
         "OPTIONS",
         "/api/patients/",
-        headers={"Origin": origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"},
+        headers={"Origin": origin, "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "content-type"},
     )
     assert pre.status == 204
     assert pre.headers["Access-Control-Allow-Origin"] == origin
@@ -114,7 +115,8 @@ async def test_cors_preflight_and_request_from_local_origin(api):
 
 async def test_cors_refuses_foreign_origin(api):
     evil = "http://evil.example"
-    pre = await api.request("OPTIONS", "/api/patients/", headers={"Origin": evil, "Access-Control-Request-Method": "POST"})
+    pre = await api.request("OPTIONS", "/api/patients/",
+                            headers={"Origin": evil, "Access-Control-Request-Method": "POST"})
     assert pre.status == 403
     assert "Access-Control-Allow-Origin" not in pre.headers
     assert_error_shape(pre)

@@ -81,7 +81,8 @@ async def test_paths_without_trailing_slash(api):
 
 async def test_patch_merges_identifiers_key_by_key(api):
     p = await api.new_patient(identifiers={"mrn": "1", "nhs": "2"}, fhir={"a": {"b": 1, "c": 2}})
-    resp = await api.patch(f"/api/patients/{p['id']}/", {"identifiers": {"nhs": None, "ssn": "3"}, "fhir": {"a": {"c": None}}})
+    resp = await api.patch(f"/api/patients/{p['id']}/",
+                           {"identifiers": {"nhs": None, "ssn": "3"}, "fhir": {"a": {"c": None}}})
     assert resp.status == 200, resp.body
     assert resp.json["identifiers"] == {"mrn": "1", "ssn": "3"}
     assert resp.json["fhir"] == {"a": {"b": 1}}

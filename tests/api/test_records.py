@@ -23,7 +23,8 @@ async def test_seed_create_list_retrieve_update_delete(api):
     assert listed.status == 200 and listed.json == [r]
     assert (await api.get(f"/api/records/{r['id']}/")).json == r
 
-    put = await api.put(f"/api/records/{r['id']}/", {"patient": p["id"], "resource_type": "Observation", "data": {"v": 1}})
+    put = await api.put(f"/api/records/{r['id']}/",
+                        {"patient": p["id"], "resource_type": "Observation", "data": {"v": 1}})
     assert put.status == 200 and put.json["data"] == {"v": 1} and put.json["server_version"] == 2
     patched = await api.patch(f"/api/records/{r['id']}/", {"data": {"unit": "mmHg"}})
     assert patched.status == 200
@@ -59,7 +60,8 @@ async def test_filters(api):
     cond = await api.new_record(a["id"], resource_type="Condition")
     other = await api.new_record(b["id"], resource_type="Observation")
     assert [r["id"] for r in (await api.get(f"/api/records/?patient={a['id']}")).json] == [obs["id"], cond["id"]]
-    assert [r["id"] for r in (await api.get("/api/records/?resource_type=Observation")).json] == [obs["id"], other["id"]]
+    assert [r["id"] for r in (await api.get("/api/records/?resource_type=Observation")).json] == [
+        obs["id"], other["id"]]
     both = await api.get(f"/api/records/?patient={a['id']}&resource_type=Condition")
     assert [r["id"] for r in both.json] == [cond["id"]]
     paged = await api.get("/api/records/?resource_type=Observation&limit=1")

@@ -30,7 +30,8 @@ async def test_seed_example_exact_shape(api):
     }
     assert TS.match(record_entry["updated_at"])
     assert patient_entry["resource_type"] == "Patient" and patient_entry["server_id"] == p["id"]
-    assert patient_entry["data"] == {"owner": None, "name": "John Doe", "dob": "1990-01-01", "identifiers": {}, "fhir": {}}
+    assert patient_entry["data"] == {"owner": None, "name": "John Doe", "dob": "1990-01-01",
+                                     "identifiers": {}, "fhir": {}}
     assert body["server_time"] == record_entry["updated_at"]
     assert body["has_more"] is False and body["cursor"]
 
@@ -45,7 +46,8 @@ async def test_since_returns_only_later_changes_oldest_first_latest_version(api)
     await api.delete(f"/api/records/{b['id']}/")
     resp = await api.get(f"{DL}?since={t}")
     entries = resp.json["changes"]
-    assert [(e["server_id"], e["server_version"], e["deleted"]) for e in entries] == [(a["id"], 2, False), (b["id"], 2, True)]
+    assert [(e["server_id"], e["server_version"], e["deleted"]) for e in entries] == [
+        (a["id"], 2, False), (b["id"], 2, True)]
     assert (await api.get(f"{DL}?since={resp.json['server_time']}")).json["changes"] == []
     # an offset is an instant: the same moment written in +02:00 gives the same answer
     same = await api.get(f"{DL}?since={t}".replace("Z", "+00:00").replace("+", "%2B"))
@@ -53,7 +55,8 @@ async def test_since_returns_only_later_changes_oldest_first_latest_version(api)
 
 
 async def test_paging_by_cursor_and_by_server_time_see_everything(api):
-    resp = await upload(api, [change("create", "Patient", client_temp_id=f"p{i}", payload={"name": f"P{i}"}) for i in range(25)])
+    resp = await upload(api, [change("create", "Patient", client_temp_id=f"p{i}", payload={"name": f"P{i}"})
+                              for i in range(25)])
     ids = [x["server_id"] for x in resp.json["results"]]
     for follow in ("cursor", "since"):
         seen, pos, pages = [], ("since", "1970-01-01T00:00:00Z"), 0

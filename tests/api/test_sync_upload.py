@@ -82,7 +82,8 @@ async def test_patient_and_observations_in_one_batch_then_in_a_later_one(api):
     assert later.json["results"][0]["status"] == "created"
     assert (await api.get(f"/api/records/{later.json['results'][0]['server_id']}/")).json["patient"] == pid
     # another device cannot use this device's temp ids
-    other = await upload(api, [change("create", client_temp_id="x", payload={"patient_temp_id": "p1"})], device="tablet-2")
+    other = await upload(api, [change("create", client_temp_id="x", payload={"patient_temp_id": "p1"})],
+                         device="tablet-2")
     assert other.json["results"][0]["status"] == "rejected"
 
 
@@ -188,11 +189,18 @@ async def test_patient_update_is_merge_patch_and_delete_tombstones_records(api):
 BAD_BATCHES = [
     ({"changes": []}, 400, "device_id"),
     ({"device_id": "d", "changes": "nope"}, 400, "changes"),
-    ({"device_id": "d", "changes": [{"operation": "zap", "resource_type": "Observation", "client_temp_id": "a"}]}, 400, "operation"),
-    ({"device_id": "d", "changes": [{"operation": "create", "resource_type": "Observation", "payload": {}}]}, 400, "client_temp_id"),
-    ({"device_id": "d", "changes": [{"operation": "update", "resource_type": "Observation", "payload": {}}]}, 400, "server_id"),
-    ({"device_id": "d", "changes": [{"operation": "create", "resource_type": "Patient", "client_temp_id": "a", "payload": []}]}, 400, "payload"),
-    ({"device_id": "d", "changes": [{"operation": "update", "resource_type": "Patient", "server_id": "x", "base_version": "3"}]}, 400, "base_version"),
+    ({"device_id": "d", "changes": [{"operation": "zap", "resource_type": "Observation", "client_temp_id": "a"}]},
+     400, "operation"),
+    ({"device_id": "d", "changes": [{"operation": "create", "resource_type": "Observation", "payload": {}}]},
+     400, "client_temp_id"),
+    ({"device_id": "d", "changes": [{"operation": "update", "resource_type": "Observation", "payload": {}}]},
+     400, "server_id"),
+    ({"device_id": "d", "changes": [{"operation": "create", "resource_type": "Patient", "client_temp_id": "a",
+                                     "payload": []}]},
+     400, "payload"),
+    ({"device_id": "d", "changes": [{"operation": "update", "resource_type": "Patient", "server_id": "x",
+                                     "base_version": "3"}]},
+     400, "base_version"),
     ({"device_id": "d", "changes": [7]}, 400, "change"),
     ({"device_id": 5, "changes": []}, 400, "device_id"),
     ({"device_id": "d", "changes": [], "batch_id": "not-a-uuid"}, 400, "batch_id"),
@@ -202,7 +210,8 @@ BAD_BATCHES = [
 
 @pytest.mark.parametrize("body, status, field", BAD_BATCHES)
 async def test_malformed_batch_refused_whole(api, body, status, field):
-    good = {"operation": "create", "resource_type": "Patient", "client_temp_id": "good", "payload": {"name": "Kept out"}}
+    good = {"operation": "create", "resource_type": "Patient", "client_temp_id": "good",
+            "payload": {"name": "Kept out"}}
     if isinstance(body.get("changes"), list):
         body = {**body, "changes": [good, *body["changes"]]}
     resp = await api.post(UPLOAD, body)
@@ -215,7 +224,8 @@ async def test_malformed_batch_refused_whole(api, body, status, field):
 
 async def test_not_json_and_wrong_content_type(api):
     assert (await api.post(UPLOAD, raw=b"{{{")).status == 400
-    assert (await api.post(UPLOAD, raw=b'{"device_id": "d", "changes": []}', headers={"Content-Type": "text/csv"})).status == 415
+    assert (await api.post(UPLOAD, raw=b'{"device_id": "d", "changes": []}',
+                           headers={"Content-Type": "text/csv"})).status == 415
     assert (await api.post(UPLOAD, raw=b"[]")).status == 400
 
 
@@ -248,7 +258,8 @@ async def test_json_nested_past_the_parser_limit_is_400(api):
 async def test_batch_is_stored_done(api, settings):
     resp = await upload(api, [change("create", "Patient", client_temp_id="a", payload={"name": "x"})])
     conn = sqlite3.connect(settings.db_path)
-    row = conn.execute("SELECT status, change_count, device_id FROM batches WHERE id = ?", (resp.json["batch_id"],)).fetchone()
+    row = conn.execute("SELECT status, change_count, device_id FROM batches WHERE id = ?",
+                       (resp.json["batch_id"],)).fetchone()
     conn.close()
     assert row == ("done", 1, "device123")
 

@@ -14,7 +14,8 @@ def settings(data_dir):
 
 
 async def test_huge_payload_is_413(api):
-    resp = await upload(api, [change("create", "Patient", client_temp_id="a", payload={"name": "x", "fhir": {"b": "y" * 100_000}})])
+    resp = await upload(api, [change("create", "Patient", client_temp_id="a",
+                                     payload={"name": "x", "fhir": {"b": "y" * 100_000}})])
     assert resp.status == 413
 
 

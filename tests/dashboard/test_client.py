@@ -85,7 +85,8 @@ def test_upload_retried_with_the_same_batch_id_applies_once(server_process, dash
                 [{operation: "create", resource_type: "Patient", client_temp_id: "l1", payload: {name: "Lou Lost"}}]);
 
             const queued = await c.upload(
-                [{operation: "create", resource_type: "Patient", client_temp_id: "q1", payload: {name: "Quinn Queued"}}],
+                [{operation: "create", resource_type: "Patient", client_temp_id: "q1",
+                  payload: {name: "Quinn Queued"}}],
                 {async: true});
             let missingDevice = null;
             try { await new hs.HealthSyncClient().upload([]); } catch (e) { missingDevice = e.name; }

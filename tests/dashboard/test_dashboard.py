@@ -36,7 +36,8 @@ def test_patients_are_listed_counted_paged_and_searchable(server_process, dash):
     zelda = api.new_patient("Zelda Quist", dob="1961-11-02", identifiers={"nhs": "943 476 5919"})
     api.new_record(zelda["id"], "Observation", code={"text": "Heart rate"}, valueQuantity={"value": 64, "unit": "bpm"})
     api.new_record(zelda["id"], "Condition", code={"text": "Hypertension"}, clinicalStatus="active")
-    api.new_record(zelda["id"], "Observation", code={"text": "Blood pressure"}, valueQuantity={"value": 128, "unit": "mmHg"})
+    api.new_record(zelda["id"], "Observation", code={"text": "Blood pressure"},
+                   valueQuantity={"value": 128, "unit": "mmHg"})
 
     page = dash.open(srv.url)
     wait_live(page)
@@ -117,7 +118,8 @@ def test_changes_posted_through_the_api_appear_without_reload(server_process, da
     expect(patient_rows(page).filter(has_text="Wanda Walk-in")).to_have_count(1, timeout=LIVE)
 
     # A new record of the open patient: on top of its timeline.
-    api.new_record(zelda["id"], "Observation", code={"text": "Blood pressure"}, valueQuantity={"value": 131, "unit": "mmHg"})
+    api.new_record(zelda["id"], "Observation", code={"text": "Blood pressure"},
+                   valueQuantity={"value": 131, "unit": "mmHg"})
     expect(page.locator("#patient-detail .tl-summary").first).to_have_text("Blood pressure · 131 mmHg", timeout=LIVE)
     expect(page.locator("#patient-detail .tl-item")).to_have_count(2)
 
@@ -130,7 +132,8 @@ def test_changes_posted_through_the_api_appear_without_reload(server_process, da
     api.upload("tablet-7", [
         {"operation": "create", "resource_type": "Patient", "client_temp_id": "t1", "payload": {"name": "Tom Tablet"}},
         {"operation": "create", "resource_type": "Observation", "client_temp_id": "o1",
-         "payload": {"patient_temp_id": "t1", "code": {"text": "Temperature"}, "valueQuantity": {"value": 37.2, "unit": "°C"}}},
+         "payload": {"patient_temp_id": "t1", "code": {"text": "Temperature"},
+                     "valueQuantity": {"value": 37.2, "unit": "°C"}}},
     ])
     expect(page.locator("#patient-count")).to_have_text("3 patients", timeout=LIVE)
     expect(page.locator("#nav-count-feed")).to_have_text(re.compile(r"^\d+ new$"))

@@ -29,7 +29,7 @@ def test_backup_during_writes_is_consistent_and_restorable(server_process, tmp_p
     thread.start()
     try:
         copies = []
-        for n in range(3):
+        for _n in range(3):
             result = run_cli("backup", str(tmp_path / "backups") + "/", "--data-dir", str(data))
             assert result.returncode == 0, result.stderr
             copies.append(result.stdout.strip())

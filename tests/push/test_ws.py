@@ -283,7 +283,8 @@ CHILD = textwrap.dedent(
 async def test_changes_from_another_process_are_pushed(api, ws, settings):
     await api.new_patient()
     client = await ws("cursor=1")
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", CHILD.format(root=str(ROOT), path=str(settings.db_path)))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CHILD.format(root=str(ROOT), path=str(settings.db_path)))
     assert await proc.wait() == 0
     entries = await client.changes_until(1, timeout=10)
     assert entries[0]["data"]["name"] == "from another process"

@@ -23,7 +23,7 @@ def settings(data_dir):
 @pytest.fixture
 def tokens(app, io_loop):
     t = Tokens(app.ctx.db)
-    return {role: io_loop.run_sync(lambda r=role: t.create(name, r))
+    return {role: io_loop.run_sync(lambda r=role, n=name: t.create(n, r))
             for role, name in [("device", "tab-1"), ("dashboard", "front-desk"), ("admin", "it")]}
 
 

@@ -121,14 +121,16 @@ async def upload_writer(api, rnd: random.Random, batches: int, device: str) -> N
                 changes.append({"operation": op, "resource_type": "Patient", "server_id": rnd.choice(mine),
                                 "payload": {"dob": "2000-01-01"}})
             else:
-                changes.append({"operation": "create", "resource_type": "Patient", "client_temp_id": f"{device}-{b}-{i}",
+                changes.append({"operation": "create", "resource_type": "Patient",
+                                "client_temp_id": f"{device}-{b}-{i}",
                                 "payload": {"name": "uploaded"}})
                 changes.append({"operation": "create", "resource_type": "Observation",
                                 "client_temp_id": f"{device}-{b}-{i}-o",
                                 "payload": {"patient_temp_id": f"{device}-{b}-{i}", "v": i}})
         resp = await api.post("/api/sync/upload/", {"device_id": device, "changes": changes})
         assert resp.status == 200, resp.body
-        mine += [r["server_id"] for r in resp.json["results"] if r["status"] == "created" and r["client_temp_id"].count("-") == 2]
+        mine += [r["server_id"] for r in resp.json["results"]
+                 if r["status"] == "created" and r["client_temp_id"].count("-") == 2]
         await asyncio.sleep(0)
 
 
