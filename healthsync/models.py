@@ -134,25 +134,15 @@ _DOB_FORM = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 def dob_problem(value: str, today: date) -> str | None:
     """Why ``value`` is not a date of birth (``YYYY-MM-DD``, not after ``today``), or None."""
-    if not _DOB_FORM.fullmatch(value):
-        return _not_a_date(value)
-    return day_problem(value, today)
-
-
-def day_problem(value: str, today: date) -> str | None:
-    """``dob_problem`` for a ``value`` already known to have the ``YYYY-MM-DD``
-    form: a day the calendar has (not 1990-02-30), not after ``today``."""
     try:
+        if not _DOB_FORM.fullmatch(value):
+            raise ValueError
         day = date.fromisoformat(value)
     except ValueError:
-        return _not_a_date(value)
+        return f"{value[:64]!r} is not a date in YYYY-MM-DD form"
     if day > today:
         return f"{value} is in the future"
     return None
-
-
-def _not_a_date(value: str) -> str:
-    return f"{value[:64]!r} is not a date in YYYY-MM-DD form"
 
 
 def check_dob(value: str | None) -> str | None:
@@ -244,9 +234,7 @@ class PatientCheck:
         if type(name) is not str or not 0 < len(name) <= 256 or not name.strip():
             return None
         dob = payload.get("dob")
-        if dob is not None and (
-            type(dob) is not str or not _DOB_FORM.fullmatch(dob) or day_problem(dob, self.today) is not None
-        ):
+        if dob is not None and (type(dob) is not str or dob_problem(dob, self.today) is not None):
             return None
         identifiers = payload.get("identifiers", ABSENT)
         if identifiers is ABSENT:
