@@ -51,6 +51,8 @@ R_PATIENT, R_TYPE, R_DATA, R_VERSION, R_UPDATED, R_DELETED, R_SEQ = range(1, 8)
 
 #: Rows of ``temp_ids`` (device_id, client_temp_id, server_id, resource_type).
 TempIdRows = list[tuple[str, str, str, str]]
+#: A batch id and the ``temp_ids`` rows its upload left to be written after the commit.
+PutOff = tuple[str, TempIdRows]
 
 
 class _Rejected(Exception):
@@ -114,7 +116,7 @@ class _Apply:
 
     # Loading -----------------------------------------------------------------
 
-    async def preload(self, changes: Iterable[ChangeFields], first: Sequence[tuple[str, TempIdRows]]) -> None:
+    async def preload(self, changes: Iterable[ChangeFields], first: Sequence[PutOff]) -> None:
         temp_ids: set[str] = set()
         patient_ids: set[str] = set()
         record_ids: set[str] = set()
@@ -399,7 +401,7 @@ async def apply_upload(
     owner: str | None = None,
     *,
     later: TempIdRows | None = None,
-    first: Sequence[tuple[str, TempIdRows]] = (),
+    first: Sequence[PutOff] = (),
 ) -> dict[str, Any]:
     """Apply ``request``'s changes inside ``tx``; return the upload response.
 
@@ -425,24 +427,20 @@ async def apply_upload(
 
 
 async def upload(
-    tx: WriteTx,
-    request: Upload,
-    owner: str | None = None,
-    later: list[tuple[str, TempIdRows]] | None = None,
-    first: Sequence[tuple[str, TempIdRows]] = (),
-) -> tuple[int, Any]:
-    """A synchronous upload inside ``tx``: (status, response body).
+    tx: WriteTx, request: Upload, owner: str | None = None, first: Sequence[PutOff] = ()
+) -> tuple[int, Any, PutOff | None]:
+    """A synchronous upload inside ``tx``: (status, response body, what it put off).
 
     A ``batch_id`` already applied returns its stored response and applies
     nothing; one stored ``pending`` (async) is only stored again if absent.
 
-    With ``later``, writing the batch's new ``temp_ids`` rows is left to the
-    caller, after the commit and off the response's path: (batch_id, rows) is
-    added to it and the batch is stored marked ``temp_pending``, so that
-    until those rows are written, the batch's stored response stands in for
-    them (``mutations.catch_up_temp_ids``).  ``first`` holds such rows of
-    this device's earlier batches: written first if this batch looks up
-    temp ids (else they wait for their own write).
+    Writing the batch's new ``temp_ids`` rows is left to the caller, after
+    the commit and off the response's path: they come back as the third
+    value, and the batch is stored marked ``temp_pending``, so that until
+    they are written the batch's stored response stands in for them
+    (``mutations.catch_up_temp_ids``).  ``first`` holds such rows of this
+    device's earlier batches: written first if this batch looks up temp ids
+    (else they wait for their own write).
     """
     batch_id = request.batch_id or str(uuid.uuid4())
     await mutations.device_uploaded(tx, request.device_id)
@@ -456,7 +454,7 @@ async def upload(
                     [{"field": "batch_id", "message": "already used by another device"}],
                 )
             if status == "done" and response is not None:
-                return 200, orjson.Fragment(response)
+                return 200, orjson.Fragment(response), None
             raise Conflict(
                 f"batch {batch_id} is already stored with status {status}",
                 [{"field": "batch_id", "message": f"status {status}"}],
@@ -467,13 +465,11 @@ async def upload(
         await mutations.insert_batch(
             tx, batch_id, request.device_id, "pending", len(request.changes), request=_dump(body)
         )
-        return 202, {"batch_id": batch_id, "status": "pending"}
-    rows: TempIdRows | None = None if later is None else []
+        return 202, {"batch_id": batch_id, "status": "pending"}, None
+    rows: TempIdRows = []
     response = await apply_upload(tx, request, batch_id, owner, later=rows, first=first)
     text = _dump(response)
     await mutations.insert_batch(tx, batch_id, request.device_id, "done", len(request.changes), response=text,
                                  temp_pending=bool(rows))
-    if rows and later is not None:
-        later.append((batch_id, rows))
     tx.emit({"type": "batch", "batch_id": batch_id, "status": "done", "device_id": request.device_id})
-    return 200, orjson.Fragment(text)
+    return 200, orjson.Fragment(text), (batch_id, rows) if rows else None

@@ -38,13 +38,13 @@ class SyncService:
         """
         device_id = request.device_id
         first = [(batch_id, rows) for batch_id, (device, rows) in self._put_off.items() if device == device_id]
-        later: list[tuple[str, apply.TempIdRows]] = []
-        answer = await self.db.write(lambda tx: apply.upload(tx, request, owner, later, first))
-        for batch_id, rows in later:
-            self._put_off_rows(batch_id, device_id, rows)
-        return answer
+        status, body, put_off = await self.db.write(lambda tx: apply.upload(tx, request, owner, first))
+        if put_off is not None:
+            self._put_off_rows(device_id, put_off)
+        return status, body
 
-    def _put_off_rows(self, batch_id: str, device_id: str, rows: apply.TempIdRows) -> None:
+    def _put_off_rows(self, device_id: str, put_off: apply.PutOff) -> None:
+        batch_id, rows = put_off
         self._put_off[batch_id] = (device_id, rows)
         task = asyncio.create_task(self._index(batch_id), name=f"temp-ids-{batch_id}")
         self._indexing.add(task)

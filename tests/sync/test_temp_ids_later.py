@@ -40,7 +40,7 @@ def stored(db_path: Any) -> tuple[list[tuple[str, ...]], list[tuple[str, int]]]:
 def never_indexed(monkeypatch: pytest.MonkeyPatch) -> None:
     """As if the server stopped between an upload's answer and its temp ids' write."""
 
-    def lost(self: SyncService, batch_id: str, device_id: str, rows: Any) -> None:
+    def lost(self: SyncService, device_id: str, put_off: Any) -> None:
         return None
 
     monkeypatch.setattr(SyncService, "_put_off_rows", lost)
