@@ -320,10 +320,13 @@ async def serve(settings: Settings) -> int:
     log.info("shutting down")
     server.stop()
     await app.drain(SHUTDOWN_GRACE_SECONDS)
-    await app.shutdown()
+    # Close the kept-alive HTTP connections while the database is still open:
+    # a request sent on one meanwhile is answered, not refused with a 503.
+    # (Websockets are not among them; the hub closes them in shutdown.)
     try:
         await asyncio.wait_for(server.close_all_connections(), 5)
     except TimeoutError:
         log.warning("some connections did not close in time")
+    await app.shutdown()
     log.info("stopped")
     return 0
