@@ -92,6 +92,13 @@ class Settings(BaseModel):
     busy_timeout_ms: int = Field(
         10_000, ge=0, description="How long a write waits for another process's write lock."
     )
+    min_free_disk_bytes: int = Field(
+        100 * 1024 * 1024,
+        ge=0,
+        description="Free space under data_dir below which /api/health reports degraded (still 200: reads "
+        "go on; writes answer 507 only once the disk is actually full).  The default holds a few of the "
+        "largest uploads (max_body_bytes each, stored about three times over: batch, rows, WAL).",
+    )
     wal_checkpoint_pages: int = Field(
         1000,
         ge=0,

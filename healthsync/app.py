@@ -29,7 +29,7 @@ from .push.hub import Hub
 from .resources import Resources
 from .storage import CommitInfo, Database
 from .sync.service import SyncService
-from .tasks import EmbeddedWorker, queue_depth
+from .tasks import EmbeddedWorker
 from .web.audit import AuditHandler
 from .web.base import NotFoundHandler
 from .web.batches import BatchHandler, BatchListHandler, TriggerHandler
@@ -94,8 +94,9 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
     route = type(handler).__name__
     if ctx is not None:
         ctx.metrics.observe_request(route, handler.request.method or "", status, seconds)
-    # 503 is the server saying "not now" (shutting down, database unreachable), not a fault of its own.
-    level = logging.INFO if status < 400 else logging.WARNING if status < 500 or status == 503 else logging.ERROR
+    # 503 is the server saying "not now" (shutting down, database locked by another process), 507 a full
+    # disk: faults of the machine the client is told to wait out, not of the server's own making.
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 or status in (503, 507) else logging.ERROR
     access_log.log(
         level,
         "%s %s %d %.1fms %s",
@@ -125,7 +126,8 @@ def _register_gauges(ctx: Context) -> None:
         lambda: ctx.hub.stats["frames_dropped"],
     )
     m.gauge("healthsync_change_head", "Newest change sequence number", lambda: ctx.hub.head_seq)
-    m.gauge("healthsync_batch_queue_depth", "Tasks waiting in Huey's queue", lambda: queue_depth(ctx.batches.huey))
+    # Read off the loop by the metrics handler just before rendering (Huey's queue is blocking SQLite).
+    m.gauge("healthsync_batch_queue_depth", "Tasks waiting in Huey's queue", lambda: ctx.queue_depth_seen)
 
 
 def make_app(settings: Settings) -> HealthSyncApp:

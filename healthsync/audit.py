@@ -5,7 +5,10 @@ method, path, query (without any ``token`` parameter), status and remote
 address.  Rows are buffered and written together once a second, or at 500,
 through ``Database.write`` (never one write per request); ``flush`` runs on
 shutdown.  A crash can lose at most the last second of read entries.  The
-table refuses UPDATE (a trigger); the API only lists it, for admins.
+table refuses UPDATE (a trigger); the API only lists it, for admins.  When the
+database refuses the write (busy, disk full) the rows stay buffered, up to
+``KEEP_ROWS``, and are written a second later: reads served meanwhile are
+still audited.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ import logging
 from typing import Any
 
 from . import clock
+from .errors import HealthSyncError
 from .storage import Database, WriteTx
 
 log = logging.getLogger("healthsync.audit")
 
 FLUSH_SECONDS = 1.0
 FLUSH_ROWS = 500
+KEEP_ROWS = 100_000  # buffered while the database refuses writes (about 30 MB)
 
 Entry = tuple[str, str | None, str | None, str, str, str | None, int, str | None]
 
@@ -30,6 +35,7 @@ class AuditTrail:
         self.db = db
         self._buffer: list[Entry] = []
         self._task: asyncio.Task[None] | None = None
+        self._refused = False  # the last write was refused: wait for the timer, not the row count
 
     def record(
         self,
@@ -46,7 +52,7 @@ class AuditTrail:
             (clock.format_us(clock.now_us()), who, role, method, path[:2000], (query or None) and query[:2000],
              status, remote_ip)
         )
-        if len(self._buffer) >= FLUSH_ROWS:
+        if len(self._buffer) >= FLUSH_ROWS and not self._refused:
             asyncio.ensure_future(self.flush())
         elif self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._later())
@@ -69,6 +75,17 @@ class AuditTrail:
 
         try:
             await self.db.write(run)
+            self._refused = False
+        except HealthSyncError as exc:  # busy or disk full: keep them for the next try
+            self._refused = True
+            self._buffer[:0] = rows
+            dropped = len(self._buffer) - KEEP_ROWS
+            if dropped > 0:
+                del self._buffer[:dropped]
+                log.error("dropped the %d oldest audit entries: the database refused them too long", dropped)
+            log.warning("%d audit entries kept for later: %s", len(self._buffer), exc.message)
+            if self._task is None or self._task.done() or self._task is asyncio.current_task():
+                self._task = asyncio.ensure_future(self._later())
         except Exception:
             log.exception("could not write %d audit entries", len(rows))
 
@@ -76,6 +93,8 @@ class AuditTrail:
         if self._task is not None:
             self._task.cancel()
         await self.flush()
+        if self._task is not None:  # a refused last flush has no later
+            self._task.cancel()
 
     async def list(
         self, *, who: str | None, since: str | None, limit: int, after: int

@@ -3,7 +3,13 @@
 Every error carries the HTTP status it maps to, a human message and a list of
 ``details`` (dicts naming the field, and for uploads the change index).  The
 web layer's one ``write_error`` renders them as ``{"error", "details"}``;
-nothing else writes an error body.
+nothing else writes an error body.  An error whose ``retry_after`` is set
+(seconds) tells the client to come back: the web layer sends it as
+``Retry-After``, whatever the error's class.
+
+``Busy`` and ``StorageFull`` are faults of the machine, not of the request:
+the storage layer raises them in place of the driver's "database is locked"
+and "database or disk is full", after rolling the write back whole.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ class HealthSyncError(Exception):
     """Base class: ``status`` is the HTTP status the error maps to."""
 
     status = 500
+    #: seconds after which the client should try again (``Retry-After``); None: not a wait
+    retry_after: int | None = None
 
     def __init__(
         self,
@@ -97,3 +105,24 @@ class ShuttingDown(HealthSyncError):
 
     status = 503
     retry_after = 1
+
+
+class Busy(HealthSyncError):
+    """Another process held the database's lock past the busy timeout (503).
+
+    Nothing was written; the same request can simply be sent again.
+    """
+
+    status = 503
+    retry_after = 1
+
+
+class StorageFull(HealthSyncError):
+    """The disk holding the data is full (507 Insufficient Storage).
+
+    Nothing was written.  The server carries on by itself once space is freed,
+    which takes an operator: a longer ``Retry-After`` than for ``Busy``.
+    """
+
+    status = 507
+    retry_after = 60

@@ -40,7 +40,7 @@ from huey.signals import SIGNAL_COMPLETE, SIGNAL_ERROR, SIGNAL_EXECUTING
 from settings import Settings
 
 from . import clock
-from .errors import Conflict, NotFound
+from .errors import Busy, Conflict, NotFound, StorageFull
 from .storage import Database, WriteTx, mutations
 from .sync.apply import apply_upload
 from .sync.envelope import parse_upload
@@ -118,7 +118,10 @@ def open_db(settings: Settings) -> Database:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Errors worth retrying: the database was busy or locked by another writer."""
+    """Errors worth retrying: the database was busy or locked by another writer,
+    or its disk was full (an operator may free space before the last retry)."""
+    if isinstance(exc, (Busy, StorageFull)):
+        return True
     return isinstance(exc, sqlite3.OperationalError) and (
         "locked" in str(exc) or "busy" in str(exc)
     )

@@ -317,3 +317,100 @@ def server_process(tmp_path: Path) -> Iterator[Any]:
         if any(" ERROR " in line for line in proc.log):
             print(f"--- {' '.join(proc.args) or 'serve'} ({proc.data_dir}) logged errors:", file=sys.stderr)
             print("".join(proc.log), file=sys.stderr)
+
+
+# Faults of the machine ------------------------------------------------------------
+
+
+_HOLD_LOCK = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)
+if sys.argv[2] == "exclusive":
+    conn.execute("PRAGMA locking_mode = EXCLUSIVE")  # readers too are shut out (no WAL index)
+conn.execute("BEGIN IMMEDIATE")
+conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+print("locked", flush=True)
+sys.stdin.readline()
+conn.execute("ROLLBACK")
+conn.close()
+"""
+
+
+class LockHolder:
+    """A separate Python process holding an SQLite file's write lock (``BEGIN IMMEDIATE``)
+    until ``release()``; ``exclusive=True`` also shuts out readers (``locking_mode =
+    EXCLUSIVE``, possible only while no other connection has the file open)."""
+
+    def __init__(self, path: Path, *, exclusive: bool = False) -> None:
+        self.path = path
+        self.mode = "exclusive" if exclusive else "immediate"
+        self.proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> LockHolder:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _HOLD_LOCK, str(self.path), self.mode],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if line.strip() != "locked":
+            self.proc.kill()
+            _, err = self.proc.communicate()
+            raise RuntimeError(f"could not lock {self.path}: {err}")
+        return self
+
+    def release(self) -> None:
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Any]:
+    """A factory: ``tmpfs(size_mb)`` mounts a real, small tmpfs and returns its path;
+    unmounted after the test.  Skips when mounting is not allowed (not root)."""
+    mounted: list[Path] = []
+
+    def mount(size_mb: int) -> Path:
+        where = tmp_path / f"tmpfs{len(mounted)}"
+        where.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(where)],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs to fill a disk for real (needs root): {result.stderr.strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in reversed(mounted):
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill_disk(folder: Path) -> Path:
+    """Fill the file system under ``folder`` to the last byte; the filler's path."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        size = 1 << 20
+        while size:
+            try:
+                os.write(fd, b"\0" * size)
+            except OSError:
+                size //= 2  # down to the last byte
+    finally:
+        os.close(fd)
+    return filler

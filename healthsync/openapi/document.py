@@ -112,13 +112,16 @@ ERROR_TEXT = {
     413: "Request body over `max_body_bytes` (or too many changes).",
     415: "The body is not `application/json`.",
     429: "Write rate limit (`write_rate_limit`) reached; see `Retry-After`.",
-    503: "The server is shutting down (the request came after its database closed); see `Retry-After`.",
+    503: "The database is busy (another process held its lock past `busy_timeout_ms`), or the server is "
+    "shutting down; nothing changed: send it again after `Retry-After`.",
+    507: "The disk holding the data is full; nothing was written: send it again once space is freed "
+    "(`Retry-After`).",
 }
 
 
 def _error(status: int, text: str | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"description": text or ERROR_TEXT[status], "content": _json("Error")}
-    if status in (429, 503):
+    if status in (429, 503, 507):
         out["headers"] = {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}}
     if status == 401:
         out["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
@@ -170,7 +173,7 @@ def build_schema(*, page_limit_max: int = 10000, max_batch_changes: int = 10000)
                            "304 (no body) when it matches the current ETag.")
 
     common_errors = {400: _error(400), 401: _error(401), 403: _error(403), 503: _error(503)}
-    write_errors = {**common_errors, 413: _error(413), 415: _error(415), 429: _error(429)}
+    write_errors = {**common_errors, 413: _error(413), 415: _error(415), 429: _error(429), 507: _error(507)}
 
     def op(tag: str, summary: str, responses: dict[Any, Any], *, op_id: str, description: str = "",
            parameters: list[dict[str, Any]] | None = None, body: dict[str, Any] | None = None,
@@ -204,7 +207,7 @@ def build_schema(*, page_limit_max: int = 10000, max_batch_changes: int = 10000)
                         description="JSON Merge Patch (RFC 7396); `application/merge-patch+json` is accepted too."),
             "delete": op(tag, f"Delete a {kind} (soft: keeps a tombstone)",
                          {204: {"description": "Deleted."}, **common_errors, 404: _error(404), 412: _error(412),
-                          413: _error(413), 429: _error(429)},
+                          413: _error(413), 429: _error(429), 507: _error(507)},
                          op_id=f"delete_{kind}", parameters=[pid, if_match],
                          description="Devices learn of it on their next sync"
                          + ("; deleting a patient tombstones its records too." if kind == "patient" else ".")),
@@ -297,7 +300,7 @@ def build_schema(*, page_limit_max: int = 10000, max_batch_changes: int = 10000)
             "post": op("Sync", "Apply a stored (async) batch in the background",
                        {202: _ok("Claimed and queued.", _json("TriggerResponse")), **common_errors,
                         404: _error(404), 409: _error(409, "Already `processing` or `done` (`status`)."),
-                        413: _error(413), 429: _error(429)},
+                        413: _error(413), 429: _error(429), 507: _error(507)},
                        op_id="trigger_batch", parameters=[_id_param("batch_id", "batch")],
                        description="A `failed` batch may be triggered again. Poll the batch until `done`."),
         },
@@ -348,7 +351,8 @@ def build_schema(*, page_limit_max: int = 10000, max_batch_changes: int = 10000)
         },
         "/api/health": {
             "get": op("Health", "Is this box able to serve?",
-                      {200: _ok("Up.", _json("Health")), 400: _error(400),
+                      {200: _ok("Up (`status` ok), or `degraded` with its `reasons` (free disk space "
+                                "below `min_free_disk_bytes`): still serving.", _json("Health")), 400: _error(400),
                        503: _ok("Database unreadable or the embedded consumer died.", _json("Health"))},
                       op_id="health", public=True, description="No token needed; no patient data."),
         },

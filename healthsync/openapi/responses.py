@@ -229,12 +229,13 @@ class HealthWorker(_Out):
 
 
 class Health(_Out):
-    status: Literal["ok", "unavailable"]
+    status: Literal["ok", "degraded", "unavailable"]
+    reasons: list[str] = Field(description="Why the status is not ok (empty when it is).")
     auth: Literal["open", "token"]
     uptime_seconds: float
     database: HealthDatabaseOk | HealthDatabaseDown
     warning: str = Field(None, description="Open mode on a network address.")
-    disk_free_bytes: int
+    disk_free_bytes: int = Field(description="Free space where the data lives (-1 when it cannot be read).")
     websockets: int
     worker: HealthWorker
 

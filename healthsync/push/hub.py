@@ -27,6 +27,12 @@ the same ``data_version`` signal, so a batch applied by any process is
 reported.  A subscriber with a ``device_id`` gets its device's batches, one
 without (a dashboard) gets all.
 
+A read the database refuses (``errors.Busy``: another process held its lock
+too long) is a warning, never a crash: a subscriber in catch-up gets an
+``error`` message with ``retry_after`` and is closed with code 4503 and the
+reason, so it resumes from its last cursor; the poller and the broadcaster
+try again.
+
 Loop rules: everything here runs on the event loop; nothing imports
 Tornado.  A peer is anything with ``send(bytes) -> Future | None`` and
 ``close(code, reason)``.
@@ -173,6 +179,8 @@ class Hub:
                     await self._batch_events()
             except asyncio.CancelledError:
                 raise
+            except HealthSyncError as exc:  # the database is busy: the next poll tries again
+                log.warning("push poller: %s; retrying", exc.message)
             except Exception:
                 log.exception("push poller failed; retrying")
             await asyncio.sleep(self.poll_seconds)
@@ -207,8 +215,11 @@ class Hub:
                     await self._broadcast_page()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("push broadcast failed; will retry on the next commit")
+            except Exception as exc:
+                if isinstance(exc, HealthSyncError):  # the database is busy: nothing to fix here
+                    log.warning("push broadcast: %s; will retry", exc.message)
+                else:
+                    log.exception("push broadcast failed; will retry on the next commit")
                 await asyncio.sleep(self.poll_seconds)
                 self._wake.set()
 
@@ -337,8 +348,13 @@ class Hub:
                     return
         except asyncio.CancelledError:
             raise
-        except HealthSyncError as exc:  # e.g. 410: cursor ahead of history
-            self._send(sub, orjson.dumps({"type": "error", **exc.body()}))
+        except HealthSyncError as exc:  # e.g. 410: cursor ahead of history; 503: database busy
+            if exc.status >= 500:
+                log.warning("catch-up stopped: %s", exc.message)
+            error: dict[str, Any] = {"type": "error", **exc.body()}
+            if exc.retry_after is not None:  # the client may resume from its last cursor then
+                error["retry_after"] = exc.retry_after
+            self._send(sub, orjson.dumps(error))
             self._drop(sub)
             sub.peer.close(4000 + exc.status, exc.message[:120])
         except Exception:

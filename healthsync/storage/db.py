@@ -28,6 +28,14 @@ shares the disk with it, and readers are never blocked.  The pages waiting
 are read from the WAL-index header (the documented ``-shm`` format), so
 deciding costs one ``pread`` per commit, not a query.
 
+Faults of the machine become domain errors here, once for every caller:
+SQLite's "database is locked" (another process held the write lock past
+``busy_timeout_ms``) is raised as ``errors.Busy`` (503), "database or disk is
+full" (and ``ENOSPC``) as ``errors.StorageFull`` (507), each logged as one
+warning.  A write that meets either is rolled back whole and the writer
+connection stays usable, so the server recovers by itself when the lock is
+let go or space is freed.
+
 Loop rules: all methods are coroutines for the event loop that opened the
 database.  A different thread or process must open its own ``Database``.
 """
@@ -35,6 +43,7 @@ database.  A different thread or process must open its own ``Database``.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import sqlite3
@@ -49,12 +58,16 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from .. import clock
+from ..errors import Busy, HealthSyncError, StorageFull
 
 log = logging.getLogger("healthsync.storage")
 
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 10_000
+
+# SQLite's primary result codes (an extended code keeps them in its low byte).
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL = 5, 6, 13
 
 # The WAL-index header (https://www.sqlite.org/walformat.html), native byte order:
 # iVersion at 0, mxFrame (frames in the WAL) at 16, nBackfill (frames already
@@ -243,8 +256,13 @@ class Database:
             self._checkpoint_floor = self._pages_waiting()
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("background checkpoint failed; the next commit tries again")
+        except Exception as exc:
+            fault = machine_fault(exc)
+            if fault is None:
+                log.exception("background checkpoint failed; the next commit tries again")
+            else:  # the WAL keeps the pages: nothing is lost, the file just stays longer
+                log.warning("background checkpoint not done: %s (%s); the next commit tries again",
+                            fault.message, exc)
         finally:
             self._checkpoint_task = None
 
@@ -309,10 +327,14 @@ class Database:
                         "UPDATE clock SET seq = ?, last_us = ? WHERE id = 1", (tx.seq, tx.last_us)
                     )
                 await conn.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 # Shielded: a second cancellation must not leave the writer
                 # inside a transaction that the next write would trip over.
                 await asyncio.shield(_rollback(conn))
+                fault = machine_fault(exc)
+                if fault is not None:
+                    log.warning("write not done: %s (%s)", fault.message, exc)
+                    raise fault from exc
                 raise
             finally:
                 self._last_write = time.monotonic()
@@ -341,6 +363,12 @@ class Database:
                 return await fn(conn)
             finally:
                 await asyncio.shield(_rollback(conn))
+        except (sqlite3.Error, OSError) as exc:
+            fault = machine_fault(exc)
+            if fault is None:
+                raise
+            log.warning("read not done: %s (%s)", fault.message, exc)
+            raise fault from exc
         finally:
             self._readers.put_nowait(conn)
 
@@ -365,6 +393,27 @@ class Database:
             await self._writer.backup(target)
         finally:
             await target.close()
+
+
+def machine_fault(exc: BaseException) -> HealthSyncError | None:
+    """The domain error for a fault of the machine, None for anything else.
+
+    ``Busy`` for SQLite's BUSY/LOCKED ("database is locked": another process
+    held the lock past the busy timeout), ``StorageFull`` for SQLite's FULL
+    ("database or disk is full") and for ``OSError`` ``ENOSPC``.
+    """
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return StorageFull("the disk holding the data is full: nothing was changed; try again once space is freed")
+    if not isinstance(exc, sqlite3.Error):
+        return None
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    text = str(exc)
+    if primary in (_SQLITE_BUSY, _SQLITE_LOCKED) or (primary is None and "database is locked" in text):
+        return Busy("the database is busy: another process holds its lock; nothing was changed, try again")
+    if primary == _SQLITE_FULL or (primary is None and "database or disk is full" in text):
+        return StorageFull("the disk holding the data is full: nothing was changed; try again once space is freed")
+    return None
 
 
 def probe(path: Path) -> int:

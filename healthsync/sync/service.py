@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import Any
 
-from ..errors import NotFound
+from ..errors import Busy, NotFound, StorageFull
 from ..storage import Database, DatabaseClosed, WriteTx, mutations, queries
 from . import apply, download
 from .envelope import Upload
@@ -85,7 +85,10 @@ class SyncService:
         """A download page; with ``device_id``, remember how far that device has read."""
         page = await download.download(self.db, **kw)
         if device_id is not None:
-            await self.db.write(lambda tx: mutations.device_downloaded(tx, device_id, page.cursor))
+            try:
+                await self.db.write(lambda tx: mutations.device_downloaded(tx, device_id, page.cursor))
+            except (Busy, StorageFull) as exc:  # bookkeeping only: the page is still the answer
+                log.warning("download position of a device not recorded: %s", exc.message)
         return page
 
     async def devices(self) -> list[dict[str, Any]]:

@@ -30,7 +30,6 @@ from ..errors import (
     Invalid,
     MethodNotAllowed,
     NotFound,
-    RateLimited,
     ShuttingDown,
     TooLarge,
     Unauthorized,
@@ -311,7 +310,7 @@ class BaseHandler(tornado.web.RequestHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, HealthSyncError):
             body = exc.body()
-            if isinstance(exc, (RateLimited, ShuttingDown)):
+            if exc.retry_after is not None:
                 self.set_header("Retry-After", str(exc.retry_after))
             if isinstance(exc, Unauthorized):
                 self.set_header("WWW-Authenticate", 'Bearer realm="healthsync"')

@@ -10,7 +10,9 @@ class HealthHandler(BaseHandler):
 
     async def get(self) -> None:
         report = await self.ctx.health()
-        self.write_json(report, 200 if report["status"] == "ok" else 503)
+        # degraded still serves (reads, and writes until the disk is full): 200, so a
+        # balancer keeps it; only unavailable is 503.  Monitoring reads ``status``.
+        self.write_json(report, 503 if report["status"] == "unavailable" else 200)
 
 
 class MetricsHandler(BaseHandler):
@@ -20,4 +22,5 @@ class MetricsHandler(BaseHandler):
 
     async def get(self) -> None:
         self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        await self.ctx.read_queue_depth()  # off the loop; render() is synchronous and shows it
         self.finish(self.ctx.metrics.render())

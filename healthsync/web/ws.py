@@ -3,7 +3,8 @@
 Query: ``since`` or ``cursor`` (required, as for download), optional
 ``resource_type``, ``patient`` and ``device_id``.  Bad parameters fail the
 handshake with a JSON 400 (410 for a cursor ahead of history), like the
-download endpoint.  The client may send ``{"type": "ping"}`` (answered with
+download endpoint; a database that cannot be read fails it with a JSON 503
+and ``Retry-After``.  The client may send ``{"type": "ping"}`` (answered with
 ``pong``); anything else gets an ``error`` message and the socket stays open.
 
 Origins: a browser's ``Origin`` must be this server's own, or match
@@ -72,6 +73,8 @@ class SyncSocket(tornado.websocket.WebSocketHandler):
             self._audit(exc.status)
             self.set_status(exc.status)
             self.set_header("Content-Type", "application/json; charset=utf-8")
+            if exc.retry_after is not None:
+                self.set_header("Retry-After", str(exc.retry_after))
             self.finish(orjson.dumps(exc.body()))
             return
         self._audit(101)
