@@ -128,13 +128,19 @@ ACCESS_FIELDS = ("method", "path", "status", "duration_ms", "token", "remote_ip"
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and access fields."""
+    """One JSON object per line: time, level, logger, message, and access fields.
+
+    ``time`` is UTC in the API's canonical form (``2025-09-12T19:25:18.331000Z``),
+    whatever the machine's time zone, so log lines line up with ``updated_at``.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         import orjson
 
+        from . import clock
+
         out = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "time": clock.format_us(round(record.created * 1_000_000)),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

@@ -1,5 +1,9 @@
 """FHIR R4 resource type names (https://hl7.org/fhir/R4/resourcelist.html).
 
+The 146 concrete resource types of FHIR R4 (4.0.1); the abstract ``Resource``
+and ``DomainResource`` are not among them.  ``tests/test_fhir.py`` holds the
+list against the models a FHIR package generated from the 4.0.1 definitions.
+
 A health record's ``resource_type`` must be one of these, other than
 ``Patient`` (patients live at ``/api/patients/``).  Constants only.
 """
@@ -32,7 +36,8 @@ R4_RESOURCE_TYPES: frozenset[str] = frozenset(
     MedicinalProductUndesirableEffect MessageDefinition MessageHeader
     MolecularSequence NamingSystem NutritionOrder Observation
     ObservationDefinition OperationDefinition OperationOutcome Organization
-    OrganizationAffiliation Parameters Patient Person PlanDefinition
+    OrganizationAffiliation Parameters Patient PaymentNotice
+    PaymentReconciliation Person PlanDefinition
     Practitioner PractitionerRole Procedure Provenance Questionnaire
     QuestionnaireResponse RelatedPerson RequestGroup ResearchDefinition
     ResearchElementDefinition ResearchStudy ResearchSubject RiskAssessment

@@ -5,6 +5,10 @@ Each public coroutine takes parsed JSON (``dict``) and plain values, validates
 with the models, and makes at most one call to ``Database.write``.  Checks
 that depend on stored state (``If-Match``, the record's patient existing) run
 inside that write's transaction, so they cannot race another writer.
+A PUT or PATCH that leaves an item as it is writes nothing: the stored row
+comes back unchanged (same ``server_version``, ``updated_at`` and ETag), no
+``seq`` is spent, so no device downloads it and no ``base_version`` goes
+stale.  ``If-Match`` is still checked first.
 Results are API representations ready for JSON.
 """
 
@@ -19,7 +23,7 @@ from .errors import Invalid, NotFound, PreconditionFailed
 from .models import READ_ONLY_KEYS, PatientIn, RecordIn, parse_model
 from .storage import Database, WriteTx, mutations, queries
 from .storage.queries import Row
-from .sync.rules import if_match_allows, merge_patch
+from .sync.rules import if_match_allows, merge_patch, same_json
 
 Page = tuple[list[dict[str, Any]], int | None]
 
@@ -35,6 +39,34 @@ def _patient_fields(model: PatientIn) -> tuple[str, str | None, str, str | None]
         _dump(model.identifiers),
         None if model.fhir is None else _dump(model.fhir),
     )
+
+
+def _same_patient(row: Row, name: str, dob: str | None, identifiers: str, fhir: str | None) -> bool:
+    return (
+        row[2] == name
+        and row[3] == dob
+        and same_json(row[4], identifiers)
+        and same_json(row[5], fhir)
+    )
+
+
+def _same_record(row: Row, patient: str, resource_type: str, data: str) -> bool:
+    return row[1] == patient and row[2] == resource_type and same_json(row[3], data)
+
+
+async def _update_patient(tx: WriteTx, current: Row, model: PatientIn) -> Row:
+    """``current`` with ``model``'s values written, or as it is if they are its own."""
+    fields = _patient_fields(model)
+    if _same_patient(current, *fields):
+        return current
+    return await mutations.update_patient(tx, current, *fields)
+
+
+async def _update_record(tx: WriteTx, current: Row, model: RecordIn) -> Row:
+    data = _dump(model.data)
+    if _same_record(current, model.patient, model.resource_type, data):
+        return current
+    return await mutations.update_record(tx, current, model.patient, model.resource_type, data)
 
 
 def _patient_writable(row: Row) -> dict[str, Any]:
@@ -113,7 +145,7 @@ class Resources:
         async def run(tx: WriteTx) -> Row:
             current = await _live_patient(tx, patient_id)
             _check_version(if_match, current[6])
-            return await mutations.update_patient(tx, current, *_patient_fields(model))
+            return await _update_patient(tx, current, model)
 
         return queries.patient_out(await self.db.write(run))
 
@@ -124,7 +156,7 @@ class Resources:
             current = await _live_patient(tx, patient_id)
             _check_version(if_match, current[6])
             model = parse_model(PatientIn, merge_patch(_patient_writable(current), patch), "patient")
-            return await mutations.update_patient(tx, current, *_patient_fields(model))
+            return await _update_patient(tx, current, model)
 
         return queries.patient_out(await self.db.write(run))
 
@@ -183,9 +215,7 @@ class Resources:
             current = await _live_record(tx, record_id)
             _check_version(if_match, current[4])
             await _live_patient(tx, model.patient, field="patient")
-            return await mutations.update_record(
-                tx, current, model.patient, model.resource_type, _dump(model.data)
-            )
+            return await _update_record(tx, current, model)
 
         return queries.record_out(await self.db.write(run))
 
@@ -198,9 +228,7 @@ class Resources:
             model = parse_model(RecordIn, merge_patch(_record_writable(current), patch), "record")
             if model.patient != current[1]:
                 await _live_patient(tx, model.patient, field="patient")
-            return await mutations.update_record(
-                tx, current, model.patient, model.resource_type, _dump(model.data)
-            )
+            return await _update_record(tx, current, model)
 
         return queries.record_out(await self.db.write(run))
 

@@ -4,12 +4,14 @@
 - ``app``: ``make_app(settings)``, started and shut down (the name pytest-tornasync wants).
 - ``api``: a small JSON client over ``http_server_client`` (real HTTP to the real app).
 - ``server_process``: ``python run.py`` as a subprocess on a free port.
+- ``ws``: connect real websocket subscribers to the app (``Client`` records what arrives).
 - Any ERROR log from HealthSync or Tornado fails the test unless it is marked
   ``expect_error_logs``: a 500 can never pass unnoticed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import os
@@ -20,6 +22,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,8 @@ from typing import Any
 
 import orjson
 import pytest
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -199,6 +204,71 @@ def api(http_server_client: Any) -> Api:
 
 
 # Subprocess servers -------------------------------------------------------------
+
+
+class Client:
+    """A websocket subscriber that records what it receives."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.messages: list[dict[str, Any]] = []
+
+    @property
+    def changes(self) -> list[dict[str, Any]]:
+        return [e for m in self.messages if m["type"] == "changes" for e in m["changes"]]
+
+    async def next(self, timeout: float = 10) -> dict[str, Any]:
+        raw = await asyncio.wait_for(self.conn.read_message(), timeout)
+        assert raw is not None, "socket closed"
+        msg = orjson.loads(raw)
+        self.messages.append(msg)
+        return msg
+
+    async def until(self, predicate, timeout: float = 10) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = await self.next(max(deadline - time.monotonic(), 0.01))
+            if predicate(msg):
+                return msg
+
+    async def changes_until(self, count: int, timeout: float = 10) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while len(self.changes) < count:
+            await self.next(max(deadline - time.monotonic(), 0.01))
+        return self.changes
+
+    async def quiet(self, seconds: float) -> list[dict[str, Any]]:
+        """What arrives within ``seconds``: the empty list when nothing does."""
+        try:
+            return [await self.next(seconds)]
+        except TimeoutError:
+            return []
+
+    @property
+    def cursor(self) -> str | None:
+        cursors = [m["cursor"] for m in self.messages if m["type"] == "changes"]
+        return cursors[-1] if cursors else None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@pytest.fixture
+def ws(http_server_client):
+    opened: list[Client] = []
+
+    async def connect(query: str = "cursor=0", headers: dict | None = None) -> Client:
+        url = http_server_client.get_url(f"/api/sync/ws?{query}").replace("http://", "ws://")
+        conn = await websocket_connect(HTTPRequest(url, headers=headers or {}))
+        client = Client(conn)
+        opened.append(client)
+        hello = await client.next()
+        assert hello["type"] == "hello"
+        return client
+
+    yield connect
+    for client in opened:
+        client.close()
 
 
 def free_port() -> int:

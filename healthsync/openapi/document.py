@@ -413,7 +413,8 @@ watch changes arrive. Trailing slashes are optional on every path.
 `resync` on 410, `status` on some 409). Unknown paths are 404, wrong methods 405 (with `Allow`).
 
 **Versions.** `server_version` is 1 on create and +1 on every change. Responses carry
-`ETag: W/"<server_version>"`; `If-Match` guards writes (412), `If-None-Match` reads (304).
+`ETag: W/"<server_version>"`; `If-Match` guards writes (412), `If-None-Match` reads (304). A PUT, PATCH
+or sync `update` that leaves the item as it is changes nothing: same `server_version` and `updated_at`.
 
 **Live push: `/api/sync/ws` (websocket, not describable in OpenAPI).** Connect with `since` or `cursor`
 (as for download) and optionally `resource_type`, `patient`, `device_id` (and in token mode `token`, for

@@ -10,6 +10,11 @@ others; because every decision is made before the rows are written, there
 is nothing to undo per change.  Whatever fails below that (the disk, a bug)
 rolls the whole batch back: a batch is all there or absent.
 
+An ``update`` that leaves its item as it is (the merge patch changes
+nothing) answers ``updated`` with the item's unchanged version and writes
+nothing: no ``seq`` is spent on it, so no device downloads it again and no
+other device's ``base_version`` goes stale.
+
 The same code serves synchronous uploads and the Huey task (``tasks.py``).
 """
 
@@ -40,7 +45,7 @@ from ..models import (
 from ..storage import WriteTx, mutations
 from ..storage.queries import patient_out, record_out
 from .envelope import ChangeFields, Upload, change_dump
-from .rules import conflict_reason, encode_cursor, merge_patch
+from .rules import conflict_reason, encode_cursor, merge_patch, same_json
 
 # Row layouts: PATIENT_COLS / RECORD_COLS of storage.queries, plus the new seq;
 # a row created by the batch also has its created_at last, so that it is
@@ -338,19 +343,33 @@ class _Apply:
             patch = {k: v for k, v in payload.items() if k not in READ_ONLY_KEYS}
         merged = merge_patch(current, patch)
         name, dob, identifiers, fhir = self._patient(merged)
+        ident_text = _dump(identifiers)
+        fhir_text = None if fhir is None else _dump(fhir)
+        if (
+            name == row[P_NAME]
+            and dob == row[P_DOB]
+            and same_json(row[P_IDENT], ident_text, current["identifiers"], identifiers)
+            and same_json(row[P_FHIR], fhir_text, current["fhir"], fhir)
+        ):
+            return  # nothing changes: the row keeps its version and seq
         row[P_NAME], row[P_DOB] = name, dob
-        row[P_IDENT] = _dump(identifiers)
-        row[P_FHIR] = None if fhir is None else _dump(fhir)
+        row[P_IDENT] = ident_text
+        row[P_FHIR] = fhir_text
         self._touch_patient(row)
 
     def _update_record(self, row: list[Any], payload: dict[str, Any]) -> None:
         patient = self._route(payload)
-        data = self._data(payload, orjson.loads(row[R_DATA]))
-        if patient is not None and patient != row[R_PATIENT]:
+        base = orjson.loads(row[R_DATA])
+        data = self._data(payload, base)  # a new dict: ``base`` is left as stored
+        text = _dump(data)
+        moved = patient is not None and patient != row[R_PATIENT]
+        if not moved and same_json(row[R_DATA], text, base, data):
+            return  # nothing changes: the row keeps its version and seq
+        if moved:
             self.records_of.get(row[R_PATIENT], set()).discard(row[0])
             self.records_of.setdefault(patient, set()).add(row[0])
             row[R_PATIENT] = patient
-        row[R_DATA] = _dump(data)
+        row[R_DATA] = text
         self._touch_record(row)
 
     def _delete_patient(self, row: list[Any]) -> None:

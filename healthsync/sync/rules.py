@@ -1,4 +1,5 @@
-"""Pure sync rules: JSON Merge Patch, conflict decisions, cursor codec.
+"""Pure sync rules: JSON Merge Patch, document equality, conflict decisions,
+cursor codec.
 
 No I/O and no clock reads: every function here is a function of its
 arguments, so hypothesis can test them directly.
@@ -8,7 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from ..errors import Invalid
+
+_UNPARSED: Any = object()
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -24,6 +29,29 @@ def merge_patch(target: Any, patch: Any) -> Any:
         else:  # what merge_patch(…, value) would return, without the call: most values are scalars
             result[key] = value
     return result
+
+
+def same_json(old_text: str | None, new_text: str | None, old: Any = _UNPARSED, new: Any = _UNPARSED) -> bool:
+    """Whether two stored JSON documents (text, None for SQL NULL) say the same.
+
+    Key order does not count; anything else a client could tell apart does:
+    ``1``, ``1.0`` and ``true`` differ (a FHIR decimal's precision is data).
+    ``old``/``new`` are the parsed documents when the caller has them.  The
+    texts are compared first, and the parsed values with ``==`` before any
+    canonical form is made: a document that did change costs a comparison
+    that stops at the first difference.
+    """
+    if old_text == new_text:
+        return True
+    if old_text is None or new_text is None:
+        return False
+    if old is _UNPARSED:
+        old = orjson.loads(old_text)
+    if new is _UNPARSED:
+        new = orjson.loads(new_text)
+    if old != new:  # 1 == 1.0 == True here: equal values still need the strict look below
+        return False
+    return orjson.dumps(old, option=orjson.OPT_SORT_KEYS) == orjson.dumps(new, option=orjson.OPT_SORT_KEYS)
 
 
 def encode_cursor(seq: int) -> str:

@@ -15,8 +15,8 @@ DL = "/api/sync/download/"
 
 async def test_seed_example_exact_shape(api):
     p = await api.new_patient()
-    r = await api.new_record(p["id"], data={})
-    await api.patch(f"/api/records/{r['id']}/", {"data": {}})
+    r = await api.new_record(p["id"], data={"v": 1})
+    await api.patch(f"/api/records/{r['id']}/", {"data": {"v": None}})  # a change: to {}, version 2
     resp = await api.get(f"{DL}?since=2025-09-12T10:00:00Z")
     assert resp.status == 200
     body = resp.json

@@ -6,7 +6,6 @@ import pytest
 
 from tests.batches.test_batches import patient_changes
 from tests.conftest import make_settings
-from tests.push.test_ws import ws  # noqa: F401  (fixture)
 
 
 @pytest.fixture
@@ -14,7 +13,7 @@ def settings(data_dir):
     return make_settings(data_dir, embedded_worker=True, push_poll_seconds=0.05)
 
 
-async def test_batch_event_reaches_its_device_and_dashboards_only(api, ws):  # noqa: F811
+async def test_batch_event_reaches_its_device_and_dashboards_only(api, ws):
     mine = await ws("cursor=0&device_id=tab-1")
     other = await ws("cursor=0&device_id=tab-2")
     dashboard = await ws("cursor=0")

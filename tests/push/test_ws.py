@@ -7,72 +7,13 @@ import random
 import sys
 import textwrap
 import time
-from typing import Any
 
 import orjson
 import pytest
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from tests.conftest import ROOT, make_settings
-
-
-class Client:
-    """A websocket subscriber that records what it receives."""
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-        self.messages: list[dict[str, Any]] = []
-
-    @property
-    def changes(self) -> list[dict[str, Any]]:
-        return [e for m in self.messages if m["type"] == "changes" for e in m["changes"]]
-
-    async def next(self, timeout: float = 10) -> dict[str, Any]:
-        raw = await asyncio.wait_for(self.conn.read_message(), timeout)
-        assert raw is not None, "socket closed"
-        msg = orjson.loads(raw)
-        self.messages.append(msg)
-        return msg
-
-    async def until(self, predicate, timeout: float = 10) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            msg = await self.next(max(deadline - time.monotonic(), 0.01))
-            if predicate(msg):
-                return msg
-
-    async def changes_until(self, count: int, timeout: float = 10) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while len(self.changes) < count:
-            await self.next(max(deadline - time.monotonic(), 0.01))
-        return self.changes
-
-    @property
-    def cursor(self) -> str | None:
-        cursors = [m["cursor"] for m in self.messages if m["type"] == "changes"]
-        return cursors[-1] if cursors else None
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-@pytest.fixture
-def ws(http_server_client):
-    opened: list[Client] = []
-
-    async def connect(query: str = "cursor=0", headers: dict | None = None) -> Client:
-        url = http_server_client.get_url(f"/api/sync/ws?{query}").replace("http://", "ws://")
-        conn = await websocket_connect(HTTPRequest(url, headers=headers or {}))
-        client = Client(conn)
-        opened.append(client)
-        hello = await client.next()
-        assert hello["type"] == "hello"
-        return client
-
-    yield connect
-    for client in opened:
-        client.close()
+from tests.conftest import ROOT, Client, make_settings
 
 
 async def test_catch_up_then_live(api, ws):

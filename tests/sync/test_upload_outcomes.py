@@ -10,7 +10,11 @@ so this file is the reference: if this test fails, the code changed what
 clients see.  Do not regenerate the file to make it pass.  (It was
 regenerated once, deliberately, when an ISO week date such as ``2020-W01-1``
 stopped being accepted as a ``dob``: that one outcome changed, to
-``rejected``, and the placeholders after it were renumbered.)
+``rejected``, and the placeholders after it were renumbered.  And once more
+when an update that changes nothing stopped writing: the empty update ``{}``
+of a base patient now answers ``updated`` with its unchanged version 1
+instead of 2, its row keeps version 1, and the batch's cursor is one lower,
+as that change no longer spends a ``seq``.)
 
 Ids, stamps and batch ids are random or wall-clock; they are replaced by
 stable placeholders in order of first appearance (``<id 1>``, ``<time>``…),
