@@ -26,12 +26,13 @@ from .auth import RateLimiter, Tokens
 from .batches import BatchService
 from .context import Context
 from .push.hub import Hub
+from .redact import scrub
 from .resources import Resources
 from .storage import CommitInfo, Database
 from .sync.service import SyncService
 from .tasks import EmbeddedWorker, queue_depth
 from .web.audit import AuditHandler
-from .web.base import NotFoundHandler
+from .web.base import NotFoundHandler, StaticHandler
 from .web.batches import BatchHandler, BatchListHandler, TriggerHandler
 from .web.health import HealthHandler, MetricsHandler
 from .web.openapi import DocsHandler, SchemaHandler
@@ -92,6 +93,7 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
     ctx: Context | None = getattr(handler, "ctx", None)
     principal = getattr(handler, "principal", None)
     route = type(handler).__name__
+    path = scrub(handler.request.path)  # never the query: it may hold a credential
     if ctx is not None:
         ctx.metrics.observe_request(route, handler.request.method or "", status, seconds)
     # 503 is the server saying "not now" (shutting down, database unreachable), not a fault of its own.
@@ -100,13 +102,13 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
         level,
         "%s %s %d %.1fms %s",
         handler.request.method,
-        handler.request.path,
+        path,
         status,
         1000.0 * seconds,
         getattr(principal, "name", None) or "-",
         extra={
             "method": handler.request.method,
-            "path": handler.request.path,
+            "path": path,
             "status": status,
             "duration_ms": round(1000.0 * seconds, 2),
             "token": getattr(principal, "name", None),
@@ -186,8 +188,8 @@ def make_app(settings: Settings) -> HealthSyncApp:
         (r"/api/schema/?", SchemaHandler, kw),
         (r"/api/docs/?", DocsHandler, kw),
         (r"/metrics", MetricsHandler, kw),
-        (r"/()", tornado.web.StaticFileHandler, {"path": str(STATIC_DIR), "default_filename": "index.html"}),
-        (r"/static/(.*)", tornado.web.StaticFileHandler, {"path": str(STATIC_DIR)}),
+        (r"/()", StaticHandler, {"path": str(STATIC_DIR), "default_filename": "index.html"}),
+        (r"/static/(.*)", StaticHandler, {"path": str(STATIC_DIR)}),
     ]
     app = HealthSyncApp(
         routes,

@@ -44,12 +44,6 @@ class DownloadHandler(BaseHandler):
                              help="Entries served by download")
         self.write_json(page.body())
 
-    def device_arg(self) -> str | None:
-        device_id = self.arg("device_id")
-        if device_id is not None and not 0 < len(device_id) <= 256:
-            raise Invalid("device_id must be 1 to 256 characters", [{"field": "device_id", "message": "bad length"}])
-        return device_id or None
-
 
 class DeviceListHandler(BaseHandler):
     permissions = {"GET": Permission.OBSERVE}
