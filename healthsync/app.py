@@ -120,9 +120,10 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
 def _register_gauges(ctx: Context) -> None:
     m = ctx.metrics
     m.gauge("healthsync_websocket_subscribers", "Connected websocket subscribers", lambda: ctx.hub.count)
-    m.gauge("healthsync_websocket_frames_sent", "Frames handed to websockets", lambda: ctx.hub.stats["frames_sent"])
-    m.gauge(
-        "healthsync_websocket_frames_dropped",
+    m.counter("healthsync_websocket_frames_sent_total", "Frames handed to websockets",
+              lambda: ctx.hub.stats["frames_sent"])
+    m.counter(
+        "healthsync_websocket_frames_dropped_total",
         "Live frames skipped for paused (slow) subscribers, caught up later by reads",
         lambda: ctx.hub.stats["frames_dropped"],
     )
@@ -159,9 +160,8 @@ def make_app(settings: Settings) -> HealthSyncApp:
         ctx.hub.notify(info.head_seq, info.head_us)
         for event in info.events:
             if event["type"] == "applied":
-                ctx.metrics.inc("healthsync_changes_applied_total", event["changes"],
-                                help="Upload changes decided (any outcome) by this process")
-                ctx.metrics.inc("healthsync_conflicts_total", event["conflicts"], help="Conflicts recorded")
+                ctx.metrics.inc("healthsync_changes_applied_total", event["changes"])
+                ctx.metrics.inc("healthsync_conflicts_total", event["conflicts"])
 
     db.add_commit_hook(after_commit)
     _register_gauges(ctx)
@@ -191,6 +191,8 @@ def make_app(settings: Settings) -> HealthSyncApp:
         (r"/()", StaticHandler, {"path": str(STATIC_DIR), "default_filename": "index.html"}),
         (r"/static/(.*)", StaticHandler, {"path": str(STATIC_DIR)}),
     ]
+    # The metrics' route label: these handlers, or "other" (unknown paths among them).
+    ctx.metrics.routes = frozenset(handler.__name__ for _, handler, _ in routes)
     app = HealthSyncApp(
         routes,
         default_handler_class=NotFoundHandler,
