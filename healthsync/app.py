@@ -26,12 +26,13 @@ from .auth import RateLimiter, Tokens
 from .batches import BatchService
 from .context import Context
 from .push.hub import Hub
+from .redact import scrub
 from .resources import Resources
 from .storage import CommitInfo, Database
 from .sync.service import SyncService
 from .tasks import EmbeddedWorker
 from .web.audit import AuditHandler
-from .web.base import NotFoundHandler
+from .web.base import NotFoundHandler, StaticHandler
 from .web.batches import BatchHandler, BatchListHandler, TriggerHandler
 from .web.health import HealthHandler, MetricsHandler
 from .web.openapi import DocsHandler, SchemaHandler
@@ -92,6 +93,7 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
     ctx: Context | None = getattr(handler, "ctx", None)
     principal = getattr(handler, "principal", None)
     route = type(handler).__name__
+    path = scrub(handler.request.path)  # never the query: it may hold a credential
     if ctx is not None:
         ctx.metrics.observe_request(route, handler.request.method or "", status, seconds)
     # 503 is the server saying "not now" (shutting down, database locked by another process), 507 a full
@@ -101,13 +103,13 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
         level,
         "%s %s %d %.1fms %s",
         handler.request.method,
-        handler.request.path,
+        path,
         status,
         1000.0 * seconds,
         getattr(principal, "name", None) or "-",
         extra={
             "method": handler.request.method,
-            "path": handler.request.path,
+            "path": path,
             "status": status,
             "duration_ms": round(1000.0 * seconds, 2),
             "token": getattr(principal, "name", None),
@@ -119,9 +121,10 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
 def _register_gauges(ctx: Context) -> None:
     m = ctx.metrics
     m.gauge("healthsync_websocket_subscribers", "Connected websocket subscribers", lambda: ctx.hub.count)
-    m.gauge("healthsync_websocket_frames_sent", "Frames handed to websockets", lambda: ctx.hub.stats["frames_sent"])
-    m.gauge(
-        "healthsync_websocket_frames_dropped",
+    m.counter("healthsync_websocket_frames_sent_total", "Frames handed to websockets",
+              lambda: ctx.hub.stats["frames_sent"])
+    m.counter(
+        "healthsync_websocket_frames_dropped_total",
         "Live frames skipped for paused (slow) subscribers, caught up later by reads",
         lambda: ctx.hub.stats["frames_dropped"],
     )
@@ -159,9 +162,8 @@ def make_app(settings: Settings) -> HealthSyncApp:
         ctx.hub.notify(info.head_seq, info.head_us)
         for event in info.events:
             if event["type"] == "applied":
-                ctx.metrics.inc("healthsync_changes_applied_total", event["changes"],
-                                help="Upload changes decided (any outcome) by this process")
-                ctx.metrics.inc("healthsync_conflicts_total", event["conflicts"], help="Conflicts recorded")
+                ctx.metrics.inc("healthsync_changes_applied_total", event["changes"])
+                ctx.metrics.inc("healthsync_conflicts_total", event["conflicts"])
 
     db.add_commit_hook(after_commit)
     _register_gauges(ctx)
@@ -188,9 +190,11 @@ def make_app(settings: Settings) -> HealthSyncApp:
         (r"/api/schema/?", SchemaHandler, kw),
         (r"/api/docs/?", DocsHandler, kw),
         (r"/metrics", MetricsHandler, kw),
-        (r"/()", tornado.web.StaticFileHandler, {"path": str(STATIC_DIR), "default_filename": "index.html"}),
-        (r"/static/(.*)", tornado.web.StaticFileHandler, {"path": str(STATIC_DIR)}),
+        (r"/()", StaticHandler, {"path": str(STATIC_DIR), "default_filename": "index.html"}),
+        (r"/static/(.*)", StaticHandler, {"path": str(STATIC_DIR)}),
     ]
+    # The metrics' route label: these handlers, or "other" (unknown paths among them).
+    ctx.metrics.routes = frozenset(handler.__name__ for _, handler, _ in routes)
     app = HealthSyncApp(
         routes,
         default_handler_class=NotFoundHandler,

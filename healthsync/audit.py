@@ -1,8 +1,10 @@
 """The audit trail: who read or changed patient data, when, what, from where.
 
 One row per API request (``/api/health`` aside): time, token name and role,
-method, path, query (without any ``token`` parameter), status and remote
-address.  Rows are buffered and written together once a second, or at 500,
+method, path, query, status and remote address.  The handlers record the
+query through ``redact.redact_query``: a credential's value (``token`` by any
+spelling, ``access_token``, ``authorization``…) is stored as ``REDACTED``,
+for refused requests as for accepted ones.  Rows are buffered and written together once a second, or at 500,
 through ``Database.write`` (never one write per request); ``flush`` runs on
 shutdown.  A crash can lose at most the last second of read entries.  The
 table refuses UPDATE (a trigger); the API only lists it, for admins.  When the
@@ -49,7 +51,7 @@ class AuditTrail:
         remote_ip: str | None,
     ) -> None:
         self._buffer.append(
-            (clock.format_us(clock.now_us()), who, role, method, path[:2000], (query or None) and query[:2000],
+            (clock.format_us(clock.now_us()), who, role, method[:32], path[:2000], (query or None) and query[:2000],
              status, remote_ip)
         )
         if len(self._buffer) >= FLUSH_ROWS and not self._refused:

@@ -8,7 +8,8 @@ through ``Database.write`` like every other mutation.
 Roles:
 - ``device``: read patients and records, write them, sync (upload,
   download, websocket), trigger its own batches.  A device token's name is
-  its device id: it may only upload and trigger as that device.
+  its device id: every ``device_id`` it names (upload, trigger, download,
+  websocket) must be that one (``require_device``).
 - ``dashboard``: read everything, resolve conflicts, watch the websocket.
 - ``admin``: everything, including the audit trail.
 
@@ -75,12 +76,24 @@ def require(principal: Principal, permission: Permission) -> None:
         )
 
 
-def require_device(principal: Principal, device_id: str) -> None:
-    """A device token acts only as its own device."""
+def require_device(principal: Principal, device_id: str, *, acts: bool = True) -> None:
+    """The one device check: may ``principal`` name ``device_id``?
+
+    A device token names only its own device, everywhere.  ``acts``: the
+    request acts as that device (upload, trigger, a download that records the
+    device's position): a dashboard may not, it only watches.  Otherwise (the
+    websocket's batch events, a read-only view) dashboards and admins may
+    name any device.  Admins (and open mode) may do both.
+    """
     if principal.is_device and principal.name != device_id:
         raise Forbidden(
             f"this token belongs to device {principal.name!r}, not {device_id[:64]!r}",
             [{"field": "device_id", "message": "must be the token's own device"}],
+        )
+    if acts and principal.role == "dashboard":
+        raise Forbidden(
+            "a dashboard token watches devices; it may not act as one",
+            [{"field": "device_id", "message": "only that device's token (or an admin) may act as it"}],
         )
 
 

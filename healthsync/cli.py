@@ -149,12 +149,16 @@ class JsonFormatter(logging.Formatter):
             if hasattr(record, key):
                 out[key] = getattr(record, key)
         if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
+            # exc_text, when set, is the redacted one (``RedactingFilter``)
+            out["exception"] = record.exc_text or self.formatException(record.exc_info)
         return orjson.dumps(out).decode()
 
 
 def setup_logging(level: str, fmt: str = "text") -> None:
+    from .redact import RedactingFilter
+
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactingFilter())  # no token-shaped text in any line, whoever logs it
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

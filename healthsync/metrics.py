@@ -1,79 +1,101 @@
-"""Counters and latency histograms, rendered in Prometheus' text format.
+"""Counters, a latency histogram and values read at scrape time, in Prometheus' text format.
 
-Owned by the application (no module-level registry).  Event loop only.
+Built on ``prometheus_client`` with one ``CollectorRegistry`` per
+application (no module-level registry: two apps in one process count
+apart).  Every label value is bounded by the code, never chosen by a
+client: ``method`` is one of HTTP's methods, ``route`` one of the route
+table's handlers (``routes``), ``status`` a three-digit status; anything
+else counts as ``other``.  What only grows is a counter (``…_total``);
+gauges are values that go up and down.
+
+Thread-safe (``prometheus_client`` locks its own values): a Huey worker
+thread may count its tasks directly.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-Labels = tuple[tuple[str, str], ...]
+#: The value of any label a request would otherwise choose: an unknown method or route.
+OTHER = "other"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+#: Counters without labels: name -> help.
+COUNTERS = {
+    "healthsync_upload_changes_total": "Changes received in sync uploads",
+    "healthsync_changes_applied_total": "Upload changes decided (any outcome) by this process",
+    "healthsync_conflicts_total": "Conflicts recorded",
+    "healthsync_download_entries_total": "Entries served by download",
+}
+
+Read = Callable[[], float]
 
 
-def _labels(labels: Labels) -> str:
-    if not labels:
-        return ""
-    inner = ",".join(f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"' for k, v in labels)
-    return "{" + inner + "}"
+class _ReadAtScrape:
+    """A collector of values owned elsewhere (the hub, the queue), read when scraped."""
+
+    def __init__(self) -> None:
+        self.gauges: dict[str, tuple[str, Read]] = {}
+        self.counters: dict[str, tuple[str, Read]] = {}
+
+    def describe(self) -> list[Metric]:
+        return []  # nothing to read before the app has started
+
+    def collect(self) -> Iterator[Metric]:
+        for kind, table in ((GaugeMetricFamily, self.gauges), (CounterMetricFamily, self.counters)):
+            for name, (help_text, read) in sorted(table.items()):
+                try:
+                    value = float(read())
+                except Exception:  # a value that cannot be read is left out, not a 500
+                    continue
+                yield kind(name, help_text, value=value)
 
 
 class Metrics:
-    def __init__(self) -> None:
-        self.counters: dict[str, dict[Labels, float]] = defaultdict(lambda: defaultdict(float))
-        self.histograms: dict[Labels, list[float]] = {}
-        self.help: dict[str, str] = {}
-        #: gauges read at render time: name -> (help, callable)
-        self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+    def __init__(self, routes: Iterable[str] = ()) -> None:
+        self.registry = CollectorRegistry()
+        #: the route label's values (handler class names); set by ``make_app``
+        self.routes = frozenset(routes)
+        reg = self.registry
+        self.counters = {name: Counter(name, text, registry=reg) for name, text in COUNTERS.items()}
+        self.requests = Counter("healthsync_requests_total", "HTTP requests by route, method and status",
+                                ["route", "method", "status"], registry=reg)
+        self.latency = Histogram("healthsync_request_duration_seconds", "HTTP request latency by route and method",
+                                 ["method", "route"], buckets=BUCKETS, registry=reg)
+        self.tasks = Counter("healthsync_tasks_total", "Background tasks run by this process",
+                             ["task", "outcome"], registry=reg)
+        self.task_seconds = Counter("healthsync_task_seconds_total", "Seconds spent in background tasks",
+                                    ["task"], registry=reg)
+        self._read = _ReadAtScrape()
+        reg.register(self._read)
 
-    def inc(self, name: str, value: float = 1.0, help: str = "", **labels: str) -> None:
-        self.counters[name][tuple(sorted(labels.items()))] += value
-        if help:
-            self.help.setdefault(name, help)
+    def inc(self, name: str, value: float = 1.0) -> None:
+        """Add ``value`` to one of ``COUNTERS``."""
+        self.counters[name].inc(value)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.inc("healthsync_requests_total", help="HTTP requests by route, method and status",
-                 route=route, method=method, status=str(status))
-        key = (("method", method), ("route", route))
-        hist = self.histograms.setdefault(key, [0.0] * (len(BUCKETS) + 2))
-        for i, bound in enumerate(BUCKETS):
-            if seconds <= bound:
-                hist[i] += 1
-        hist[-2] += 1  # count
-        hist[-1] += seconds  # sum
+        route = route if route in self.routes else OTHER
+        method = method if method in METHODS else OTHER
+        self.requests.labels(route, method, str(status) if 100 <= status <= 599 else OTHER).inc()
+        self.latency.labels(method, route).observe(seconds)
 
     def observe_task(self, name: str, outcome: str, seconds: float) -> None:
         """A Huey task run by this process's consumer (count and total seconds)."""
-        self.inc("healthsync_tasks_total", help="Background tasks run by this process", task=name, outcome=outcome)
-        self.inc("healthsync_task_seconds_total", seconds, help="Seconds spent in background tasks", task=name)
+        self.tasks.labels(name, outcome).inc()
+        self.task_seconds.labels(name).inc(seconds)
 
-    def gauge(self, name: str, help: str, read: Callable[[], float]) -> None:
-        self.gauges[name] = (help, read)
+    def gauge(self, name: str, help: str, read: Read) -> None:
+        """A value that goes up and down, read at each scrape."""
+        self._read.gauges[name] = (help, read)
+
+    def counter(self, name: str, help: str, read: Read) -> None:
+        """A count kept elsewhere that only grows, read at each scrape (``name`` ends in ``_total``)."""
+        self._read.counters[name] = (help, read)
 
     def render(self) -> str:
-        lines: list[str] = []
-        for name in sorted(self.counters):
-            lines.append(f"# HELP {name} {self.help.get(name, name)}")
-            lines.append(f"# TYPE {name} counter")
-            for labels, value in sorted(self.counters[name].items()):
-                lines.append(f"{name}{_labels(labels)} {value:g}")
-        name = "healthsync_request_duration_seconds"
-        lines.append(f"# HELP {name} HTTP request latency by route and method")
-        lines.append(f"# TYPE {name} histogram")
-        for labels, hist in sorted(self.histograms.items()):
-            for bound, count in zip(BUCKETS, hist, strict=False):
-                lines.append(f"{name}_bucket{_labels((*labels, ('le', f'{bound:g}')))} {count:g}")
-            lines.append(f"{name}_bucket{_labels((*labels, ('le', '+Inf')))} {hist[-2]:g}")
-            lines.append(f"{name}_count{_labels(labels)} {hist[-2]:g}")
-            lines.append(f"{name}_sum{_labels(labels)} {hist[-1]:.6f}")
-        for gname, (help_text, read) in sorted(self.gauges.items()):
-            lines.append(f"# HELP {gname} {help_text}")
-            lines.append(f"# TYPE {gname} gauge")
-            try:
-                lines.append(f"{gname} {float(read()):g}")
-            except Exception:  # a gauge that cannot be read is left out, not a 500
-                lines.pop()
-                lines.pop()
-        return "\n".join(lines) + "\n"
+        return generate_latest(self.registry).decode()

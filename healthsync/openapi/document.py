@@ -291,7 +291,8 @@ def build_schema(*, page_limit_max: int = 10000, max_batch_changes: int = 10000)
                                  {"type": "string", "enum": sorted(R4_RESOURCE_TYPES)}, "Only this type."),
                           _param("patient", "query", uuid_s, "A patient's own entry and its records' entries."),
                           _param("device_id", "query", {"type": "string", "minLength": 1, "maxLength": 256},
-                                 "Record this device's progress (shown at /api/devices/)."),
+                                 "Record this device's progress (shown at /api/devices/). In token mode only "
+                                 "that device's own token or an admin may name it (403 otherwise)."),
                       ],
                       description="The latest version of every patient and record changed after that point, "
                       "tombstones included. A cut page's `server_time` and `cursor` are its last entry's."),
@@ -421,8 +422,9 @@ or sync `update` that leaves the item as it is changes nothing: same `server_ver
 browsers). Messages are JSON objects with a `type`: `hello` (`cursor`/`since`, `head`, `server_time`),
 `changes` (`changes` exactly as download's entries, `cursor`, `server_time`), `batch` (`batch_id`,
 `status`, `device_id`) and `error`. Send `{"type": "ping"}` to get `{"type": "pong"}`. Bad parameters fail
-the handshake with a JSON 400 (410 with `resync` for a cursor ahead of history). Reconnect with the last
-`cursor` received.
+the handshake with a JSON 400 (410 with `resync` for a cursor ahead of history). A device token may name
+only its own `device_id` (a JSON 403 otherwise); without one its socket is its own device's. Reconnect with
+the last `cursor` received.
 
 **Not in this document:** `/metrics` (Prometheus text), the dashboard's static files (`/`, `/static/…`).
 """

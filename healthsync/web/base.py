@@ -10,6 +10,8 @@
 - CORS: allowed origins come from settings; a preflight ``OPTIONS`` is
   answered here for every route.
 - Services arrive through ``initialize`` from the route table.
+- No credential in a log line or the audit trail: Tornado's own request
+  summaries and the audit's query go through ``redact`` (``RedactedLogs``).
 
 Thread-safety: handlers run on the event loop only.
 """
@@ -18,12 +20,13 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import tornado.web
 
-from ..auth import OPEN, Permission, Principal, bearer, require
+from ..auth import OPEN, Permission, Principal, bearer, require, require_device
 from ..errors import (
     Forbidden,
     HealthSyncError,
@@ -36,12 +39,15 @@ from ..errors import (
     UnsupportedMediaType,
 )
 from ..models import loads, parse_uuid
+from ..redact import is_credential_name, redact_query, redact_uri, scrub
 from ..storage import DatabaseClosed
 
 if TYPE_CHECKING:
     from ..context import Context
 
 log = logging.getLogger("healthsync.web")
+app_log = logging.getLogger("tornado.application")
+gen_log = logging.getLogger("tornado.general")
 
 JSON_TYPES = ("application/json",)
 ALLOWED_HEADERS = "Authorization, Content-Type, If-Match, If-None-Match"
@@ -71,8 +77,34 @@ DEFAULT_PERMISSIONS = {
 RATE_LIMITED = {Permission.WRITE, Permission.SYNC, Permission.RESOLVE}
 
 
+class RedactedLogs(tornado.web.RequestHandler):
+    """Tornado's own log lines for a request, without its credentials.
+
+    Tornado logs ``request.uri`` (query and all) when a handler raises: an
+    ``HTTPError`` with a message as a warning, anything else as an error with
+    the request's repr.  Every handler here logs ``redact_uri`` instead.
+    """
+
+    def _request_summary(self) -> str:
+        return f"{self.request.method} {redact_uri(self.request.uri or '')} ({self.request.remote_ip})"
+
+    def log_exception(
+        self, typ: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if isinstance(value, tornado.web.HTTPError):
+            message = value.get_message()
+            if message:
+                gen_log.warning("%d %s: %s", value.status_code, self._request_summary(), scrub(message))
+        else:
+            app_log.error("Uncaught exception %s", self._request_summary(), exc_info=(typ, value, tb))  # type: ignore[arg-type]
+
+
+class StaticHandler(RedactedLogs, tornado.web.StaticFileHandler):
+    """The dashboard's files, with the same credential-free log lines."""
+
+
 @tornado.web.stream_request_body
-class BaseHandler(tornado.web.RequestHandler):
+class BaseHandler(RedactedLogs):
     ctx: Context
     #: method -> permission the caller's role must grant
     permissions: dict[str, Permission] = DEFAULT_PERMISSIONS
@@ -197,7 +229,7 @@ class BaseHandler(tornado.web.RequestHandler):
             who=None if principal is None else principal.name,
             role=None if principal is None else principal.role,
             method=self.request.method or "",
-            path=self.request.path,
+            path=scrub(self.request.path),
             query=redact_query(self.request.query),
             status=self.get_status(),
             remote_ip=self.request.remote_ip,
@@ -267,6 +299,10 @@ class BaseHandler(tornado.web.RequestHandler):
     def limit_arg(self) -> int | None:
         return self.int_arg("limit", minimum=1, maximum=self.ctx.settings.page_limit_max)
 
+    def device_arg(self) -> str | None:
+        """``device_id`` naming the device this request acts as (see ``device_param``)."""
+        return device_param(self.arg("device_id"), self.principal, acts=True)
+
     def uuid_arg(self, name: str) -> str | None:
         value = self.arg(name)
         return None if value is None else parse_uuid(value, name)
@@ -286,7 +322,8 @@ class BaseHandler(tornado.web.RequestHandler):
             return
         from urllib.parse import urlencode
 
-        args = {k: v[-1].decode("utf-8", "replace") for k, v in self.request.query_arguments.items()}
+        args = {k: v[-1].decode("utf-8", "replace") for k, v in self.request.query_arguments.items()
+                if not is_credential_name(k)}
         args.update({k: str(v) for k, v in params.items()})
         args["after"] = str(after)
         url = f"{self.request.protocol}://{self.request.host}{self.request.path}?{urlencode(args)}"
@@ -300,7 +337,7 @@ class BaseHandler(tornado.web.RequestHandler):
             # database: the client should come back, not see a server fault.
             e = ShuttingDown("the server is shutting down: retry in a moment")
         if isinstance(e, HealthSyncError) and not self._finished:
-            log.info("%s %s -> %d %s", self.request.method, self.request.path, e.status, e.message)
+            log.info("%s %s -> %d %s", self.request.method, scrub(self.request.path), e.status, e.message)
             self._reason = tornado.httputil.responses.get(e.status, "Error")
             self.send_error(e.status, exc_info=(type(e), e, e.__traceback__))
             return
@@ -327,11 +364,17 @@ class BaseHandler(tornado.web.RequestHandler):
         self.finish(orjson.dumps(body))
 
 
-def redact_query(query: str) -> str:
-    """A query string without any ``token`` parameter (never store a secret)."""
-    if "token" not in query:
-        return query
-    return "&".join(p for p in query.split("&") if not p.startswith("token="))
+def device_param(value: str | None, principal: Principal | None, *, acts: bool) -> str | None:
+    """A request's ``device_id`` parameter: 1 to 256 characters (400), and one
+    ``principal`` may name (403, ``auth.require_device``: the check upload and
+    trigger make too; ``acts`` as there).  Absent: None."""
+    if value is None:
+        return None
+    if not 0 < len(value) <= 256:
+        raise Invalid("device_id must be 1 to 256 characters", [{"field": "device_id", "message": "bad length"}])
+    if principal is not None:
+        require_device(principal, value, acts=acts)
+    return value
 
 
 class NotFoundHandler(BaseHandler):
@@ -345,4 +388,4 @@ class NotFoundHandler(BaseHandler):
         raise NotFound(f"no such path: {self.request.path}")
 
 
-__all__ = ["BaseHandler", "MethodNotAllowed", "NotFoundHandler", "origin_allowed"]
+__all__ = ["BaseHandler", "MethodNotAllowed", "NotFoundHandler", "RedactedLogs", "StaticHandler", "origin_allowed"]

@@ -4,7 +4,11 @@ Query: ``since`` or ``cursor`` (required, as for download), optional
 ``resource_type``, ``patient`` and ``device_id``.  Bad parameters fail the
 handshake with a JSON 400 (410 for a cursor ahead of history), like the
 download endpoint; a database that cannot be read fails it with a JSON 503
-and ``Retry-After``.  The client may send ``{"type": "ping"}`` (answered with
+and ``Retry-After``.  A device token's socket is its own device's: naming
+another device fails the handshake with a JSON 403, and naming none means
+its own (so it gets only its own batch events).  In token mode a browser may
+pass its token as the ``token`` parameter; the audit trail and the logs never
+hold it (``redact``).  The client may send ``{"type": "ping"}`` (answered with
 ``pong``); anything else gets an ``error`` message and the socket stays open.
 
 Origins: a browser's ``Origin`` must be this server's own, or match
@@ -25,11 +29,12 @@ import tornado.websocket
 from tornado.concurrent import Future
 from tornado.iostream import StreamClosedError
 
-from ..auth import OPEN, Permission, bearer, require
-from ..errors import HealthSyncError
+from ..auth import OPEN, Permission, Principal, bearer, require
+from ..errors import HealthSyncError, Invalid
 from ..models import parse_uuid
+from ..redact import redact_query, scrub
 from ..sync import download as dl
-from .base import origin_allowed, redact_query
+from .base import RedactedLogs, device_param, origin_allowed
 
 if TYPE_CHECKING:
     from ..context import Context
@@ -50,9 +55,10 @@ def text_frame(payload: bytes) -> bytes:
     return struct.pack("!BBQ", 0x81, 127, n) + payload
 
 
-class SyncSocket(tornado.websocket.WebSocketHandler):
+class SyncSocket(RedactedLogs, tornado.websocket.WebSocketHandler):
     ctx: Context
     sub: Subscription | None = None
+    principal: Principal | None = None
 
     def initialize(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -85,38 +91,50 @@ class SyncSocket(tornado.websocket.WebSocketHandler):
         if self.ctx.settings.auth_mode == "open":
             self.principal = OPEN
             return
+        # Exactly the parameter named ``token`` once decoded (``%74oken`` is that
+        # name spelled another way, as in any URL); no other spelling or name.
         token = bearer(self.request.headers.get("Authorization")) or self._arg("token")
         self.principal = await self.ctx.tokens.authenticate(token)
         require(self.principal, Permission.READ)
 
     def _audit(self, status: int) -> None:
-        principal = getattr(self, "principal", None)
+        principal = self.principal
         self.ctx.audit.record(
             who=None if principal is None else principal.name,
             role=None if principal is None else principal.role,
             method="GET",
-            path=self.request.path,
+            path=scrub(self.request.path),
             query=redact_query(self.request.query),
             status=status,
             remote_ip=self.request.remote_ip,
         )
 
     def _arg(self, name: str) -> str | None:
-        value = self.get_query_argument(name, None)
-        return value if value else None
+        values = self.request.query_arguments.get(name)
+        if not values:
+            return None
+        try:
+            value = values[-1].decode("utf-8").strip()
+        except UnicodeDecodeError:
+            # A JSON 400 of ours, not Tornado's HTML one (whose log line quotes the value).
+            raise Invalid(f"{name} is not valid UTF-8", [{"field": name, "message": "not UTF-8"}]) from None
+        return value or None
 
     def _parse(self) -> dict[str, Any]:
         after_seq, after_time = dl.parse_position(self._arg("since"), self._arg("cursor"))
         resource_type = self._arg("resource_type")
         dl.check_resource_type(resource_type)
         patient = self._arg("patient")
-        device_id = self._arg("device_id")
+        # Naming a device here only chooses whose batch events to watch.
+        device_id = device_param(self._arg("device_id"), self.principal, acts=False)
+        if device_id is None and self.principal is not None and self.principal.is_device:
+            device_id = self.principal.name  # a device's socket is its own device's, never a dashboard's
         return {
             "cursor": after_seq,
             "since": after_time,
             "resource_type": resource_type,
             "patient": None if patient is None else parse_uuid(patient, "patient"),
-            "device_id": device_id[:256] if device_id else None,
+            "device_id": device_id,
         }
 
     def open(self, *args: Any, **kwargs: Any) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import uuid
 
+import orjson
 import pytest
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
@@ -202,3 +204,165 @@ def test_rate_limiter_refills():
     now[0] += 30
     limiter.check("a")
     assert RateLimiter(0).check("a") is None
+
+
+# A device token acts as its own device only ------------------------------------------
+
+
+async def test_download_names_only_the_tokens_own_device(api, tokens):
+    other = await api.get("/api/sync/download/?cursor=0&device_id=tab-2", headers=auth(tokens["device"]))
+    assert other.status == 403 and other.json["details"][0]["field"] == "device_id"
+    # a dashboard watches devices: it may not record a download as one of them
+    watching = await api.get("/api/sync/download/?cursor=0&device_id=tab-2", headers=auth(tokens["dashboard"]))
+    assert watching.status == 403 and watching.json["details"][0]["field"] == "device_id"
+    devices = (await api.get("/api/devices/", headers=auth(tokens["admin"]))).json
+    assert "tab-2" not in {d["device_id"] for d in devices}, "a refused download made tab-2 look caught up"
+    own = await api.get("/api/sync/download/?cursor=0&device_id=tab-1", headers=auth(tokens["device"]))
+    unnamed = await api.get("/api/sync/download/?cursor=0", headers=auth(tokens["device"]))
+    by_admin = await api.get("/api/sync/download/?cursor=0&device_id=tab-3", headers=auth(tokens["admin"]))
+    assert own.status == unnamed.status == by_admin.status == 200
+    devices = (await api.get("/api/devices/", headers=auth(tokens["admin"]))).json
+    assert {d["device_id"] for d in devices} == {"tab-1", "tab-3"}
+
+
+def ws_url(http_server_client, query):
+    return http_server_client.get_url(f"/api/sync/ws?{query}").replace("http://", "ws://")
+
+
+async def test_websocket_names_only_the_tokens_own_device(http_server_client, api, tokens):
+    with pytest.raises(HTTPClientError) as err:
+        await websocket_connect(HTTPRequest(ws_url(http_server_client, "cursor=0&device_id=tab-2"),
+                                            headers=auth(tokens["device"])))
+    assert err.value.code == 403
+    body = orjson.loads(err.value.response.body)
+    assert body["error"] and body["details"][0]["field"] == "device_id"
+
+    async def connect(query, token):
+        conn = await websocket_connect(HTTPRequest(ws_url(http_server_client, query), headers=auth(token)))
+        assert orjson.loads(await conn.read_message())["type"] == "hello"
+        return conn
+
+    # A device's socket without a device_id is its own device's; dashboards may watch any device.
+    device = await connect("cursor=0", tokens["device"])
+    watcher = await connect("cursor=0&device_id=tab-2", tokens["dashboard"])
+    for device_id in ("tab-2", "tab-1"):
+        resp = await api.post("/api/sync/upload/", {"device_id": device_id, "changes": []},
+                              headers=auth(tokens["admin"]))
+        assert resp.status == 200, resp.body
+
+    async def batch_events(conn, until):
+        seen = []
+        while not seen or seen[-1] != until:
+            msg = orjson.loads(await asyncio.wait_for(conn.read_message(), 10))
+            if msg["type"] == "batch":
+                seen.append(msg["device_id"])
+        return seen
+
+    assert await batch_events(device, until="tab-1") == ["tab-1"], "tab-1's socket got tab-2's batch events"
+    assert await batch_events(watcher, until="tab-2") == ["tab-2"]
+    device.close()
+    watcher.close()
+
+
+# No secret in the audit trail or the logs --------------------------------------------
+
+#: Ways to spell a parameter that carries a token.  Tornado decodes names, so the
+#: first three are ``token`` and authenticate a websocket; the others are refused,
+#: but they carry the secret all the same.
+SPELLINGS = ["token", "%74oken", "to%6Ben", "%54OKEN", "token%00", "TOKEN", "to+ken", "%2574oken", "%20token",
+             "access_token", "Authorization", "X-Auth-Token", "%EF%BD%94oken"]
+
+
+def secret_parts(secret):
+    """The secret, and a 20-character run of its random part (no prefix of it may be stored either)."""
+    return [secret, secret[3:23], secret[-20:]]
+
+
+async def send_secret_every_way(http_server_client, api, tokens, secret):
+    """REST downloads and websocket handshakes carrying ``secret`` under every spelling."""
+    statuses = {}
+    for name in SPELLINGS:
+        query = f"cursor=0&{name}={secret}"
+        refused = await api.get(f"/api/sync/download/?{query}")
+        accepted = await api.get(f"/api/sync/download/?{query}", headers=auth(tokens["device"]))
+        assert (refused.status, accepted.status) == (401, 200), name
+        try:
+            conn = await websocket_connect(ws_url(http_server_client, query))
+            conn.close()
+            statuses[name] = 101
+        except HTTPClientError as err:
+            statuses[name] = err.code
+    # Malformed values beside the secret: Tornado's own log lines quote the URI.
+    for query in (f"cursor=%ff&token={secret}", f"cursor=0&token={secret}%ff", f"cursor=0&who={secret}"):
+        try:
+            (await websocket_connect(ws_url(http_server_client, query))).close()
+        except HTTPClientError as err:
+            assert err.code in (400, 401), query
+    static = await api.get(f"/static/..%2f..%2fsettings.py?token={secret}")
+    assert static.status in (403, 404)
+    return statuses
+
+
+async def test_no_secret_in_the_audit_trail_or_the_logs(http_server_client, api, tokens, caplog):
+    for name in ("healthsync", "tornado"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    secret = tokens["dashboard"]
+    statuses = await send_secret_every_way(http_server_client, api, tokens, secret)
+    # Exactly the parameter named ``token`` (once decoded) authenticates a websocket.
+    assert {name for name, status in statuses.items() if status == 101} == {"token", "%74oken", "to%6Ben"}
+    assert {status for status in statuses.values() if status != 101} == {401}
+
+    body = (await api.get("/api/audit/?limit=10000", headers=auth(tokens["admin"]))).body
+    for part in secret_parts(secret):
+        assert part.encode() not in body
+    entries = orjson.loads(body)
+    redacted = [e for e in entries if "REDACTED" in (e["query"] or "")]
+    # every request above is in the trail, its query kept apart from the secret
+    assert len(redacted) >= 3 * len(SPELLINGS)
+    assert {e["status"] for e in redacted if e["path"] == "/api/sync/ws"} >= {101, 401}
+    assert any(e["query"] == "cursor=0&%74oken=REDACTED" and e["status"] == 101 for e in entries)
+    assert any(e["query"] == "cursor=0&token%00=REDACTED" and e["status"] == 401 for e in entries)
+
+    logged = "\n".join(r.getMessage() + "\n" + (r.exc_text or "") for r in caplog.records)
+    assert "/api/sync/ws" in logged
+    for part in secret_parts(secret):
+        assert part not in logged
+
+
+@pytest.mark.slow
+def test_no_secret_in_a_servers_log_lines(server_process, tmp_path):
+    """The same requests to ``run.py`` at DEBUG, in text and JSON logs: no secret in its output."""
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    from tests.conftest import ROOT
+
+    data = tmp_path / "data"
+    secret = subprocess.run(
+        [sys.executable, "run.py", "token", "create", "--role", "dashboard", "--name", "desk", "--data-dir", str(data)],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    for fmt in ("text", "json"):
+        server = server_process("--auth", "token", "--log-level", "DEBUG", "--log-format", fmt, data_dir=data)
+        for name in SPELLINGS:
+            for path in ("/api/sync/download/", "/api/sync/ws", "/api/nowhere/"):
+                try:
+                    urllib.request.urlopen(f"{server.url}{path}?cursor=0&{name}={secret}", timeout=10)
+                except urllib.error.HTTPError as err:
+                    assert err.code in (400, 401, 404), (name, path, err.code)
+        for query in (f"cursor=%ff&token={secret}", f"cursor=0&token={secret}%ff"):
+            try:
+                urllib.request.urlopen(f"{server.url}/api/sync/ws?{query}", timeout=10)
+            except urllib.error.HTTPError as err:
+                assert err.code in (400, 401)
+        try:
+            urllib.request.urlopen(f"{server.url}/static/..%2f..%2fsettings.py?token={secret}", timeout=10)
+        except urllib.error.HTTPError as err:
+            assert err.code in (403, 404)
+        assert server.stop() == 0
+        output = "".join(server.log)
+        assert "/api/sync/download/" in output
+        for part in secret_parts(secret):
+            assert part not in output, fmt
