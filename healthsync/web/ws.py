@@ -2,9 +2,12 @@
 
 Query: ``since`` or ``cursor`` (required, as for download), optional
 ``resource_type``, ``patient`` and ``device_id``.  Bad parameters fail the
-handshake with a JSON 400 (410 for a cursor ahead of history), like the
-download endpoint.  The client may send ``{"type": "ping"}`` (answered with
-``pong``); anything else gets an ``error`` message and the socket stays open.
+handshake with a JSON 400 (410 for a position download would refuse), like
+the download endpoint; every other answer before the upgrade is JSON too
+(Tornado's own refusals: no ``Upgrade`` header, a refused origin, a method
+other than GET; and a fault, a 500 that says nothing about internals).  The
+client may send ``{"type": "ping"}`` (answered with ``pong``); anything else
+gets an ``error`` message and the socket stays open.
 
 Origins: a browser's ``Origin`` must be this server's own, or match
 ``cors_origins`` (wide open only in open mode on loopback).  Tornado
@@ -85,6 +88,25 @@ class SyncSocket(tornado.websocket.WebSocketHandler):
         token = bearer(self.request.headers.get("Authorization")) or self._arg("token")
         self.principal = await self.ctx.tokens.authenticate(token)
         require(self.principal, Permission.READ)
+
+    def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Future[None]:
+        """Tornado's handshake refusals (plain text, or an empty 426) as a JSON error body."""
+        if self.get_status() >= 400 and (chunk is None or isinstance(chunk, str)) and not self._write_buffer:
+            self.set_header("Content-Type", "application/json; charset=utf-8")
+            chunk = orjson.dumps({"error": chunk or self._reason, "details": []})
+        return super().finish(chunk)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """An error raised before the upgrade, as JSON (never Tornado's HTML page)."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, HealthSyncError):
+            body = exc.body()
+        elif status_code < 500:
+            body = {"error": self._reason, "details": []}
+        else:
+            body = {"error": "internal server error", "details": []}
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(orjson.dumps(body))
 
     def _audit(self, status: int) -> None:
         principal = getattr(self, "principal", None)

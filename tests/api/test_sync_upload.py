@@ -171,6 +171,24 @@ async def test_client_updated_at_compared_as_instants(api):
     assert resp.json["results"][0]["status"] == "updated"
 
 
+async def test_client_updated_at_at_the_edges_of_the_date_range(api):
+    p = await api.new_patient()
+    resp = await upload(api, [
+        change("update", "Patient", server_id=p["id"], client_updated_at="0001-01-01T00:00:00+01:00", payload={}),
+        change("update", "Patient", server_id=p["id"], client_updated_at="9999-12-31T23:59:59-01:00", payload={}),
+        change("update", "Patient", server_id=p["id"], client_updated_at="0001-01-01T00:00:00Z", payload={}),
+        change("update", "Patient", server_id=p["id"], client_updated_at="9999-12-31T23:59:59Z",
+               payload={"name": "Later"}),
+    ])
+    assert resp.status == 200, resp.body
+    results = resp.json["results"]
+    assert [x["status"] for x in results] == ["rejected", "rejected", "conflict", "updated"]
+    for rejected in results[:2]:
+        assert rejected["error"].startswith("client_updated_at:") and "outside the supported range" in rejected["error"]
+    assert results[2]["reason"] == "server_newer"
+    assert (await api.get(f"/api/patients/{p['id']}/")).json["name"] == "Later"
+
+
 async def test_patient_update_is_merge_patch_and_delete_tombstones_records(api):
     p = await api.new_patient(identifiers={"mrn": "1", "old": "x"})
     r = await api.new_record(p["id"], data={"a": 1, "b": 2})
