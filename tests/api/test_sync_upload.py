@@ -115,6 +115,37 @@ async def test_retried_batch_id_returns_stored_response_and_applies_nothing(api)
     assert stolen.status == 409
 
 
+async def test_retried_async_batch_id_gets_the_batch_answer_in_every_state(api, app, settings):
+    """No consumer runs here: the batch is claimed and applied by hand, one state at a time."""
+    from healthsync.tasks import claim, make_huey, run_claimed_batch
+
+    batch_id = str(uuid.uuid4())
+    body = {"device_id": "tab-1", "batch_id": batch_id, "async": True,
+            "changes": [change("create", "Patient", client_temp_id="a", payload={"name": "Once"})]}
+    first = await api.post(UPLOAD, body)
+    assert first.status == 202 and first.json == {"batch_id": batch_id, "status": "pending"}
+    for retry in (body, {**body, "async": False}):  # a retry is answered from the batch, however it is sent
+        again = await api.post(UPLOAD, retry)
+        assert (again.status, again.json) == (202, first.json)
+    huey = make_huey(settings)
+    try:
+        task_id = await claim(app.ctx.db, huey, batch_id)
+        processing = await api.post(UPLOAD, body)
+        assert (processing.status, processing.json) == (202, {"batch_id": batch_id, "status": "processing"})
+        assert await run_claimed_batch(settings, batch_id, task_id, final=True) == "done"
+    finally:
+        huey.storage.close()
+    done = await api.post(UPLOAD, body)
+    assert done.status == 200 and done.json["batch_id"] == batch_id
+    assert [r["status"] for r in done.json["results"]] == ["created"]
+    stored = (await api.get(f"/api/sync/batches/{batch_id}/")).json
+    assert done.json["results"] == stored["results"] and done.json["cursor"] == stored["cursor"]
+    assert (await api.post(UPLOAD, body)).json == done.json
+    assert [p["name"] for p in (await api.get("/api/patients/")).json] == ["Once"]
+    stolen = await api.post(UPLOAD, {**body, "device_id": "tab-2"})
+    assert stolen.status == 409 and stolen.json["details"][0]["field"] == "batch_id"
+
+
 async def test_every_outcome(api):
     p = await api.new_patient()
     r = await api.new_record(p["id"])
