@@ -239,8 +239,10 @@ class BaseHandler(tornado.web.RequestHandler):
         self._chunks = []
         exc = TooLarge(f"request body is over the limit of {limit} bytes")
         log.info("%s %s -> 413 %s", self.request.method, self.request.path, exc.message)
-        self.set_header("Connection", "close")
-        self.send_error(exc.status, exc_info=(type(exc), exc, None))
+        # not send_error: its clear() would drop the Connection header
+        self.set_status(exc.status)
+        self.set_header("Connection", "close")  # the rest of the body is not read
+        self.write_error(exc.status, exc_info=(type(exc), exc, None))
 
     def json_body(self) -> Any:
         """The request body parsed as JSON; 413, 415 or 400 when it cannot be."""

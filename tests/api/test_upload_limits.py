@@ -49,7 +49,7 @@ async def test_oversized_chunked_body_is_a_json_413_and_nothing_stays_open(api, 
     resp = await asyncio.to_thread(post_chunked, url, (b"x" * size for _ in range(pieces)))
     assert resp.status == 413, resp
     assert resp.json == {"error": f"request body is over the limit of {64 * 1024} bytes", "details": []}
-    assert resp.headers["Content-Type"].startswith("application/json")
+    assert resp.headers["Content-Type"].startswith("application/json") and resp.headers["Connection"] == "close"
     await until_nothing_runs(app)
     assert (await api.get("/api/sync/download/?cursor=0")).status == 200
     assert (await upload(api, [change("create", "Patient", client_temp_id="a", payload={"name": "x"})])).status == 200
