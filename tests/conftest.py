@@ -484,3 +484,43 @@ def fill_disk(folder: Path) -> Path:
     finally:
         os.close(fd)
     return filler
+
+
+# Raw HTTP -----------------------------------------------------------------------
+
+
+def post_chunked(url: str, pieces: Iterator[bytes], headers: dict[str, str] | None = None) -> Response:
+    """POST ``pieces`` as a chunked body (no Content-Length) over a plain socket, blocking
+    (run it in a thread). A server that answers early and closes is not an error: the
+    rest of the body is dropped and its answer read."""
+    from urllib.parse import urlsplit
+
+    import tornado.httputil
+
+    parts = urlsplit(url)
+    hdrs = {"Host": parts.netloc, "Content-Type": "application/json", "Transfer-Encoding": "chunked"}
+    hdrs.update(headers or {})
+    head = f"POST {parts.path}{'?' + parts.query if parts.query else ''} HTTP/1.1\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()) + "\r\n"
+    with socket.create_connection((parts.hostname, parts.port), timeout=60) as sock:
+        try:
+            sock.sendall(head.encode())
+            for piece in pieces:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+            sock.sendall(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered before the body was all sent
+        data = b""
+        while b"\r\n\r\n" not in data:
+            more = sock.recv(65536)
+            assert more, f"connection closed before a response: {data!r}"
+            data += more
+        raw_head, body = data.split(b"\r\n\r\n", 1)
+        status_line, _, header_text = raw_head.decode("latin-1").partition("\r\n")
+        headers_in = tornado.httputil.HTTPHeaders.parse(header_text)
+        length = int(headers_in.get("Content-Length", "0"))
+        while len(body) < length:
+            more = sock.recv(65536)
+            assert more, "connection closed inside the response body"
+            body += more
+        return Response(int(status_line.split()[1]), headers_in, body)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given
@@ -58,3 +58,61 @@ def test_offsets_compare_as_instants():
     late = clock.parse("2025-09-12T10:00:00Z")
     assert early < late
     assert late - early == timedelta(hours=1) // timedelta(microseconds=1)
+
+
+# Every ISO 8601 text a client could send, from year 1 to 9999 with any offset
+# (some of them name an instant outside the years 1..9999 once read as UTC).
+offsets = st.builds(timezone, st.timedeltas(min_value=-timedelta(hours=23, minutes=59),
+                                            max_value=timedelta(hours=23, minutes=59)).map(
+    lambda d: timedelta(minutes=d // timedelta(minutes=1))))
+any_datetimes = st.datetimes(min_value=datetime.min, max_value=datetime.max, timezones=st.none() | offsets)
+edges = st.sampled_from([datetime.min, datetime.max]).flatmap(
+    lambda dt: st.builds(dt.replace, tzinfo=st.none() | offsets)
+)
+
+
+@given(any_datetimes | edges)
+def test_what_parse_accepts_formats_and_parses_back(dt):
+    try:
+        us = clock.parse(dt.isoformat())
+    except ValueError as exc:
+        # refused only when the instant in UTC is outside the years 1..9999
+        assert "outside the supported range" in str(exc)
+        assert not clock.MIN_US <= clock.to_us(dt) <= clock.MAX_US
+        return
+    assert clock.MIN_US <= us <= clock.MAX_US
+    text = clock.format_us(us)
+    assert len(text) == 27 and text.endswith("Z")
+    assert clock.parse(text) == us
+    assert clock.canonical(text) == text
+
+
+@given(st.integers(min_value=clock.MIN_US, max_value=clock.MAX_US),
+       st.integers(min_value=clock.MIN_US, max_value=clock.MAX_US))
+def test_canonical_strings_sort_as_instants_across_the_whole_range(a, b):
+    ta, tb = clock.format_us(a), clock.format_us(b)
+    assert len(ta) == len(tb) == 27
+    assert (ta < tb) == (a < b)
+    assert clock.parse(ta) == a
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00.000000Z"),
+        ("0001-01-01T00:00:00-01:00", "0001-01-01T01:00:00.000000Z"),
+        ("0999-06-01", "0999-06-01T00:00:00.000000Z"),
+        ("9999-12-31T23:59:59Z", "9999-12-31T23:59:59.000000Z"),
+        ("9999-12-31T23:59:59.999999Z", "9999-12-31T23:59:59.999999Z"),
+        ("9999-12-31T23:59:59+01:00", "9999-12-31T22:59:59.000000Z"),
+    ],
+)
+def test_edges_of_the_range_are_accepted(text, expected):
+    assert clock.canonical(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00",
+                                  "0001-01-01T00:59:59.999999+01:00", "9999-12-31T23:00:00-01:00"])
+def test_instants_outside_the_range_are_refused(text):
+    with pytest.raises(ValueError, match="outside the supported range"):
+        clock.parse(text)

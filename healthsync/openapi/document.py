@@ -265,10 +265,10 @@ def build_schema(*, page_limit_max: int = 10000, max_batch_changes: int = 10000)
             "post": op("Sync", "Upload a device's batch of changes",
                        {200: _ok("Applied in one transaction; one result per change, in order.",
                                  _json("UploadResponse")),
-                        202: _ok("`async: true`: stored as pending; apply it with the trigger endpoint.",
+                        202: _ok("`async: true`: stored as pending; apply it with the trigger endpoint. "
+                                 "Also a retried `batch_id` not done yet, with its current `status`.",
                                  _json("AsyncUploadAccepted")),
-                        **write_errors, 409: _error(409, "The `batch_id` belongs to another device, or is "
-                                                         "stored and not done yet (`status`).")},
+                        **write_errors, 409: _error(409, "The `batch_id` belongs to another device.")},
                        op_id="upload", body=_json("UploadRequest", example=upload_example),
                        description=f"At most {max_batch_changes} changes (else 413). A malformed batch is refused "
                        "whole with 400 naming the change `index` and `field`; nothing is applied. A retried "

@@ -130,10 +130,12 @@ class UploadResponse(_Out):
 
 
 class AsyncUploadAccepted(_Out):
-    """An ``async: true`` upload, stored to be applied when triggered."""
+    """An ``async: true`` upload, stored to be applied when triggered; or a retried
+    ``batch_id`` whose batch is not done yet, with its current status."""
 
     batch_id: str
-    status: Literal["pending"]
+    status: Literal["pending", "processing", "failed"]
+    error: str | None = Field(None, description="Why a `failed` batch failed (trigger it again).")
 
 
 class Conflict(_Out):

@@ -445,13 +445,24 @@ async def apply_upload(
     }
 
 
+def _accepted(batch_id: str, status: str, error: str | None = None) -> dict[str, Any]:
+    """The 202 body of a stored batch not done yet: ``{"batch_id", "status"}`` (and ``error``)."""
+    body: dict[str, Any] = {"batch_id": batch_id, "status": status}
+    if error is not None:
+        body["error"] = error
+    return body
+
+
 async def upload(
     tx: WriteTx, request: Upload, owner: str | None = None, first: Sequence[PutOff] = ()
 ) -> tuple[int, Any, PutOff | None]:
     """A synchronous upload inside ``tx``: (status, response body, what it put off).
 
-    A ``batch_id`` already applied returns its stored response and applies
-    nothing; one stored ``pending`` (async) is only stored again if absent.
+    A ``batch_id`` already stored is a retry: it applies and stores nothing
+    and gets the batch's answer, whatever its ``async``: once ``done`` the
+    stored response (200), before that (``pending``, ``processing``,
+    ``failed``) 202 with the batch's current ``status`` (and ``error``), the
+    body an async upload answers.  Another device's ``batch_id`` is a 409.
 
     Writing the batch's new ``temp_ids`` rows is left to the caller, after
     the commit and off the response's path: they come back as the third
@@ -466,7 +477,7 @@ async def upload(
     if request.batch_id is not None:
         existing = await mutations.fetch_batch(tx, batch_id)
         if existing is not None:
-            _, device_id, status, response, _error, _claimed, _attempts = existing
+            _, device_id, status, response, error, _claimed, _attempts = existing
             if device_id != request.device_id:
                 raise Conflict(
                     f"batch {batch_id} belongs to another device",
@@ -474,17 +485,13 @@ async def upload(
                 )
             if status == "done" and response is not None:
                 return 200, orjson.Fragment(response), None
-            raise Conflict(
-                f"batch {batch_id} is already stored with status {status}",
-                [{"field": "batch_id", "message": f"status {status}"}],
-                status=status,
-            )
+            return 202, _accepted(batch_id, status, error), None
     if request.async_:
         body = request.stored_request(batch_id)
         await mutations.insert_batch(
             tx, batch_id, request.device_id, "pending", len(request.changes), request=_dump(body)
         )
-        return 202, {"batch_id": batch_id, "status": "pending"}, None
+        return 202, _accepted(batch_id, "pending"), None
     rows: TempIdRows = []
     response = await apply_upload(tx, request, batch_id, owner, later=rows, first=first)
     text = _dump(response)

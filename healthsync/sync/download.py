@@ -95,12 +95,22 @@ def gone_if_ahead(after_seq: int | None, head_seq: int) -> None:
 
 async def check_position(conn: aiosqlite.Connection, after_seq: int | None, after_time: str | None) -> None:
     """410 ``resync`` for a position this database can no longer answer in full:
-    ahead of its history, or behind the tombstone purge horizon."""
+    ahead of its history, or before a tombstone that was actually purged.
+
+    The purge horizon is the newest purged tombstone's (seq, updated_at)
+    (both 0 / the epoch while nothing was ever purged).  A position before it
+    may hold a copy of an item whose deletion it can no longer learn; one at
+    or after it has seen every purged deletion.  A full sync (cursor 0, or a
+    ``since`` at or before the epoch, such as a client's ``datetime.min``)
+    holds no copy, so it is never stale.
+    """
     if after_seq is not None:
         gone_if_ahead(after_seq, (await queries.head(conn))[0])
-    if after_seq == 0 or after_time == FROM_THE_START:
-        return  # a full sync holds no copy that a purged deletion should have reached
+    if after_seq == 0 or (after_time is not None and after_time <= FROM_THE_START):
+        return
     purged_seq, purged_at = await queries.purge_horizon(conn)
+    if purged_seq == 0:
+        return  # nothing was ever purged
     if (after_seq is not None and after_seq < purged_seq) or (after_time is not None and after_time < purged_at):
         raise Gone(
             "deleted items older than your last sync have been purged: start over from "

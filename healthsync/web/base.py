@@ -2,7 +2,10 @@
 
 - Request bodies are streamed (``stream_request_body``) so an oversized body
   is refused with 413 from its ``Content-Length`` before it is read, and a
-  chunked one is cut off at the limit instead of filling memory.
+  chunked one with the same 413 as soon as it passes the limit (the rest is
+  not read: the connection closes once the answer is out).  A request whose
+  connection closes mid-body ends there; none waits for a body that will not
+  come.
 - One error exit: ``write_error`` renders every error, ours or Tornado's, as
   ``{"error": …, "details": […]}``.  Domain errors (``HealthSyncError``) are
   logged as warnings without a traceback; anything else is a 500 whose body
@@ -58,6 +61,10 @@ TRUE_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, 
 def tornado_body_limit(limit: int) -> int:
     """Tornado's hard cut-off for a body, kept above our own 413 limit."""
     return limit * 2 + 1024
+
+
+#: Tornado's cut-off for a body without Content-Length: never reached, ours is (see prepare).
+CHUNKED_HARD_LIMIT = 2**62
 
 
 def origin_allowed(origin: str, patterns: list[str]) -> bool:
@@ -169,9 +176,14 @@ class BaseHandler(RedactedLogs):
             if declared > limit:
                 raise TooLarge(f"request body of {declared} bytes is over the limit of {limit} bytes")
         # Tornado's own limit answers a bare 400 (and cuts the connection), so
-        # it sits above ours: a chunked body past our limit is read and
-        # dropped up to it, then answered 413 by json_body.
-        self.request.connection.set_max_body_size(tornado_body_limit(limit))  # type: ignore[union-attr]
+        # it sits above ours.  A chunked body is checked by data_received as it
+        # arrives, and answered 413 once past our limit; Tornado checks each
+        # chunk's declared size before reading it, so for one whose first chunk
+        # alone declares more than its limit it would answer first: with no
+        # Content-Length, Tornado's limit is lifted (data_received bounds what
+        # is kept, and Tornado reads a chunk in pieces, never whole).
+        hard = tornado_body_limit(limit) if length is not None else CHUNKED_HARD_LIMIT
+        self.request.connection.set_max_body_size(hard)  # type: ignore[union-attr]
         if self.request.method != "OPTIONS":
             await self.authenticate()
 
@@ -215,6 +227,10 @@ class BaseHandler(RedactedLogs):
                 self.ctx.idle.set()
 
     def on_connection_close(self) -> None:
+        # Tornado's own ends a request still waiting for its body (the client
+        # went away mid-body, or we answered early): without it the request
+        # would wait until shutdown.
+        super().on_connection_close()
         if getattr(self, "_tracked", False):
             self._tracked = False
             self.ctx.inflight -= 1
@@ -236,12 +252,28 @@ class BaseHandler(RedactedLogs):
         )
 
     def data_received(self, chunk: bytes) -> None:
+        """Keep the body up to ``max_body_bytes``; past it (a chunked body,
+        whose size was not declared) answer 413 at once.
+
+        Finishing while the body is still arriving makes Tornado drop the
+        rest and close the connection once the answer is written; the close
+        ends this request's wait for its body, so the method never runs.
+        """
+        if self._too_large:
+            return
         self._received += len(chunk)
-        if self._received > self.ctx.settings.max_body_bytes:
-            self._too_large = True
-            self._chunks = []
-        elif not self._too_large:
+        limit = self.ctx.settings.max_body_bytes
+        if self._received <= limit:
             self._chunks.append(chunk)
+            return
+        self._too_large = True
+        self._chunks = []
+        exc = TooLarge(f"request body is over the limit of {limit} bytes")
+        log.info("%s %s -> 413 %s", self.request.method, self.request.path, exc.message)
+        # not send_error: its clear() would drop the Connection header
+        self.set_status(exc.status)
+        self.set_header("Connection", "close")  # the rest of the body is not read
+        self.write_error(exc.status, exc_info=(type(exc), exc, None))
 
     def json_body(self) -> Any:
         """The request body parsed as JSON; 413, 415 or 400 when it cannot be."""

@@ -2,13 +2,16 @@
 
 Query: ``since`` or ``cursor`` (required, as for download), optional
 ``resource_type``, ``patient`` and ``device_id``.  Bad parameters fail the
-handshake with a JSON 400 (410 for a cursor ahead of history), like the
-download endpoint; a database that cannot be read fails it with a JSON 503
-and ``Retry-After``.  A device token's socket is its own device's: naming
-another device fails the handshake with a JSON 403, and naming none means
-its own (so it gets only its own batch events).  In token mode a browser may
-pass its token as the ``token`` parameter; the audit trail and the logs never
-hold it (``redact``).  The client may send ``{"type": "ping"}`` (answered with
+handshake with a JSON 400 (410 for a position download would refuse), like
+the download endpoint; a database that cannot be read fails it with a JSON
+503 and ``Retry-After``; every other answer before the upgrade is JSON too
+(Tornado's own refusals: no ``Upgrade`` header, a refused origin, a method
+other than GET; and a fault, a 500 that says nothing about internals).  A
+device token's socket is its own device's: naming another device fails the
+handshake with a JSON 403, and naming none means its own (so it gets only its
+own batch events).  In token mode a browser may pass its token as the
+``token`` parameter; the audit trail and the logs never hold it
+(``redact``).  The client may send ``{"type": "ping"}`` (answered with
 ``pong``); anything else gets an ``error`` message and the socket stays open.
 
 Origins: a browser's ``Origin`` must be this server's own, or match
@@ -96,6 +99,25 @@ class SyncSocket(RedactedLogs, tornado.websocket.WebSocketHandler):
         token = bearer(self.request.headers.get("Authorization")) or self._arg("token")
         self.principal = await self.ctx.tokens.authenticate(token)
         require(self.principal, Permission.READ)
+
+    def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Future[None]:
+        """Tornado's handshake refusals (plain text, or an empty 426) as a JSON error body."""
+        if self.get_status() >= 400 and (chunk is None or isinstance(chunk, str)) and not self._write_buffer:
+            self.set_header("Content-Type", "application/json; charset=utf-8")
+            chunk = orjson.dumps({"error": chunk or self._reason, "details": []})
+        return super().finish(chunk)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """An error raised before the upgrade, as JSON (never Tornado's HTML page)."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, HealthSyncError):
+            body = exc.body()
+        elif status_code < 500:
+            body = {"error": self._reason, "details": []}
+        else:
+            body = {"error": "internal server error", "details": []}
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(orjson.dumps(body))
 
     def _audit(self, status: int) -> None:
         principal = self.principal

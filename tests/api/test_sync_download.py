@@ -124,3 +124,31 @@ async def test_unknown_patient_filter_gives_nothing(api):
     await api.new_patient()
     resp = await api.get(f"{DL}?since=1970-01-01T00:00:00Z&patient={uuid.uuid4()}")
     assert resp.json["changes"] == []
+
+
+# (a raw "+" arrives as a space, which is read as the "+" it was)
+OUT_OF_RANGE = ["0001-01-01T00:00:00%2B01:00", "9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00"]
+
+
+@pytest.mark.parametrize("path", [DL, "/api/audit/"])
+@pytest.mark.parametrize("since", OUT_OF_RANGE)
+async def test_since_outside_the_date_range_is_400(api, path, since):
+    resp = await api.get(f"{path}?since={since}")
+    assert resp.status == 400, resp.body
+    assert resp.json["details"][0]["field"] == "since"
+    assert "outside the supported range" in resp.json["details"][0]["message"]
+
+
+@pytest.mark.parametrize("path", [DL, "/api/audit/"])
+async def test_since_at_the_edges_of_the_date_range_works(api, path):
+    p = await api.new_patient()
+    for since in ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00-01:00", "0999-12-31", "1969-12-31T23:59:59Z"):
+        resp = await api.get(f"{path}?since={since}")
+        assert resp.status == 200, (since, resp.body)
+        if path == DL:  # everything is after a time before the epoch
+            assert [e["server_id"] for e in resp.json["changes"]] == [p["id"]], since
+    for since in ("9999-12-31T23:59:59Z", "9999-12-31T23:59:59.999999Z", "9999-12-31T23:59:59%2B01:00"):
+        resp = await api.get(f"{path}?since={since}")
+        assert resp.status == 200, (since, resp.body)
+        if path == DL:
+            assert resp.json["changes"] == [] and not resp.json["has_more"]

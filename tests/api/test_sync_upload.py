@@ -115,6 +115,37 @@ async def test_retried_batch_id_returns_stored_response_and_applies_nothing(api)
     assert stolen.status == 409
 
 
+async def test_retried_async_batch_id_gets_the_batch_answer_in_every_state(api, app, settings):
+    """No consumer runs here: the batch is claimed and applied by hand, one state at a time."""
+    from healthsync.tasks import claim, make_huey, run_claimed_batch
+
+    batch_id = str(uuid.uuid4())
+    body = {"device_id": "tab-1", "batch_id": batch_id, "async": True,
+            "changes": [change("create", "Patient", client_temp_id="a", payload={"name": "Once"})]}
+    first = await api.post(UPLOAD, body)
+    assert first.status == 202 and first.json == {"batch_id": batch_id, "status": "pending"}
+    for retry in (body, {**body, "async": False}):  # a retry is answered from the batch, however it is sent
+        again = await api.post(UPLOAD, retry)
+        assert (again.status, again.json) == (202, first.json)
+    huey = make_huey(settings)
+    try:
+        task_id = await claim(app.ctx.db, huey, batch_id)
+        processing = await api.post(UPLOAD, body)
+        assert (processing.status, processing.json) == (202, {"batch_id": batch_id, "status": "processing"})
+        assert await run_claimed_batch(settings, batch_id, task_id, final=True) == "done"
+    finally:
+        huey.storage.close()
+    done = await api.post(UPLOAD, body)
+    assert done.status == 200 and done.json["batch_id"] == batch_id
+    assert [r["status"] for r in done.json["results"]] == ["created"]
+    stored = (await api.get(f"/api/sync/batches/{batch_id}/")).json
+    assert done.json["results"] == stored["results"] and done.json["cursor"] == stored["cursor"]
+    assert (await api.post(UPLOAD, body)).json == done.json
+    assert [p["name"] for p in (await api.get("/api/patients/")).json] == ["Once"]
+    stolen = await api.post(UPLOAD, {**body, "device_id": "tab-2"})
+    assert stolen.status == 409 and stolen.json["details"][0]["field"] == "batch_id"
+
+
 async def test_every_outcome(api):
     p = await api.new_patient()
     r = await api.new_record(p["id"])
@@ -169,6 +200,24 @@ async def test_client_updated_at_compared_as_instants(api):
     resp = await upload(api, [change("update", "Patient", server_id=p["id"], client_updated_at=shifted,
                                      payload={"name": "Same instant"})])
     assert resp.json["results"][0]["status"] == "updated"
+
+
+async def test_client_updated_at_at_the_edges_of_the_date_range(api):
+    p = await api.new_patient()
+    resp = await upload(api, [
+        change("update", "Patient", server_id=p["id"], client_updated_at="0001-01-01T00:00:00+01:00", payload={}),
+        change("update", "Patient", server_id=p["id"], client_updated_at="9999-12-31T23:59:59-01:00", payload={}),
+        change("update", "Patient", server_id=p["id"], client_updated_at="0001-01-01T00:00:00Z", payload={}),
+        change("update", "Patient", server_id=p["id"], client_updated_at="9999-12-31T23:59:59Z",
+               payload={"name": "Later"}),
+    ])
+    assert resp.status == 200, resp.body
+    results = resp.json["results"]
+    assert [x["status"] for x in results] == ["rejected", "rejected", "conflict", "updated"]
+    for rejected in results[:2]:
+        assert rejected["error"].startswith("client_updated_at:") and "outside the supported range" in rejected["error"]
+    assert results[2]["reason"] == "server_newer"
+    assert (await api.get(f"/api/patients/{p['id']}/")).json["name"] == "Later"
 
 
 async def test_patient_update_is_merge_patch_and_delete_tombstones_records(api):

@@ -93,13 +93,17 @@ async def test_trigger_unknown_or_malformed(api):
 async def test_client_batch_id_for_async_upload_is_idempotent(api):
     batch_id = str(uuid.uuid4())
     body = {"device_id": "d", "changes": patient_changes(2), "async": True, "batch_id": batch_id}
-    assert (await api.post("/api/sync/upload/", body)).status == 202
+    first = await api.post("/api/sync/upload/", body)
+    assert first.status == 202
+    # a retry while pending (the first answer was lost) gets that answer again
     again = await api.post("/api/sync/upload/", body)
-    assert again.status == 409 and again.json["status"] == "pending"
+    assert again.status == 202 and again.json == first.json == {"batch_id": batch_id, "status": "pending"}
+    assert len((await api.get("/api/sync/batches/?device_id=d")).json) == 1
     await api.post(f"/api/sync/trigger/{batch_id}/")
-    await wait_status(api, batch_id, "done")
+    done = await wait_status(api, batch_id, "done")
     replay = await api.post("/api/sync/upload/", body)
     assert replay.status == 200 and replay.json["batch_id"] == batch_id
+    assert replay.json["results"] == done["results"]
     assert len((await api.get("/api/patients/")).json) == 2
 
 
@@ -114,6 +118,11 @@ async def test_failing_batch_ends_failed_and_can_be_triggered_again(api, setting
     failed = await wait_status(api, batch_id, "failed")
     assert "changes" in failed["error"]
     assert (await api.get("/api/patients/")).json == []
+    # a retried upload of it learns that it failed, and why (trigger it again)
+    retry = await api.post("/api/sync/upload/", {"device_id": "d", "changes": patient_changes(1), "async": True,
+                                                 "batch_id": batch_id})
+    assert retry.status == 202
+    assert retry.json == {"batch_id": batch_id, "status": "failed", "error": failed["error"]}
     # mend the stored request (as an operator could) and trigger again
     conn.execute("UPDATE batches SET request = ? WHERE id = ?",
                  (orjson.dumps({"device_id": "d", "changes": patient_changes(1)}).decode(), batch_id))

@@ -85,7 +85,8 @@ async def test_ping_and_bad_messages(api, ws):
 @pytest.mark.parametrize(
     "query, status",
     [("", 400), ("since=banana", 400), ("cursor=x", 400), ("cursor=0&resource_type=Nope", 400),
-     ("cursor=0&patient=nope", 400), ("cursor=99", 410)],
+     ("cursor=0&patient=nope", 400), ("cursor=99", 410),
+     ("since=0001-01-01T00:00:00%2B01:00", 400), ("since=9999-12-31T23:59:59-01:00", 400)],
 )
 async def test_bad_handshakes_are_json_errors(http_server_client, query, status):
     url = http_server_client.get_url(f"/api/sync/ws?{query}").replace("http://", "ws://")
@@ -101,11 +102,47 @@ async def test_origins(http_server_client):
     with pytest.raises(HTTPClientError) as err:
         await websocket_connect(HTTPRequest(url, headers={"Origin": "http://evil.example"}))
     assert err.value.code == 403
+    assert orjson.loads(err.value.response.body)["error"] == "Cross origin websockets not allowed"
     ok = await websocket_connect(HTTPRequest(url, headers={"Origin": "http://localhost:5173"}))
     ok.close()
     host = url.split("/")[2]
     same = await websocket_connect(HTTPRequest(url, headers={"Origin": f"http://{host}"}))
     same.close()
+
+
+@pytest.mark.parametrize("since", ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "9999-12-31T23:59:59%2B01:00"])
+async def test_since_at_the_edges_of_the_date_range(api, ws, since):
+    client = await ws(f"since={since}")
+    p = await api.new_patient()
+    assert (await client.changes_until(1))[0]["server_id"] == p["id"]
+
+
+@pytest.mark.parametrize(
+    "method, headers, status",
+    [("GET", {}, 400),  # a plain request, no Upgrade header
+     ("GET", {"Upgrade": "websocket"}, 400),  # no "Connection: Upgrade"
+     ("GET", {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "8"}, 426),
+     ("POST", {}, 405)],
+)
+async def test_refusals_before_the_upgrade_are_json(api, method, headers, status):
+    resp = await api.request(method, "/api/sync/ws?cursor=0", raw=b"{}" if method == "POST" else None, headers=headers)
+    assert resp.status == status, resp.body
+    assert resp.headers["Content-Type"].startswith("application/json")
+    assert resp.json["error"] and resp.json["details"] == []
+
+
+@pytest.mark.expect_error_logs
+async def test_a_fault_before_the_upgrade_is_a_json_500(app, http_server_client, settings):
+    import sqlite3
+
+    with sqlite3.connect(settings.db_path) as other:  # the schema lost its clock: every handshake fails
+        other.execute("ALTER TABLE clock RENAME TO clock_gone")
+    url = http_server_client.get_url("/api/sync/ws?cursor=0").replace("http://", "ws://")
+    with pytest.raises(HTTPClientError) as err:
+        await websocket_connect(url)
+    assert err.value.code == 500
+    assert err.value.response.headers["Content-Type"].startswith("application/json")
+    assert orjson.loads(err.value.response.body) == {"error": "internal server error", "details": []}
 
 
 async def test_trailing_slash(http_server_client):
