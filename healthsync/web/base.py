@@ -377,23 +377,30 @@ class BaseHandler(RedactedLogs):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, HealthSyncError):
-            body = exc.body()
-            if exc.retry_after is not None:
-                self.set_header("Retry-After", str(exc.retry_after))
-            if isinstance(exc, Unauthorized):
-                self.set_header("WWW-Authenticate", 'Bearer realm="healthsync"')
-        elif isinstance(exc, tornado.web.HTTPError) and status_code < 500:
-            body = {"error": exc.log_message or self._reason, "details": []}
-            if status_code == 405:
-                body = {"error": f"method {self.request.method} is not allowed on {self.request.path}", "details": []}
-                self.set_header("Allow", ", ".join(self._allowed_methods()))
-        elif status_code < 500:
-            body = {"error": self._reason, "details": []}
+        if status_code == 405 and isinstance(exc, tornado.web.HTTPError):
+            body = {"error": f"method {self.request.method} is not allowed on {self.request.path}", "details": []}
+            self.set_header("Allow", ", ".join(self._allowed_methods()))
         else:
-            body = {"error": "internal server error", "details": []}
+            body = error_body(self, status_code, exc)
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(orjson.dumps(body))
+
+
+def error_body(handler: tornado.web.RequestHandler, status_code: int, exc: BaseException | None) -> dict[str, Any]:
+    """The one JSON shape of an error, ``{"error", "details"}``, plus the headers it
+    carries (``Retry-After``, ``WWW-Authenticate``); shared by every handler and the
+    websocket handshake.  A 5xx that is not ours says nothing about internals."""
+    if isinstance(exc, HealthSyncError):
+        if exc.retry_after is not None:
+            handler.set_header("Retry-After", str(exc.retry_after))
+        if isinstance(exc, Unauthorized):
+            handler.set_header("WWW-Authenticate", 'Bearer realm="healthsync"')
+        return exc.body()
+    if status_code >= 500:
+        return {"error": "internal server error", "details": []}
+    if isinstance(exc, tornado.web.HTTPError) and exc.log_message:
+        return {"error": exc.log_message, "details": []}
+    return {"error": handler._reason, "details": []}
 
 
 def device_param(value: str | None, principal: Principal | None, *, acts: bool) -> str | None:

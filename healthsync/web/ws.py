@@ -37,7 +37,7 @@ from ..errors import HealthSyncError, Invalid
 from ..models import parse_uuid
 from ..redact import redact_query, scrub
 from ..sync import download as dl
-from .base import RedactedLogs, device_param, origin_allowed
+from .base import RedactedLogs, device_param, error_body, origin_allowed
 
 if TYPE_CHECKING:
     from ..context import Context
@@ -81,10 +81,7 @@ class SyncSocket(RedactedLogs, tornado.websocket.WebSocketHandler):
         except HealthSyncError as exc:
             self._audit(exc.status)
             self.set_status(exc.status)
-            self.set_header("Content-Type", "application/json; charset=utf-8")
-            if exc.retry_after is not None:
-                self.set_header("Retry-After", str(exc.retry_after))
-            self.finish(orjson.dumps(exc.body()))
+            self.write_error(exc.status, exc_info=(type(exc), exc, exc.__traceback__))
             return
         self._audit(101)
         await super().get(*args, **kwargs)
@@ -109,13 +106,7 @@ class SyncSocket(RedactedLogs, tornado.websocket.WebSocketHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """An error raised before the upgrade, as JSON (never Tornado's HTML page)."""
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, HealthSyncError):
-            body = exc.body()
-        elif status_code < 500:
-            body = {"error": self._reason, "details": []}
-        else:
-            body = {"error": "internal server error", "details": []}
+        body = error_body(self, status_code, kwargs.get("exc_info", (None, None, None))[1])
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(orjson.dumps(body))
 
