@@ -127,7 +127,16 @@ def load_settings(args: argparse.Namespace) -> Settings:
 ACCESS_FIELDS = ("method", "path", "status", "duration_ms", "token", "remote_ip")
 
 
-class JsonFormatter(logging.Formatter):
+class UtcFormatter(logging.Formatter):
+    """Text lines stamped in UTC, in the API's canonical form, like ``updated_at``."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        from . import clock
+
+        return clock.format_us(round(record.created * 1_000_000))
+
+
+class JsonFormatter(UtcFormatter):
     """One JSON object per line: time, level, logger, message, and access fields.
 
     ``time`` is UTC in the API's canonical form (``2025-09-12T19:25:18.331000Z``),
@@ -137,10 +146,8 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         import orjson
 
-        from . import clock
-
         out = {
-            "time": clock.format_us(round(record.created * 1_000_000)),
+            "time": self.formatTime(record),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -162,7 +169,7 @@ def setup_logging(level: str, fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(UtcFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
     ready_log.setLevel(logging.INFO)
 

@@ -1,4 +1,4 @@
-"""JSON log lines carry UTC times with ``Z``, whatever the machine's time zone."""
+"""Log lines, JSON and text, carry UTC times with ``Z``, whatever the machine's time zone."""
 
 from __future__ import annotations
 
@@ -19,12 +19,13 @@ UTC_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
 
 _FORMAT_ONE = """
 import logging, time
-from healthsync.cli import JsonFormatter
+from healthsync.cli import JsonFormatter, UtcFormatter
 record = logging.LogRecord("healthsync.test", logging.INFO, "x.py", 1, "hello", None, None)
 record.created = 1757705118.331
 record.msecs = 331.0
 print(time.strftime("%H:%M", time.localtime(record.created)))
 print(JsonFormatter().format(record))
+print(UtcFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s").format(record))
 """
 
 
@@ -33,9 +34,10 @@ def test_a_record_is_stamped_in_utc_under_another_time_zone():
     result = subprocess.run([sys.executable, "-c", _FORMAT_ONE], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    local, line = result.stdout.splitlines()
+    local, line, text = result.stdout.splitlines()
     assert local == "15:25"  # the zone really is in force: 19:25 UTC is 15:25 in New York (EDT)
     assert json.loads(line)["time"] == "2025-09-12T19:25:18.331000Z"
+    assert text == "2025-09-12T19:25:18.331000Z INFO healthsync.test: hello"
 
 
 @pytest.mark.slow
