@@ -14,6 +14,8 @@ uploads, each method copies the database in a subprocess of its own:
   backup`` did until then); every commit by the server restarts it.
 - ``onestep``: the online backup API in one step (``pages=-1``).
 - ``vacuum``: ``VACUUM INTO``.
+- ``command``: what ``run.py backup`` does (``healthsync.backup.backup``:
+  ``VACUUM INTO``, fsync, ``integrity_check``, rename).
 
 For each it prints the time to finish (or the time given up after), the
 restarts seen, the copy's size, whether the copy passes ``integrity_check``
@@ -43,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Server, Stamps, baseline_db, machine, median, new_id, patient_payloads  # noqa: E402
 
-METHODS = ("steps", "onestep", "vacuum")
+METHODS = ("steps", "onestep", "vacuum", "command")
 DEVICE = "bench-backup-tablet"
 UPLOAD_CHANGES = 200
 
@@ -56,6 +58,11 @@ def copy_once(method: str, src: Path, dest: Path, give_up_s: float) -> dict[str,
     started = time.monotonic()
     restarts = 0
     finished = True
+    if method == "command":
+        from healthsync.backup import backup
+
+        backup(src, dest)
+        return {"method": method, "finished": True, "copy_s": time.monotonic() - started, "restarts": 0}
     source = sqlite3.connect(f"file:{src}?mode=ro", uri=True, timeout=30, isolation_level=None)
     if method == "vacuum":
         source.execute("VACUUM INTO ?", (str(dest),))
