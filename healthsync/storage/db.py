@@ -384,16 +384,6 @@ class Database:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
 
-    async def backup_to(self, dest: Path) -> None:
-        """A consistent copy of the live database into ``dest`` (online backup API)."""
-        await self.open()
-        assert self._writer is not None
-        target = await aiosqlite.connect(dest)
-        try:
-            await self._writer.backup(target)
-        finally:
-            await target.close()
-
 
 def machine_fault(exc: BaseException) -> HealthSyncError | None:
     """The domain error for a fault of the machine, None for anything else.
