@@ -289,3 +289,47 @@ async def test_busy_retries_wait_longer_each_time(tmp_path):
     for n, gap in enumerate(gaps):
         assert gap >= 0.5 * 2**n * 0.95, gaps
     assert gaps[2] > gaps[0], gaps
+
+
+async def test_requeue_by_the_worker_named_in_the_claim(tmp_path):
+    """A claim is given up at once when its worker is gone (a pid of this machine now
+    held by another process, or another machine's worker silent too long), never when
+    its worker runs, and the lease (60 s here) is not waited for."""
+    import os
+    import socket
+
+    from healthsync import clock, tasks
+    from healthsync.sync.envelope import parse_upload
+    from healthsync.sync.service import SyncService
+
+    settings = make_settings(tmp_path / "data")
+    huey = make_huey(settings)
+    db = Database(settings.db_path)
+    long_ago = clock.format_us(clock.now_us() - 600 * 1_000_000)
+    now = clock.format_us(clock.now_us())
+    claims = {
+        "alive": (tasks.this_process(), now),
+        "pid reused": (f"{socket.gethostname()}:{os.getpid()}:another-start", now),
+        "other host": ("elsewhere.example:1234:x", now),
+        "other host, silent": ("elsewhere.example:1234:x", long_ago),
+        "alive, silent": (tasks.this_process(), long_ago),  # its pid says more than its heartbeat
+    }
+    ids = {}
+    try:
+        for name, (worker, beat) in claims.items():
+            req = parse_upload({"device_id": "d", "changes": patient_changes(1, name), "async": True}, 10)
+            ids[name] = (await SyncService(db).upload(req))[1]["batch_id"]
+            await claim(db, huey, ids[name])
+            await db.write(lambda tx, w=worker, b=beat, i=ids[name]: tx.conn.execute(
+                "UPDATE batches SET worker = ?, heartbeat_at = ? WHERE id = ?", (w, b, i)))
+        requeued = await requeue_stale(db, huey, 60)
+        assert sorted(requeued) == sorted([ids["pid reused"], ids["other host, silent"]])
+        # the heartbeat of this process's running claims
+        with tasks._running(ids["alive, silent"]):
+            assert await tasks.heartbeat(db) == 2
+        beats = await db.fetchall("SELECT heartbeat_at FROM batches WHERE worker = ?", (tasks.this_process(),))
+        assert [b > now for (b,) in beats] == [True, True]
+        assert await requeue_stale(db, huey, 60) == []
+    finally:
+        await db.close()
+        huey.storage.close()
