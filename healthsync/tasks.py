@@ -3,9 +3,14 @@
 The ``batches`` table, not Huey's queue, is the truth about a batch.  Huey's
 SQLite storage deletes a task when a worker takes it, so a worker that dies
 mid-task loses the task; the batch row keeps ``status = 'processing'`` with
-the ``task_id`` and ``claimed_at`` of its claim.  ``requeue_stale`` (run when a
-consumer starts and every minute) gives such a batch a new claim and a new
-task once its lease has passed.
+the ``task_id`` and ``claimed_at`` of its claim.  A task that starts records
+its process in the claim (``worker``: host, pid and the process's start
+token) and the process refreshes ``heartbeat_at`` every few seconds while it
+runs claims.  ``requeue_stale`` (run when a consumer starts and every minute)
+gives such a batch a new claim and a new task at once when its worker is a
+process of this machine that no longer runs, or one of another machine whose
+heartbeat stopped; any batch still ``processing`` past its lease, whatever
+its worker, is re-queued too (the backstop).
 
 Exactly once: ``trigger`` claims a batch (pending or failed -> processing,
 with the id of the task it enqueues) in one write; the task then re-checks,
@@ -26,6 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import sqlite3
 import threading
 import time
@@ -46,6 +53,12 @@ from .sync.apply import apply_upload
 from .sync.envelope import parse_upload
 
 log = logging.getLogger("healthsync.tasks")
+
+#: How often a process running claims refreshes their ``heartbeat_at``.
+HEARTBEAT_SECONDS = 2.0
+#: A claim whose worker is on another machine (its pid means nothing here) is
+#: given up once its heartbeat is this old.
+HEARTBEAT_STALE_SECONDS = 15.0
 
 class HealthSyncConsumer(Consumer):
     """A Huey consumer that never installs signal handlers (the host owns them)."""
@@ -137,7 +150,9 @@ async def run_claimed_batch(settings: Settings, batch_id: str, task_id: str, *, 
     db = open_db(settings)
     try:
         try:
-            return await db.write(lambda tx: _apply_if_claimed(tx, batch_id, task_id))
+            with _running(batch_id):
+                await db.write(lambda tx: _record_worker(tx, batch_id, task_id))
+                return await db.write(lambda tx: _apply_if_claimed(tx, batch_id, task_id))
         except Exception as exc:
             if is_transient(exc) and not final:
                 log.warning("batch %s: %s; will retry", batch_id, exc)
@@ -168,12 +183,117 @@ async def _apply_if_claimed(tx: WriteTx, batch_id: str, task_id: str) -> str:
     return "done"
 
 
+async def _record_worker(tx: WriteTx, batch_id: str, task_id: str) -> None:
+    """Name this process in the claim (if it is still this task's), before the apply."""
+    await tx.conn.execute(
+        "UPDATE batches SET worker = ?, heartbeat_at = ? WHERE id = ? AND status = 'processing' AND task_id = ?",
+        (this_process(), tx.now(), batch_id, task_id),
+    )
+
+
 async def _mark_failed(tx: WriteTx, batch_id: str, task_id: str, error: str) -> None:
     await tx.conn.execute(
         "UPDATE batches SET status = 'failed', error = ?, finished_at = ?, updated_at = ?"
         " WHERE id = ? AND status = 'processing' AND task_id = ?",
         (error[:2000], tx.now(), tx.now(), batch_id, task_id),
     )
+
+
+# Workers: which process runs a claim, and whether it still runs -----------------
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state, start token) of a process from ``/proc`` (Linux), None when unknown.
+
+    The start token is the boot id and the start time: a later process that
+    gets the same pid has another one.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold anything.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return fields[0].decode(), f"{boot}-{fields[19].decode()}"  # fields 3 (state) and 22 (starttime)
+
+
+_THIS_PROCESS: tuple[int, str] | None = None
+
+
+def this_process() -> str:
+    """How a claim names this process: ``host:pid:start token``."""
+    global _THIS_PROCESS
+    pid = os.getpid()
+    if _THIS_PROCESS is None or _THIS_PROCESS[0] != pid:  # computed once (again after a fork)
+        stat = _proc_stat(pid)
+        _THIS_PROCESS = (pid, f"{socket.gethostname()}:{pid}:{stat[1] if stat else ''}")
+    return _THIS_PROCESS[1]
+
+
+def _on_this_host(worker: str) -> bool:
+    return worker.rsplit(":", 2)[0] == socket.gethostname()
+
+
+def worker_gone(worker: str) -> bool:
+    """True when ``worker`` names a process of this machine that no longer runs
+    (exited, a zombie, or its pid now belongs to another process); False when
+    it runs or this machine cannot tell (another host)."""
+    try:
+        host, pid_text, token = worker.rsplit(":", 2)
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if host != socket.gethostname() or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # it runs, as another user
+    stat = _proc_stat(pid)
+    if stat is None:
+        return False
+    state, current = stat
+    return state == "Z" or (bool(token) and current != token)
+
+
+_running_lock = threading.Lock()
+_running_batches: set[str] = set()
+
+
+class _running:
+    """Marks a batch as run by this process while its task works (for the heartbeat)."""
+
+    def __init__(self, batch_id: str) -> None:
+        self.batch_id = batch_id
+
+    def __enter__(self) -> None:
+        with _running_lock:
+            _running_batches.add(self.batch_id)
+
+    def __exit__(self, *exc: object) -> None:
+        with _running_lock:
+            _running_batches.discard(self.batch_id)
+
+
+async def heartbeat(db: Database) -> int:
+    """Refresh ``heartbeat_at`` of the claims this process runs; how many."""
+    with _running_lock:
+        if not _running_batches:
+            return 0
+
+    async def run(tx: WriteTx) -> int:
+        cur = await tx.conn.execute(
+            "UPDATE batches SET heartbeat_at = ? WHERE worker = ? AND status = 'processing'",
+            (tx.now(), this_process()),
+        )
+        return cur.rowcount
+
+    return await db.write(run)
 
 
 # Claims --------------------------------------------------------------------------
@@ -200,7 +320,7 @@ async def claim(db: Database, huey: SqliteHuey, batch_id: str) -> str:
             )
         await tx.conn.execute(
             "UPDATE batches SET status = 'processing', task_id = ?, claimed_at = ?, error = NULL,"
-            " attempts = attempts + 1, updated_at = ? WHERE id = ?",
+            " worker = NULL, heartbeat_at = NULL, attempts = attempts + 1, updated_at = ? WHERE id = ?",
             (task.id, tx.now(), tx.now(), batch_id),
         )
         tx.emit({"type": "batch", "batch_id": batch_id, "status": "processing", "device_id": row[1]})
@@ -213,29 +333,46 @@ async def claim(db: Database, huey: SqliteHuey, batch_id: str) -> str:
     return str(task.id)
 
 
-async def requeue_stale(db: Database, huey: SqliteHuey, lease_seconds: float) -> list[str]:
-    """Re-claim and re-enqueue batches left ``processing`` past their lease."""
-    cutoff = clock.format_us(clock.now_us() - int(lease_seconds * 1_000_000))
-    tasks: list[Task] = []
+async def requeue_stale(
+    db: Database,
+    huey: SqliteHuey,
+    lease_seconds: float,
+    heartbeat_stale_seconds: float = HEARTBEAT_STALE_SECONDS,
+) -> list[str]:
+    """Re-claim and re-enqueue ``processing`` batches whose worker is gone:
+    a process of this machine that no longer runs, one of another machine
+    silent for ``heartbeat_stale_seconds``, or any claim past its lease."""
+    now = clock.now_us()
+    cutoff = clock.format_us(now - int(lease_seconds * 1_000_000))
+    beat_cutoff = clock.format_us(now - int(heartbeat_stale_seconds * 1_000_000))
+    requeued: list[tuple[Task, str]] = []
 
     async def run(tx: WriteTx) -> None:
         rows = await tx.conn.execute_fetchall(
-            "SELECT id FROM batches WHERE status = 'processing' AND claimed_at < ?", (cutoff,)
+            "SELECT id, claimed_at, worker, heartbeat_at FROM batches WHERE status = 'processing'"
         )
-        for (batch_id,) in rows:
+        for batch_id, claimed_at, worker, heartbeat_at in rows:
+            if claimed_at is not None and claimed_at < cutoff:
+                why = "its worker did not finish within the lease"
+            elif worker and worker_gone(worker):
+                why = f"its worker {worker} no longer runs"
+            elif worker and heartbeat_at and heartbeat_at < beat_cutoff and not _on_this_host(worker):
+                why = f"its worker {worker} sent no heartbeat since {heartbeat_at}"
+            else:
+                continue
             task = huey.apply_batch.s(batch_id)  # type: ignore[attr-defined]
             await tx.conn.execute(
-                "UPDATE batches SET task_id = ?, claimed_at = ?, attempts = attempts + 1, updated_at = ?"
-                " WHERE id = ?",
+                "UPDATE batches SET task_id = ?, claimed_at = ?, worker = NULL, heartbeat_at = NULL,"
+                " attempts = attempts + 1, updated_at = ? WHERE id = ?",
                 (task.id, tx.now(), tx.now(), batch_id),
             )
-            tasks.append(task)
+            requeued.append((task, why))
 
     await db.write(run)
-    for task in tasks:
-        log.warning("re-queued batch %s: its worker did not finish within the lease", task.args[0])
+    for task, why in requeued:
+        log.warning("re-queued batch %s: %s", task.args[0], why)
         await asyncio.get_running_loop().run_in_executor(None, huey.enqueue, task)
-    return [t.args[0] for t in tasks]
+    return [t.args[0] for t, _ in requeued]
 
 
 async def purge_old_batches(db: Database, retention_days: float) -> int:
@@ -305,6 +442,8 @@ class EmbeddedWorker:
         self.settings = settings
         self.huey = huey
         self.consumer: HealthSyncConsumer | None = None
+        self._stop_beating = threading.Event()
+        self._beater: threading.Thread | None = None
         if on_task is not None:
             started: dict[str, float] = {}
 
@@ -319,9 +458,13 @@ class EmbeddedWorker:
                     on_task(task.name, "ok" if signal == SIGNAL_COMPLETE else "error", time.monotonic() - begun)
 
     async def start(self) -> None:
-        """Start the consumer threads, then re-queue what a dead worker left behind."""
+        """Start the consumer threads and the heartbeat, then re-queue what a dead
+        worker left behind."""
         self.consumer = make_consumer(self.settings, self.huey)
         self.consumer.start()
+        self._stop_beating.clear()
+        self._beater = threading.Thread(target=self._beat, name="healthsync-heartbeat", daemon=True)
+        self._beater.start()
         db = open_db(self.settings)
         try:
             await requeue_stale(db, self.huey, self.settings.batch_lease_seconds)
@@ -333,6 +476,26 @@ class EmbeddedWorker:
         consumer, self.consumer = self.consumer, None
         if consumer is not None:
             consumer.stop(graceful=True)
+        beater, self._beater = self._beater, None
+        if beater is not None:
+            self._stop_beating.set()
+            beater.join()
+
+    def _beat(self) -> None:
+        """The heartbeat thread: refresh this process's claims until stopped."""
+
+        async def loop() -> None:
+            db = open_db(self.settings)
+            try:
+                while not await asyncio.to_thread(self._stop_beating.wait, HEARTBEAT_SECONDS):
+                    try:
+                        await heartbeat(db)
+                    except sqlite3.Error as exc:  # e.g. locked past busy_timeout: the next beat tries again
+                        log.warning("heartbeat not written: %s", exc)
+            finally:
+                await db.close()
+
+        asyncio.run(loop())
 
     @property
     def alive(self) -> bool:

@@ -9,11 +9,12 @@ step, so no change can fall between the two.
 
 Live: after each commit (``notify``, called by this process's commit hook,
 or by the poller that notices other processes' commits through
-``PRAGMA data_version``), the hub reads the new changes once, builds one
-frame per filter group (serialized once, the same bytes for every member),
-and hands it to each up-to-date member.  A member whose cursor lies inside
-the page (it joined mid-flight) gets the part after its cursor; one already
-past the page gets nothing.  Per subscriber, the stream has no gap, no
+``PRAGMA data_version`` on the database's one connection kept for it), the
+hub reads the new changes once, builds one frame per filter group
+(serialized once, the same bytes for every member), and hands it to each
+up-to-date member.  A member whose cursor lies inside the page (it joined
+mid-flight) gets the part after its cursor; one already past the page gets
+nothing.  Per subscriber, the stream has no gap, no
 duplicate, and is in ``seq`` order across the hand-over.
 
 Backpressure: each subscriber counts bytes handed to its socket and not yet
@@ -123,6 +124,7 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._batch_mark: tuple[str, set[tuple[str, str]]] = ("", set())
+        self._last_version: int | None = None  # data_version at the poller's last look
         self.stats = {"frames_sent": 0, "frames_dropped": 0, "lagged": 0}
 
     # Lifecycle ---------------------------------------------------------------------
@@ -167,16 +169,10 @@ class Hub:
             self._wake.set()
 
     async def _poller(self) -> None:
-        """Notice commits by other connections and processes (``PRAGMA data_version``)."""
-        last_version: int | None = None
+        """Notice commits by other connections and processes, every ``poll_seconds``."""
         while True:
             try:
-                version = await self.db.read(queries.data_version)
-                if version != last_version:
-                    last_version = version
-                    head = await self.db.read(queries.head)
-                    self.notify(*head)
-                    await self._batch_events()
+                await self.poll()
             except asyncio.CancelledError:
                 raise
             except HealthSyncError as exc:  # the database is busy: the next poll tries again
@@ -184,6 +180,18 @@ class Hub:
             except Exception:
                 log.exception("push poller failed; retrying")
             await asyncio.sleep(self.poll_seconds)
+
+    async def poll(self) -> bool:
+        """One look for commits by other connections: True (and the new head and
+        batch events handed on) when the database changed since the last look."""
+        version = await self.db.data_version()
+        if version == self._last_version:
+            return False
+        self._last_version = version
+        head = await self.db.read(queries.head)
+        self.notify(*head)
+        await self._batch_events()
+        return True
 
     async def _batch_events(self) -> None:
         mark, seen = self._batch_mark

@@ -17,6 +17,11 @@ Reads run on read-only connections, each call inside one read transaction, so
 everything a call reads comes from one snapshot.  WAL mode means readers never
 block the writer.
 
+``data_version`` reads ``PRAGMA data_version`` on one read-only connection of
+its own, opened on first use: the value counts the commits *that connection*
+has noticed, so it is only comparable with earlier values from the same
+connection, never across the pooled readers.
+
 Checkpoints: by default SQLite copies the WAL back into the database file
 inside the commit that takes the WAL past 1,000 pages, so that one write pays
 for it (about half the commit of a 10,000-change upload).  With
@@ -156,6 +161,8 @@ class Database:
         self._writer: aiosqlite.Connection | None = None
         self._readers: asyncio.Queue[aiosqlite.Connection] | None = None
         self._all_readers: list[aiosqlite.Connection] = []
+        self._version_conn: aiosqlite.Connection | None = None  # data_version's own connection
+        self._version_lock = asyncio.Lock()
         self._write_lock = asyncio.Lock()
         self._open_lock = asyncio.Lock()
         self._hooks: list[CommitHook] = []
@@ -281,6 +288,10 @@ class Database:
         for reader in self._all_readers:
             await reader.close()
         self._all_readers = []
+        async with self._version_lock:
+            version_conn, self._version_conn = self._version_conn, None
+        if version_conn is not None:
+            await version_conn.close()
         if writer is not None:
             # A clean close checkpoints the WAL into the main file.
             await writer.close()
@@ -371,6 +382,36 @@ class Database:
             raise fault from exc
         finally:
             self._readers.put_nowait(conn)
+
+    async def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version`` on this database's dedicated connection.
+
+        It changes when any other connection (of this process or another)
+        commits; compare it only with earlier values from this method.
+        """
+        await self.open()
+        async with self._version_lock:
+            if self._version_conn is None:
+                # Shielded: a caller cancelled half-way must not leave an open
+                # connection that nobody holds.
+                await asyncio.shield(self._open_version_conn())
+            if self._closed or self._version_conn is None:
+                raise DatabaseClosed(str(self.path))
+            row = await (await self._version_conn.execute("PRAGMA data_version")).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def _open_version_conn(self) -> None:
+        conn = await aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+        try:
+            await conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        except BaseException:
+            await conn.close()
+            raise
+        if self._closed:  # closed meanwhile: close() has already looked for it
+            await conn.close()
+        else:
+            self._version_conn = conn
 
     async def fetchall(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[Any]:
         """Convenience: one statement's rows."""

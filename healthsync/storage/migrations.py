@@ -175,6 +175,13 @@ MIGRATIONS: list[tuple[str, str | list[str]]] = [
         CREATE INDEX batches_temp_pending ON batches (device_id) WHERE temp_pending = 1
         """,
     ),
+    (
+        "batches: the worker process running a claim, and its heartbeat",
+        """
+        ALTER TABLE batches ADD COLUMN worker TEXT;
+        ALTER TABLE batches ADD COLUMN heartbeat_at TEXT
+        """,
+    ),
 ]
 
 LATEST = len(MIGRATIONS)

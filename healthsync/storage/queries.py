@@ -226,13 +226,6 @@ async def batch_events_since(conn: aiosqlite.Connection, updated_at: str) -> lis
     return [tuple(r) for r in rows]
 
 
-async def data_version(conn: aiosqlite.Connection) -> int:
-    """SQLite's ``data_version``: changes when another connection commits."""
-    row = await (await conn.execute("PRAGMA data_version")).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
 async def list_conflicts(
     conn: aiosqlite.Connection,
     *,

@@ -242,3 +242,103 @@ def test_scheduled_backup_keeps_the_newest(tmp_path):
     assert scheduled_backup(make_settings(tmp_path / "data", backup_keep=0)) is None
     huey = make_huey(settings)
     assert "daily_backup" in {t.__name__ for t in huey._registry._periodic_tasks}
+
+
+@pytest.mark.slow
+async def test_busy_retries_wait_longer_each_time(tmp_path):
+    """A batch whose database stays locked is retried after 0.5 s, then 1 s, then 2 s
+    (``task_retry_delay`` doubling), by a real consumer; it applies once the lock goes."""
+    from huey.signals import SIGNAL_EXECUTING
+
+    from healthsync.sync.envelope import parse_upload
+    from healthsync.sync.service import SyncService
+    from healthsync.tasks import make_consumer
+
+    settings = make_settings(tmp_path / "data", task_retries=4, task_retry_delay=0.5, busy_timeout_ms=50)
+    huey = make_huey(settings)
+    attempts: list[float] = []
+
+    @huey.signal(SIGNAL_EXECUTING)
+    def _executing(signal: str, task) -> None:
+        if task.name == "apply_batch":
+            attempts.append(time.monotonic())
+
+    db = Database(settings.db_path)
+    consumer = make_consumer(settings, huey)
+    blocker = sqlite3.connect(settings.db_path, isolation_level=None)
+    try:
+        req = parse_upload({"device_id": "d", "changes": patient_changes(3), "async": True}, 10_000)
+        _, body = await SyncService(db).upload(req)
+        batch_id = body["batch_id"]
+        await claim(db, huey, batch_id)
+        blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        consumer.start()
+        deadline = time.monotonic() + 30
+        while len(attempts) < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)  # the third attempt fails on the lock too
+        blocker.execute("ROLLBACK")
+        while len(attempts) < 4 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        status = None
+        while status != "done" and time.monotonic() < deadline:
+            status = (await db.fetchone("SELECT status FROM batches WHERE id = ?", (batch_id,)))[0]
+            await asyncio.sleep(0.05)
+        assert status == "done"
+        assert (await db.fetchone("SELECT count(*) FROM patients"))[0] == 3
+    finally:
+        blocker.close()
+        await asyncio.get_running_loop().run_in_executor(None, lambda: consumer.stop(graceful=True))
+        await db.close()
+        huey.storage.close()
+    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+    assert len(gaps) == 3, gaps
+    # Lower bounds only (a busy machine only adds): each wait is at least its
+    # scheduled delay, so the third is at least four times the first delay.
+    for n, gap in enumerate(gaps):
+        assert gap >= 0.5 * 2**n * 0.95, gaps
+    assert gaps[2] > gaps[0], gaps
+
+
+async def test_requeue_by_the_worker_named_in_the_claim(tmp_path):
+    """A claim is given up at once when its worker is gone (a pid of this machine now
+    held by another process, or another machine's worker silent too long), never when
+    its worker runs, and the lease (60 s here) is not waited for."""
+    import os
+    import socket
+
+    from healthsync import clock, tasks
+    from healthsync.sync.envelope import parse_upload
+    from healthsync.sync.service import SyncService
+
+    settings = make_settings(tmp_path / "data")
+    huey = make_huey(settings)
+    db = Database(settings.db_path)
+    long_ago = clock.format_us(clock.now_us() - 600 * 1_000_000)
+    now = clock.format_us(clock.now_us())
+    claims = {
+        "alive": (tasks.this_process(), now),
+        "pid reused": (f"{socket.gethostname()}:{os.getpid()}:another-start", now),
+        "other host": ("elsewhere.example:1234:x", now),
+        "other host, silent": ("elsewhere.example:1234:x", long_ago),
+        "alive, silent": (tasks.this_process(), long_ago),  # its pid says more than its heartbeat
+    }
+    ids = {}
+    try:
+        for name, (worker, beat) in claims.items():
+            req = parse_upload({"device_id": "d", "changes": patient_changes(1, name), "async": True}, 10)
+            ids[name] = (await SyncService(db).upload(req))[1]["batch_id"]
+            await claim(db, huey, ids[name])
+            await db.write(lambda tx, w=worker, b=beat, i=ids[name]: tx.conn.execute(
+                "UPDATE batches SET worker = ?, heartbeat_at = ? WHERE id = ?", (w, b, i)))
+        requeued = await requeue_stale(db, huey, 60)
+        assert sorted(requeued) == sorted([ids["pid reused"], ids["other host, silent"]])
+        # the heartbeat of this process's running claims
+        with tasks._running(ids["alive, silent"]):
+            assert await tasks.heartbeat(db) == 2
+        beats = await db.fetchall("SELECT heartbeat_at FROM batches WHERE worker = ?", (tasks.this_process(),))
+        assert [b > now for (b,) in beats] == [True, True]
+        assert await requeue_stale(db, huey, 60) == []
+    finally:
+        await db.close()
+        huey.storage.close()

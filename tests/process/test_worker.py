@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
 
-from tests.conftest import RunPy
+from tests.conftest import ROOT, RunPy
 from tests.process.test_cli import call
 
 pytestmark = pytest.mark.slow
@@ -131,4 +135,71 @@ def test_changes_applied_by_a_worker_process_are_pushed(server_process, tmp_path
     entries, events, batch_id = asyncio.run(run())
     assert len({e["server_id"] for e in entries}) == 500
     assert events[-1] == {"type": "batch", "batch_id": batch_id, "status": "done", "device_id": "tab-9"}
+    assert worker.stop() == 0
+
+
+# A real process that claims a batch as its worker (as a task does), then exits.
+CLAIM_AND_EXIT = textwrap.dedent(
+    """
+    import sqlite3, sys
+    from healthsync import clock
+    from healthsync.tasks import this_process
+    db, batch_id = sys.argv[1:]
+    conn = sqlite3.connect(db, isolation_level=None)
+    now = clock.format_us(clock.now_us())
+    conn.execute(
+        "UPDATE batches SET status = 'processing', task_id = 'lost-task', claimed_at = ?, worker = ?,"
+        " heartbeat_at = ?, attempts = attempts + 1 WHERE id = ?", (now, this_process(), now, batch_id))
+    conn.close()
+    """
+)
+
+
+def batch_row(data, batch_id: str) -> tuple:
+    conn = sqlite3.connect(f"file:{data / 'healthsync.db'}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT status, worker, attempts FROM batches WHERE id = ?", (batch_id,)).fetchone()
+    finally:
+        conn.close()
+
+
+def test_a_starting_worker_takes_over_at_once_a_batch_whose_worker_exited(server_process, tmp_path):
+    data = tmp_path / "data"
+    env = {"HEALTHSYNC_BATCH_LEASE_SECONDS": "60"}
+    server = server_process("--no-worker", data_dir=data, env=env)
+    batch_id = upload_async(server.url, 50)
+    subprocess.run([sys.executable, "-c", CLAIM_AND_EXIT, str(data / "healthsync.db"), batch_id],
+                   cwd=ROOT, check=True)
+    status, worker, _ = batch_row(data, batch_id)
+    assert status == "processing" and worker.split(":")[1].isdigit()  # held by a pid that is gone
+    started = time.monotonic()
+    new = Worker(data, env)
+    done = wait_done(server.url, batch_id, timeout=20)  # the lease (60 s) would be far later
+    assert done["status"] == "done" and done["attempts"] == 2
+    assert time.monotonic() - started < 20
+    status, patients = call("GET", f"{server.url}/api/patients/")
+    assert len(patients) == 50
+    assert any("no longer runs" in line for line in new.log)
+    assert new.stop() == 0
+
+
+def test_a_worker_killed_mid_batch_is_replaced_within_seconds_not_the_lease(server_process, tmp_path):
+    data = tmp_path / "data"
+    env = {"HEALTHSYNC_BATCH_LEASE_SECONDS": "60"}
+    server = server_process("--no-worker", data_dir=data, env=env)
+    worker = Worker(data, env)
+    batch_id = upload_async(server.url, 10_000)
+    call("POST", f"{server.url}/api/sync/trigger/{batch_id}/")
+    deadline = time.monotonic() + 30
+    while batch_row(data, batch_id)[1] is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    worker.kill()  # SIGKILL while it applies the batch it has named itself in
+    status, owner, _ = batch_row(data, batch_id)
+    assert status == "processing" and owner is not None, "the batch finished before the kill"
+    started = time.monotonic()
+    worker = Worker(data, env)  # a restart, well inside the lease
+    done = wait_done(server.url, batch_id, timeout=20)
+    assert done["status"] == "done" and len(done["results"]) == 10_000
+    assert time.monotonic() - started < 20
+    assert len(download_all(server.url)) == 10_000  # exactly once
     assert worker.stop() == 0
