@@ -6,7 +6,7 @@ import re
 
 import settings
 from healthsync.cli import build_parser
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 README = (ROOT / "README.md").read_text()
 

@@ -14,7 +14,7 @@ from tornado.websocket import websocket_connect
 
 from healthsync.auth import RateLimiter, Tokens, hash_token
 from healthsync.errors import RateLimited
-from tests.conftest import make_settings
+from tests.support.servers import make_settings
 
 
 @pytest.fixture
@@ -337,7 +337,7 @@ def test_no_secret_in_a_servers_log_lines(server_process, tmp_path):
     import urllib.error
     import urllib.request
 
-    from tests.conftest import ROOT
+    from tests.support import ROOT
 
     data = tmp_path / "data"
     secret = subprocess.run(

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from healthsync.resources import Resources
 from healthsync.storage import Database
 from healthsync.sync import download as dl
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 class Follower:
