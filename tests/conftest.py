@@ -147,8 +147,7 @@ def server_process(tmp_path: Path) -> Iterator[Any]:
 
     yield start
     for proc in started:
-        if proc.proc is not None and proc.proc.poll() is None:
-            proc.kill()
+        proc.close()
     for proc in started:
         # A server-side error behind a failing test shows in its report (captured stderr).
         if any(" ERROR " in line for line in proc.log):

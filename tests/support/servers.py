@@ -102,6 +102,14 @@ class RunPy:
         self.proc.kill()
         self._reap()
 
+    def close(self) -> None:
+        """Kill it if it still runs, and release its pipe (also after it exited by itself)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self._reap()
+
 
 class ServerProcess(RunPy):
     """``python run.py [serve] …`` on a free port (``--port 0`` unless given)."""
