@@ -34,7 +34,7 @@ import settings as settings_mod  # noqa: E402
 from healthsync.app import make_app  # noqa: E402
 from tests.support.http import Api  # noqa: E402
 from tests.support.servers import ServerProcess, make_settings  # noqa: E402
-from tests.support.ws import Client  # noqa: E402
+from tests.support.ws import Client, ws_url  # noqa: E402
 
 
 def pytest_report_header(config: Any) -> str:
@@ -122,8 +122,7 @@ def ws(http_server_client: Any) -> Iterator[Callable[..., Awaitable[Client]]]:
     opened: list[Client] = []
 
     async def connect(query: str = "cursor=0", headers: dict[str, str] | None = None) -> Client:
-        url = http_server_client.get_url(f"/api/sync/ws?{query}").replace("http://", "ws://")
-        conn = await websocket_connect(HTTPRequest(url, headers=headers or {}))
+        conn = await websocket_connect(HTTPRequest(ws_url(http_server_client, query), headers=headers or {}))
         client = Client(conn)
         opened.append(client)
         hello = await client.next()

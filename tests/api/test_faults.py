@@ -22,11 +22,11 @@ from healthsync.tasks import is_transient, run_claimed_batch
 from tests.support.faults import LockHolder
 from tests.support.http import assert_refused, upload_body
 from tests.support.servers import make_settings
+from tests.support.ws import ws_url
 
 
 async def ws_messages(http_server_client: Any, query: str, count: int) -> list[dict[str, Any]]:
-    url = http_server_client.get_url(f"/api/sync/ws?{query}").replace("http://", "ws://")
-    conn = await websocket_connect(HTTPRequest(url))
+    conn = await websocket_connect(HTTPRequest(ws_url(http_server_client, query)))
     try:
         return [orjson.loads(await asyncio.wait_for(conn.read_message(), 10)) for _ in range(count)]
     finally:

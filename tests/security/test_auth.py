@@ -15,6 +15,7 @@ from tornado.websocket import websocket_connect
 from healthsync.auth import RateLimiter, Tokens, hash_token
 from healthsync.errors import RateLimited
 from tests.support.servers import make_settings
+from tests.support.ws import ws_url
 
 
 @pytest.fixture
@@ -223,10 +224,6 @@ async def test_download_names_only_the_tokens_own_device(api, tokens):
     assert own.status == unnamed.status == by_admin.status == 200
     devices = (await api.get("/api/devices/", headers=auth(tokens["admin"]))).json
     assert {d["device_id"] for d in devices} == {"tab-1", "tab-3"}
-
-
-def ws_url(http_server_client, query):
-    return http_server_client.get_url(f"/api/sync/ws?{query}").replace("http://", "ws://")
 
 
 async def test_websocket_names_only_the_tokens_own_device(http_server_client, api, tokens):

@@ -1,4 +1,4 @@
-"""A websocket subscriber that records what it receives."""
+"""Websockets on the app under test: their URL, and a subscriber that records what it receives."""
 
 from __future__ import annotations
 
@@ -8,6 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+
+
+def ws_url(http_server_client: Any, query: str) -> str:
+    """The sync websocket's URL on the app under test, with ``query``."""
+    return http_server_client.get_url(f"/api/sync/ws?{query}").replace("http://", "ws://")
 
 
 class Client:
