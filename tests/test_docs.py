@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
+import itertools
+import os
 import re
+import shlex
 
 import settings
-from healthsync.cli import build_parser
-from tests.conftest import ROOT
+from healthsync.cli import build_parser, load_settings, parse_args
+from tests.support import ROOT
 
 README = (ROOT / "README.md").read_text()
 
@@ -29,7 +35,124 @@ def test_every_cli_flag_is_in_the_readme():
                     assert f"`{flag}`" in README or f"{flag} " in README, (command, flag)
 
 
-def test_readme_commands_exist():
-    assert "bash tests/run.sh" in README
-    assert "run.py" in README
-    assert (ROOT / "tests" / "run.sh").exists()
+# What the README shows ----------------------------------------------------------------------------
+
+#: Top-level folders of the repository: a path starting with one of them names a file of ours.
+REPO_DIRS = ("bench/", "healthsync/", "static/", "tests/", ".ci/")
+
+
+def code_blocks(text: str) -> list[tuple[str, list[str]]]:
+    """The README's fenced blocks: ``(language, lines)``, continued lines joined."""
+    blocks = re.finditer(r"^```(\w*)\n(.*?)^```", text, re.S | re.M)
+    return [(m.group(1), m.group(2).replace("\\\n", " ").splitlines()) for m in blocks]
+
+
+def prose(text: str) -> str:
+    return re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+
+
+def shell_commands(line: str) -> list[list[str]]:
+    """One shell line's commands (split at ``&&``, ``;``, ``|``, ``&``; comments dropped)."""
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    commands: list[list[str]] = [[]]
+    for token in lexer:
+        if token and set(token) <= set("&;|()"):
+            commands.append([])
+        else:
+            commands[-1].append(token)
+    return [c for c in commands if c]
+
+
+def run_py_invocations() -> list[tuple[str, list[str]]]:
+    """Every ``run.py …`` the README shows, as ``(where, argv)``: in shell blocks, and in
+    inline code, where ``a|b|c`` offers alternatives (each is one invocation)."""
+    found: list[tuple[str, list[str]]] = []
+    for lang, lines in code_blocks(README):
+        if lang != "sh":
+            continue
+        for line in lines:
+            for command in shell_commands(line):
+                for i, token in enumerate(command):
+                    if token == "run.py" or token.endswith("/run.py"):
+                        found.append((line.strip(), command[i + 1:]))
+    for span in re.findall(r"`([^`\n]*\brun\.py(?:\s[^`\n]*)?)`", prose(README)):
+        tokens = shlex.split(span)
+        argv = tokens[tokens.index("run.py") + 1:]
+        for choice in itertools.product(*(t.split("|") if "|" in t else [t] for t in argv)):
+            found.append((span, list(choice)))
+    return found
+
+
+def test_readme_commands_exist(monkeypatch):
+    """Every ``run.py`` command line the README shows is one the real parser and settings
+    accept, and together they show every command."""
+    for key in [k for k in os.environ if k.startswith("HEALTHSYNC_")]:
+        monkeypatch.delenv(key)
+    invocations = run_py_invocations()
+    assert len(invocations) >= 20, invocations  # the parsing above found them
+    shown: set[str] = set()
+    for where, argv in invocations:
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):
+                args = parse_args(argv)
+        except SystemExit as exc:
+            raise AssertionError(f"README shows `run.py {' '.join(argv)}` ({where}): {err.getvalue()}") from exc
+        load_settings(args)  # a bad value would raise SettingsError
+        shown.add(args.command if args.command != "token" else f"token {args.token_command}")
+    commands, flags = cli_commands_and_flags()
+    assert commands <= shown, f"commands the README never shows: {sorted(commands - shown)}"
+    # argparse takes a flag's prefix too (``--patient`` for ``--patients``): the README spells them out
+    loose = {t.split("=")[0] for _, argv in invocations for t in argv if t.startswith("--")} - flags
+    assert not loose, f"the README shows flags the CLI does not define: {sorted(loose)}"
+
+
+def cli_commands_and_flags() -> tuple[set[str], set[str]]:
+    """Every command (``token create`` for nested ones) and every ``--flag`` of ``run.py``."""
+    commands: set[str] = set()
+    flags: set[str] = set()
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        flags.update(f for a in parser._actions for f in a.option_strings if f.startswith("--"))
+        if path and not nested:
+            commands.add(path)
+        for action in nested:
+            for name, sub in action.choices.items():
+                walk(sub, f"{path} {name}".strip())
+
+    walk(build_parser(), "")
+    return commands, flags
+
+
+def test_readme_paths_exist():
+    """Every file or folder of ours the README names (in code, inline or in a block) exists."""
+    spans = re.findall(r"`([^`\n]+)`", prose(README))
+    for lang, lines in code_blocks(README):
+        if lang == "sh":
+            spans += [t for line in lines for c in shell_commands(line) for t in c]
+    paths = {t for span in spans for t in span.split() if t.startswith(REPO_DIRS)}
+    assert "tests/run.sh" in paths and "bench/README.md" in paths, sorted(paths)
+    missing = sorted(p for p in paths if not (ROOT / p).exists())
+    assert not missing, f"the README names files that do not exist: {missing}"
+
+
+def test_readme_layout_matches_the_tree():
+    """The picture in "How it is built" names files and folders that exist."""
+    section = README.split("## How it is built", 1)[1]
+    (_, lines), *_ = code_blocks(section)
+    named: list[str] = []
+    for line in lines:
+        if not line.strip():
+            continue
+        names = re.split(r"\s{2,}", line.strip())[0].split()
+        base = "healthsync/" if line.startswith(" ") else ""
+        folder = ""
+        for name in names:  # "sync/apply.py download.py": both in sync/
+            if "/" in name.rstrip("/"):
+                folder, name = name.rsplit("/", 1)[0] + "/", name.rsplit("/", 1)[1]
+            named.append(base + folder + name)
+    assert len(named) >= 10 and "healthsync/app.py" in named and "settings.py" in named, named
+    missing = [n for n in named if not (ROOT / n).exists()]
+    assert not missing, f"the layout in the README names what does not exist: {missing}"

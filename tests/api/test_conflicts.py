@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from tests.api.test_sync_upload import change, upload
+from tests.support.http import change, upload
 
 
 async def make_conflict(api, device="tab-1"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.api.test_sync_upload import change, upload
+from tests.support.http import change, upload
 
 
 async def test_devices_view(api):

@@ -12,8 +12,9 @@ import uuid
 
 import pytest
 
-from tests.api.test_faults import assert_refused, upload_body
-from tests.conftest import fill_disk, make_settings
+from tests.support.faults import fill_disk
+from tests.support.http import assert_refused, upload_body
+from tests.support.servers import make_settings
 
 pytestmark = pytest.mark.slow
 

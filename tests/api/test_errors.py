@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import make_settings
+from tests.support.servers import make_settings
 
 
 def assert_error_shape(resp) -> None:

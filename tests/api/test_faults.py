@@ -19,27 +19,14 @@ from healthsync.errors import Busy
 from healthsync.push.hub import Hub
 from healthsync.storage import Database
 from healthsync.tasks import is_transient, run_claimed_batch
-from tests.conftest import LockHolder, make_settings
-
-
-def upload_body(batch_id: str, n: int = 3) -> dict[str, Any]:
-    changes = [{"operation": "create", "resource_type": "Patient", "client_temp_id": f"t{i}",
-                "payload": {"name": f"Fault {i}"}} for i in range(n)]
-    changes.append({"operation": "create", "resource_type": "Observation", "client_temp_id": "o",
-                    "payload": {"patient_temp_id": "t0", "value": 1}})
-    return {"device_id": "tab-1", "batch_id": batch_id, "changes": changes}
-
-
-def assert_refused(resp: Any, status: int, words: str) -> None:
-    assert resp.status == status, resp.body
-    assert resp.headers["Content-Type"].startswith("application/json")
-    assert words in resp.json["error"] and resp.json["details"] == []
-    assert int(resp.headers["Retry-After"]) >= 1
+from tests.support.faults import LockHolder
+from tests.support.http import assert_refused, upload_body
+from tests.support.servers import make_settings
+from tests.support.ws import ws_url
 
 
 async def ws_messages(http_server_client: Any, query: str, count: int) -> list[dict[str, Any]]:
-    url = http_server_client.get_url(f"/api/sync/ws?{query}").replace("http://", "ws://")
-    conn = await websocket_connect(HTTPRequest(url))
+    conn = await websocket_connect(HTTPRequest(ws_url(http_server_client, query)))
     try:
         return [orjson.loads(await asyncio.wait_for(conn.read_message(), 10)) for _ in range(count)]
     finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tests.api.test_sync_upload import change, upload
+from tests.support.http import change, upload
 
 
 def value(text: str, line_start: str) -> float:

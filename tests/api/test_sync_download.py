@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from tests.api.test_sync_upload import change, upload
+from tests.support.http import change, upload
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 DL = "/api/sync/download/"

@@ -8,18 +8,7 @@ import uuid
 
 import pytest
 
-UPLOAD = "/api/sync/upload/"
-
-
-def change(op, rtype="Observation", **kw):
-    out = {"operation": op, "resource_type": rtype, "payload": kw.pop("payload", {})}
-    out.update(kw)
-    return out
-
-
-async def upload(api, changes, device="device123", **extra):
-    resp = await api.post(UPLOAD, {"device_id": device, "changes": changes, **extra})
-    return resp
+from tests.support.http import UPLOAD, change, upload
 
 
 async def test_seed_example_exact_shape(api):

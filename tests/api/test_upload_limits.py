@@ -8,8 +8,8 @@ import socket
 import orjson
 import pytest
 
-from tests.api.test_sync_upload import change, upload
-from tests.conftest import make_settings, post_chunked
+from tests.support.http import change, post_chunked, upload
+from tests.support.servers import make_settings
 
 
 @pytest.fixture

@@ -13,17 +13,13 @@ import pytest
 
 from healthsync.storage import Database
 from healthsync.tasks import claim, make_huey, purge_old_batches, requeue_stale, run_claimed_batch
-from tests.conftest import make_settings
+from tests.support.http import patient_changes
+from tests.support.servers import make_settings
 
 
 @pytest.fixture
 def settings(data_dir):
     return make_settings(data_dir, embedded_worker=True, task_retry_delay=0.2, busy_timeout_ms=200)
-
-
-def patient_changes(n: int, prefix: str = "p") -> list[dict]:
-    return [{"operation": "create", "resource_type": "Patient", "client_temp_id": f"{prefix}{i}",
-             "payload": {"name": f"Async {i}"}} for i in range(n)]
 
 
 async def wait_status(api, batch_id: str, wanted: str, timeout: float = 30) -> dict:

@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from tests.dashboard.conftest import NETWORK_ERROR, Api, seed_patients
+from tests.support.dashboard import NETWORK_ERROR, Api, seed_patients
 
 pytestmark = pytest.mark.slow
 

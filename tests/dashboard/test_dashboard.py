@@ -12,7 +12,7 @@ import uuid
 import pytest
 from playwright.sync_api import expect
 
-from tests.dashboard.conftest import NETWORK_ERROR, Api, create_token, seed_names, seed_patients
+from tests.support.dashboard import NETWORK_ERROR, Api, create_token, seed_names, seed_patients
 
 pytestmark = pytest.mark.slow
 

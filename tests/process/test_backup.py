@@ -12,8 +12,10 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, fill_database
-from tests.process.test_cli import call, run_cli
+from tests.support import ROOT
+from tests.support.databases import fill_database
+from tests.support.http import call
+from tests.support.servers import run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -5,27 +5,15 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
-import sys
 import urllib.request
 
 import pytest
 
-from tests.conftest import ROOT
-from tests.storage.test_migrations import V1_FILE
+from tests.support.databases import V1_FILE
+from tests.support.http import call
+from tests.support.servers import run_cli
 
 pytestmark = pytest.mark.slow
-
-
-def call(method: str, url: str, body=None):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            raw = resp.read()
-            return resp.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"null")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -72,11 +60,6 @@ def test_old_schema_file_is_migrated_on_start(server_process, tmp_path):
     assert status == 200 and [p["name"] for p in patients] == ["Ada Lovelace", "Grace Hopper"]
     status, records = call("GET", server.url + "/api/records/")
     assert records[0]["data"] == {"v": 1}
-
-
-def run_cli(*args: str, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=30, env=env)
 
 
 def test_bad_setting_fails_at_start_naming_it(tmp_path):

@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, RunPy
-from tests.process.test_cli import call
+from tests.support import ROOT
+from tests.support.http import call
+from tests.support.servers import RunPy
 
 pytestmark = pytest.mark.slow
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.batches.test_batches import patient_changes
-from tests.conftest import make_settings
+from tests.support.http import patient_changes
+from tests.support.servers import make_settings
 
 
 @pytest.fixture

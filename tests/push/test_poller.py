@@ -25,8 +25,9 @@ from tornado.websocket import websocket_connect
 
 from healthsync.push.hub import Hub
 from healthsync.storage import Database
-from tests.conftest import ROOT, make_settings
-from tests.push.test_ws import Client
+from tests.support import ROOT
+from tests.support.servers import make_settings
+from tests.support.ws import Client
 
 
 @pytest.fixture

@@ -13,7 +13,9 @@ import pytest
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from tests.conftest import ROOT, Client, make_settings
+from tests.support import ROOT
+from tests.support.servers import make_settings
+from tests.support.ws import Client
 
 
 async def test_catch_up_then_live(api, ws):

@@ -14,7 +14,8 @@ from tornado.websocket import websocket_connect
 
 from healthsync.auth import RateLimiter, Tokens, hash_token
 from healthsync.errors import RateLimited
-from tests.conftest import make_settings
+from tests.support.servers import make_settings
+from tests.support.ws import ws_url
 
 
 @pytest.fixture
@@ -225,10 +226,6 @@ async def test_download_names_only_the_tokens_own_device(api, tokens):
     assert {d["device_id"] for d in devices} == {"tab-1", "tab-3"}
 
 
-def ws_url(http_server_client, query):
-    return http_server_client.get_url(f"/api/sync/ws?{query}").replace("http://", "ws://")
-
-
 async def test_websocket_names_only_the_tokens_own_device(http_server_client, api, tokens):
     with pytest.raises(HTTPClientError) as err:
         await websocket_connect(HTTPRequest(ws_url(http_server_client, "cursor=0&device_id=tab-2"),
@@ -337,7 +334,7 @@ def test_no_secret_in_a_servers_log_lines(server_process, tmp_path):
     import urllib.error
     import urllib.request
 
-    from tests.conftest import ROOT
+    from tests.support import ROOT
 
     data = tmp_path / "data"
     secret = subprocess.run(

@@ -35,7 +35,7 @@ from schemathesis.specs.openapi.checks import (
 
 from healthsync.openapi import schema_for
 from settings import load
-from tests.conftest import ServerProcess
+from tests.support.servers import ServerProcess
 
 # Bounded for CI; FUZZ_EXAMPLES=500 bash tests/run.sh tests/security/test_fuzz.py digs deeper.
 MAX_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import make_settings
+from tests.support.servers import make_settings
 
 
 @pytest.fixture

@@ -11,9 +11,7 @@ import pytest
 from healthsync.resources import Resources
 from healthsync.storage import Database
 from healthsync.storage.migrations import LATEST, SchemaTooNew, migrate
-from tests.conftest import ROOT
-
-V1_FILE = ROOT / "tests" / "data" / "schema_v1.db"
+from tests.support.databases import V1_FILE
 
 
 async def test_fresh_file_reaches_latest(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 
 from healthsync.resources import Resources
 from healthsync.storage import Database, mutations
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 def all_changes(path) -> list[tuple[int, str, str]]:

@@ -18,10 +18,11 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from healthsync.errors import NotFound
 from healthsync.resources import Resources
 from healthsync.storage import Database
 from healthsync.sync import download as dl
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 class Follower:
@@ -95,6 +96,7 @@ CHILD = textwrap.dedent(
 
 async def rest_writer(api, rnd: random.Random, n: int, patients: list[str]) -> None:
     records: list[str] = []
+    deleted: set[str] = set()  # records: writing one again is 404, and only that
     for i in range(n):
         roll = rnd.random()
         if not patients or roll < 0.2:
@@ -102,14 +104,20 @@ async def rest_writer(api, rnd: random.Random, n: int, patients: list[str]) -> N
         elif roll < 0.55:
             resp = await api.post("/api/records/", {"patient": rnd.choice(patients), "resource_type": "Observation",
                                                     "data": {"i": i}})
-            if resp.status == 201:
-                records.append(resp.json["id"])
+            assert resp.status == 201, resp.body
+            records.append(resp.json["id"])
         elif roll < 0.8 and records:
-            await api.patch(f"/api/records/{rnd.choice(records)}/", {"data": {"i": i}})
+            rid = rnd.choice(records)
+            resp = await api.patch(f"/api/records/{rid}/", {"data": {"i": i}})
+            assert resp.status == (404 if rid in deleted else 200), resp.body
         elif roll < 0.9 and records:
-            await api.delete(f"/api/records/{rnd.choice(records)}/")
+            rid = rnd.choice(records)
+            resp = await api.delete(f"/api/records/{rid}/")
+            assert resp.status == (404 if rid in deleted else 204), resp.body
+            deleted.add(rid)
         else:
-            await api.patch(f"/api/patients/{rnd.choice(patients)}/", {"name": f"renamed {i}"})
+            resp = await api.patch(f"/api/patients/{rnd.choice(patients)}/", {"name": f"renamed {i}"})
+            assert resp.status == 200, resp.body
 
 
 async def upload_writer(api, rnd: random.Random, batches: int, device: str) -> None:
@@ -220,6 +228,7 @@ async def _interleaving(path, schedule) -> None:
     res = Resources(db)
     followers = [Follower("cursor"), Follower("since")]
     items: list[str] = []
+    deleted: set[str] = set()
 
     async def read(follower: Follower, limit: int) -> bool:
         after_seq, after_time = dl.parse_position(
@@ -233,16 +242,17 @@ async def _interleaving(path, schedule) -> None:
         for op, arg in schedule:
             if op == "create" or not items:
                 items.append((await res.create_patient({"name": f"p{arg}"}))["id"])
-            elif op == "update":
-                try:
-                    await res.patch_patient(items[arg % len(items)], {"name": f"u{arg}"}, None)
-                except Exception:
-                    pass  # deleted: 404
-            elif op == "delete":
-                try:
-                    await res.delete_patient(items[arg % len(items)], None)
-                except Exception:
-                    pass
+            elif op in ("update", "delete"):
+                target = items[arg % len(items)]
+                write = (res.patch_patient(target, {"name": f"u{arg}"}, None) if op == "update"
+                         else res.delete_patient(target, None))
+                if target in deleted:
+                    with pytest.raises(NotFound):  # a deleted patient is 404, and only that
+                        await write
+                else:
+                    await write
+                    if op == "delete":
+                        deleted.add(target)
             else:
                 for f in followers:
                     await read(f, arg)

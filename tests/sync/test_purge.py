@@ -10,6 +10,7 @@ from tornado.httpclient import HTTPClientError
 from tornado.websocket import websocket_connect
 
 from healthsync.tasks import purge_tombstones
+from tests.support.ws import ws_url
 
 
 async def test_purge_then_resync(api, app, http_server_client):
@@ -53,10 +54,6 @@ async def test_only_tombstones_are_purged(api, app):
     await asyncio.sleep(0.01)
     assert await purge_tombstones(app.ctx.db, 1e-12) == 1
     assert (await api.get(f"/api/records/{r['id']}/")).status == 200
-
-
-def ws_url(http_server_client, query: str) -> str:
-    return http_server_client.get_url(f"/api/sync/ws?{query}").replace("http://", "ws://")
 
 
 async def test_datetime_min_on_a_fresh_database_gets_everything(api, http_server_client):

@@ -1,0 +1,18 @@
+"""Helpers the tests share.  Test modules import them from here, never from another
+test module (nor from a conftest); ``tests/conftest.py`` turns some into fixtures.
+
+- ``http``: the JSON client over real HTTP (``Api``, ``Response``), ``call`` over urllib,
+  a raw chunked POST, and the shapes of sync uploads (``change``, ``upload``...).
+- ``servers``: settings for a test app, ``run.py`` as a subprocess (``RunPy``,
+  ``ServerProcess``, ``run_cli``).
+- ``ws``: a websocket subscriber that records what it receives (``Client``).
+- ``faults``: faults of the machine made for real (another process's lock, a full disk).
+- ``databases``: database files to start from (schema version 1, a large filled one).
+- ``dashboard``: seeding a server for the browser tests over plain HTTP.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
