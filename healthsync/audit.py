@@ -7,7 +7,7 @@ spelling, ``access_token``, ``authorization``…) is stored as ``REDACTED``,
 for refused requests as for accepted ones.  Rows are buffered and written together once a second, or at 500,
 through storage's ``append_audit`` (never one write per request); ``flush`` runs on
 shutdown.  A crash can lose at most the last second of read entries.  The
-table refuses UPDATE (a trigger); the API only lists it, for admins.  When the
+trail is append-only (storage refuses changes); the API only lists it, for admins.  When the
 database refuses the write (busy, disk full) the rows stay buffered, up to
 ``KEEP_ROWS``, and are written a second later: reads served meanwhile are
 still audited.
