@@ -14,7 +14,7 @@ uploads, each method copies the database in a subprocess of its own:
   backup`` did until then); every commit by the server restarts it.
 - ``onestep``: the online backup API in one step (``pages=-1``).
 - ``vacuum``: ``VACUUM INTO``.
-- ``command``: what ``run.py backup`` does (``healthsync.backup.backup``:
+- ``command``: what ``run.py backup`` does (``healthsync.storage.sqlite.backup.backup``:
   ``VACUUM INTO``, fsync, ``integrity_check``, rename).
 
 For each it prints the time to finish (or the time given up after), the
@@ -59,7 +59,7 @@ def copy_once(method: str, src: Path, dest: Path, give_up_s: float) -> dict[str,
     restarts = 0
     finished = True
     if method == "command":
-        from healthsync.backup import backup
+        from healthsync.storage.sqlite.backup import backup
 
         backup(src, dest)
         return {"method": method, "finished": True, "copy_s": time.monotonic() - started, "restarts": 0}

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from healthsync.storage.migrations import LATEST, MIGRATIONS, statements  # noqa: E402
+from healthsync.storage.sqlite.migrations import LATEST, MIGRATIONS, statements  # noqa: E402
 
 _LISTENING = re.compile(r"listening on http://([0-9.]+):(\d+)")
 

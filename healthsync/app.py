@@ -1,6 +1,6 @@
 """``make_app(settings)``: the one place HealthSync is assembled.
 
-It builds the ``Database`` and the services, puts them on a ``Context``, and
+It builds the storage (``storage.make_storage``) and the services, puts them on a ``Context``, and
 hands that to every handler through the route table (``initialize``).  All
 state lives on the returned application object; ``cli.py`` and every test
 use this factory.  ``startup()`` opens and migrates the database before the
@@ -28,9 +28,9 @@ from .context import Context
 from .push.hub import Hub
 from .redact import scrub
 from .resources import Resources
-from .storage import CommitInfo, Database
+from .storage import CommitInfo, make_storage
 from .sync.service import SyncService
-from .tasks import EmbeddedWorker
+from .tasks import EmbeddedWorker, make_huey
 from .web.audit import AuditHandler
 from .web.base import NotFoundHandler, StaticHandler
 from .web.batches import BatchHandler, BatchListHandler, TriggerHandler
@@ -135,19 +135,13 @@ def _register_gauges(ctx: Context) -> None:
 
 def make_app(settings: Settings) -> HealthSyncApp:
     """Build the application for ``settings`` (nothing is opened until startup)."""
-    db = Database(
-        settings.db_path,
-        synchronous=settings.synchronous,
-        readers=settings.read_connections,
-        busy_timeout_ms=settings.busy_timeout_ms,
-        checkpoint_pages=settings.wal_checkpoint_pages,
-    )
+    db = make_storage(settings)
     ctx = Context(
         settings=settings,
         db=db,
         resources=Resources(db),
         sync=SyncService(db),
-        batches=BatchService(db, settings),
+        batches=BatchService(db, lambda: make_huey(settings)),
         tokens=Tokens(db),
         audit=AuditTrail(db),
         limiter=RateLimiter(settings.write_rate_limit),

@@ -5,9 +5,9 @@ method, path, query, status and remote address.  The handlers record the
 query through ``redact.redact_query``: a credential's value (``token`` by any
 spelling, ``access_token``, ``authorization``…) is stored as ``REDACTED``,
 for refused requests as for accepted ones.  Rows are buffered and written together once a second, or at 500,
-through ``Database.write`` (never one write per request); ``flush`` runs on
+through storage's ``append_audit`` (never one write per request); ``flush`` runs on
 shutdown.  A crash can lose at most the last second of read entries.  The
-table refuses UPDATE (a trigger); the API only lists it, for admins.  When the
+trail is append-only (storage refuses changes); the API only lists it, for admins.  When the
 database refuses the write (busy, disk full) the rows stay buffered, up to
 ``KEEP_ROWS``, and are written a second later: reads served meanwhile are
 still audited.
@@ -21,7 +21,8 @@ from typing import Any
 
 from . import clock
 from .errors import HealthSyncError
-from .storage import Database, WriteTx
+from .storage import Storage
+from .storage.interface import AuditEntry
 
 log = logging.getLogger("healthsync.audit")
 
@@ -29,11 +30,11 @@ FLUSH_SECONDS = 1.0
 FLUSH_ROWS = 500
 KEEP_ROWS = 100_000  # buffered while the database refuses writes (about 30 MB)
 
-Entry = tuple[str, str | None, str | None, str, str, str | None, int, str | None]
+Entry = AuditEntry
 
 
 class AuditTrail:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Storage) -> None:
         self.db = db
         self._buffer: list[Entry] = []
         self._task: asyncio.Task[None] | None = None
@@ -68,15 +69,8 @@ class AuditTrail:
         if not rows or self.db.closed:
             return
 
-        async def run(tx: WriteTx) -> None:
-            await tx.conn.executemany(
-                "INSERT INTO audit (at, who, role, method, path, query, status, remote_ip)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-
         try:
-            await self.db.write(run)
+            await self.db.append_audit(rows)
             self._refused = False
         except HealthSyncError as exc:  # busy or disk full: keep them for the next try
             self._refused = True
@@ -102,19 +96,6 @@ class AuditTrail:
         self, *, who: str | None, since: str | None, limit: int, after: int
     ) -> tuple[list[dict[str, Any]], int | None]:
         await self.flush()  # what was just done is visible at once
-        where = ["id > ?"]
-        params: list[Any] = [after]
-        if who is not None:
-            where.append("who = ?")
-            params.append(who)
-        if since is not None:
-            where.append("at > ?")
-            params.append(since)
-        rows = await self.db.fetchall(
-            "SELECT id, at, who, role, method, path, query, status, remote_ip FROM audit"
-            f" WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
-            [*params, limit + 1],
-        )
-        next_after = rows[limit - 1][0] if len(rows) > limit else None
-        keys = ("id", "at", "who", "role", "method", "path", "query", "status", "remote_ip")
-        return [dict(zip(keys, r, strict=True)) for r in rows[:limit]], next_after
+        rows = await self.db.list_audit(who=who, since=since, limit=limit + 1, after=after)
+        next_after = rows[limit - 1]["id"] if len(rows) > limit else None
+        return rows[:limit], next_after

@@ -3,7 +3,7 @@
 A token is ``hs_`` + 32 random bytes (URL-safe base64), shown once when
 created; only its SHA-256 is stored (a random 256-bit secret needs no slow
 hash: there is nothing to brute-force).  Tokens are created and revoked
-through ``Database.write`` like every other mutation.
+through storage (``create_token``, ``revoke_token``: its one write path).
 
 Roles:
 - ``device``: read patients and records, write them, sync (upload,
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from .errors import Conflict, Forbidden, Invalid, NotFound, RateLimited, Unauthorized
-from .storage import Database, WriteTx
+from .errors import Forbidden, Invalid, NotFound, RateLimited, Unauthorized
+from .storage import Storage
 
 ROLES = ("device", "dashboard", "admin")
 TOKEN_PREFIX = "hs_"
@@ -118,9 +118,9 @@ def bearer(header: str | None) -> str | None:
 
 
 class Tokens:
-    """The token store over one ``Database``."""
+    """Tokens: created, revoked, listed and checked through storage (by hash only)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Storage) -> None:
         self.db = db
 
     async def create(self, name: str, role: str) -> str:
@@ -130,36 +130,17 @@ class Tokens:
         if not name or len(name) > 256 or not name.isprintable():
             raise Invalid("name must be 1 to 256 printable characters", [{"field": "name", "message": "bad name"}])
         token = new_token()
-
-        async def run(tx: WriteTx) -> None:
-            cur = await tx.conn.execute("SELECT 1 FROM tokens WHERE name = ? AND revoked_at IS NULL", (name,))
-            if await cur.fetchone():
-                raise Conflict(f"a live token named {name!r} exists: revoke it first")
-            await tx.conn.execute(
-                "INSERT INTO tokens (name, role, hash, created_at) VALUES (?, ?, ?, ?)",
-                (name, role, hash_token(token), tx.now()),
-            )
-
-        await self.db.write(run)
+        await self.db.create_token(name, role, hash_token(token))
         return token
 
     async def revoke(self, name: str) -> int:
-        async def run(tx: WriteTx) -> int:
-            cur = await tx.conn.execute(
-                "UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (tx.now(), name)
-            )
-            return cur.rowcount
-
-        count = await self.db.write(run)
+        count = await self.db.revoke_token(name)
         if not count:
             raise NotFound(f"no live token named {name!r}")
         return count
 
     async def list(self) -> list[dict[str, Any]]:
-        rows = await self.db.fetchall(
-            "SELECT name, role, created_at, revoked_at FROM tokens ORDER BY created_at"
-        )
-        return [{"name": r[0], "role": r[1], "created_at": r[2], "revoked_at": r[3]} for r in rows]
+        return await self.db.list_tokens()
 
     async def authenticate(self, token: str | None) -> Principal:
         """The principal of a live token; ``Unauthorized`` otherwise."""
@@ -168,12 +149,10 @@ class Tokens:
                 "authentication required: send Authorization: Bearer <token>",
                 [{"field": "Authorization", "message": "missing"}],
             )
-        row = await self.db.fetchone(
-            "SELECT name, role FROM tokens WHERE hash = ? AND revoked_at IS NULL", (hash_token(token),)
-        )
-        if row is None:
+        found = await self.db.find_token(hash_token(token))
+        if found is None:
             raise Unauthorized("invalid or revoked token", [{"field": "Authorization", "message": "not a live token"}])
-        return Principal(row[0], row[1])
+        return Principal(*found)
 
 
 class RateLimiter:

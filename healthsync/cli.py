@@ -199,9 +199,9 @@ async def token_command(settings: Settings, args: argparse.Namespace) -> int:
     """``run.py token create|list|revoke``: works on a fresh data dir too."""
     from .auth import Tokens
     from .errors import HealthSyncError
-    from .storage import Database
+    from .storage import make_storage
 
-    db = Database(settings.db_path, synchronous=settings.synchronous, readers=1)
+    db = make_storage(settings, worker=True)
     try:
         tokens = Tokens(db)
         if args.token_command == "create":
@@ -225,33 +225,32 @@ async def token_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def backup_command(settings: Settings, args: argparse.Namespace) -> int:
     """``run.py backup DEST`` / ``run.py restore SRC``; both verified with integrity_check."""
-    from pathlib import Path
-
-    from . import backup
     from .errors import HealthSyncError
 
     try:
-        if args.command == "backup":
-            if not settings.db_path.exists():
-                asyncio.run(_create_fresh(settings))
-            dest = backup.backup(settings.db_path, Path(args.dest))
-            print(dest)
-            print(f"backed up {settings.db_path} to {dest} (integrity check ok)", file=sys.stderr)
-        else:
-            backup.restore(Path(args.src), settings.db_path)
-            print(f"restored {args.src} into {settings.db_path}", file=sys.stderr)
-        return 0
+        return asyncio.run(_backup_or_restore(settings, args))
     except HealthSyncError as exc:
         print(f"healthsync: {exc.message}", file=sys.stderr)
         return 1
 
 
-async def _create_fresh(settings: Settings) -> None:
-    from .storage import Database
+async def _backup_or_restore(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
 
-    db = Database(settings.db_path, synchronous=settings.synchronous, readers=1)
-    await db.open()
-    await db.close()
+    from .storage import make_storage
+
+    db = make_storage(settings, worker=True)
+    try:
+        if args.command == "backup":
+            dest = await db.backup(Path(args.dest))
+            print(dest)
+            print(f"backed up {settings.db_path} to {dest} (integrity check ok)", file=sys.stderr)
+        else:
+            await db.restore(Path(args.src))
+            print(f"restored {args.src} into {settings.db_path}", file=sys.stderr)
+    finally:
+        await db.close()
+    return 0
 
 
 def demo_command(settings: Settings, args: argparse.Namespace) -> int:

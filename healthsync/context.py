@@ -13,8 +13,8 @@ below ``min_free_disk_bytes``; the reasons are listed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,10 +27,11 @@ from .batches import BatchService
 from .metrics import Metrics
 from .push.hub import Hub
 from .resources import Resources
-from .storage import Database
-from .storage.db import probe
+from .storage import Storage
 from .sync.service import SyncService
 from .tasks import EmbeddedWorker, queue_depth
+
+log = logging.getLogger("healthsync.tasks")
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Context:
     """The services every handler may use, injected through ``initialize``."""
 
     settings: Settings
-    db: Database
+    db: Storage
     resources: Resources
     sync: SyncService
     batches: BatchService
@@ -71,9 +72,11 @@ class Context:
 
     def _queue_depth(self) -> int:  # a thread: the first call also creates Huey's file
         try:
-            return queue_depth(self.batches.huey)
-        except (sqlite3.Error, OSError):  # e.g. a full disk while Huey's file is made
+            huey = self.batches.huey
+        except Exception as exc:  # e.g. a full disk while Huey's file is made: the gauge says unreadable
+            log.warning("task queue not opened: %s", exc)
             return -1
+        return queue_depth(huey)
 
     async def health(self) -> dict[str, Any]:
         """The health report; never raises (a part that cannot be read says so)."""
@@ -86,9 +89,9 @@ class Context:
             "uptime_seconds": round(time.time() - self.started, 3),
         }
         try:
-            row = await self.db.fetchone("SELECT seq FROM clock")
-            await asyncio.to_thread(probe, self.db.path)
-            report["database"] = {"ok": True, "schema_version": self.db.schema_version, "head": row[0]}
+            head, _ = await self.db.head()
+            await self.db.probe()
+            report["database"] = {"ok": True, "schema_version": self.db.schema_version, "head": head}
         except Exception as exc:  # any failure to read is "down", not a 500
             unavailable.append(f"database unreadable: {exc}")
             report["database"] = {"ok": False, "error": str(exc)}

@@ -60,10 +60,6 @@ class NotFound(HealthSyncError):
     status = 404
 
 
-class MethodNotAllowed(HealthSyncError):
-    status = 405
-
-
 class Conflict(HealthSyncError):
     """The target is in a state that forbids the request (409)."""
 
@@ -126,3 +122,11 @@ class StorageFull(HealthSyncError):
 
     status = 507
     retry_after = 60
+
+
+class Unreachable(HealthSyncError):
+    """The database cannot be reached or read at all: missing, unreadable, or its
+    server down (503).  The health check reports it; the process keeps running."""
+
+    status = 503
+    retry_after = 5

@@ -49,10 +49,6 @@ def loads(body: bytes | str) -> Any:
         raise Invalid(f"request body is not valid JSON: {exc}") from None
 
 
-def dumps(value: Any) -> bytes:
-    return orjson.dumps(value)
-
-
 def too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
     """Whether a JSON value nests deeper than ``limit`` (a scalar is 0, ``{}`` is 1).
 

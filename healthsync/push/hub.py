@@ -8,8 +8,8 @@ hub has already broadcast, it joins the *live* set, on the event loop in one
 step, so no change can fall between the two.
 
 Live: after each commit (``notify``, called by this process's commit hook,
-or by the poller that notices other processes' commits through
-``PRAGMA data_version`` on the database's one connection kept for it), the
+or by the poller that notices other processes' commits through storage's
+``commit_signal``), the
 hub reads the new changes once, builds one frame per filter group
 (serialized once, the same bytes for every member), and hands it to each
 up-to-date member.  A member whose cursor lies inside the page (it joined
@@ -23,8 +23,8 @@ once drained it is caught up again from its cursor, by reads, like a new
 subscriber.  Memory per subscriber stays near the bound, and nobody else
 waits for it.
 
-Batch events (``type: "batch"``) come from the ``batches`` table, polled on
-the same ``data_version`` signal, so a batch applied by any process is
+Batch events (``type: "batch"``) come from storage's ``batch_events_since``,
+read on the same commit signal, so a batch applied by any process is
 reported.  A subscriber with a ``device_id`` gets its device's batches, one
 without (a dashboard) gets all.
 
@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -52,7 +52,7 @@ import orjson
 from .. import clock
 from ..errors import HealthSyncError
 from ..gcpause import gc_paused
-from ..storage import Database, queries
+from ..storage import Storage, queries
 from ..sync import download as dl
 from ..sync.rules import encode_cursor
 
@@ -85,11 +85,6 @@ class Subscription:
     def group(self) -> tuple[str | None, str | None]:
         return (self.resource_type, self.patient)
 
-    def matches(self, resource_type: str, patient: str) -> bool:
-        if self.resource_type is not None and self.resource_type != resource_type:
-            return False
-        return self.patient is None or self.patient == patient
-
 
 def changes_frame(entries: list[str], cursor: int, server_time: str) -> bytes:
     """A ``changes`` message built from pre-serialized entries, without re-encoding them."""
@@ -104,7 +99,7 @@ class Hub:
 
     def __init__(
         self,
-        db: Database,
+        db: Storage,
         *,
         page_size: int = 1000,
         max_buffer: int = 1 << 20,
@@ -124,13 +119,13 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._batch_mark: tuple[str, set[tuple[str, str]]] = ("", set())
-        self._last_version: int | None = None  # data_version at the poller's last look
+        self._last_version: int | None = None  # the commit signal at the poller's last look
         self.stats = {"frames_sent": 0, "frames_dropped": 0, "lagged": 0}
 
     # Lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        head = await self.db.read(queries.head)
+        head = await self.db.head()
         self.live_seq = self.head_seq = head[0]
         self.live_time = self.head_time = clock.format_us(head[1])
         now = clock.format_us(clock.now_us())
@@ -184,18 +179,18 @@ class Hub:
     async def poll(self) -> bool:
         """One look for commits by other connections: True (and the new head and
         batch events handed on) when the database changed since the last look."""
-        version = await self.db.data_version()
+        version = await self.db.commit_signal()
         if version == self._last_version:
             return False
         self._last_version = version
-        head = await self.db.read(queries.head)
+        head = await self.db.head()
         self.notify(*head)
         await self._batch_events()
         return True
 
     async def _batch_events(self) -> None:
         mark, seen = self._batch_mark
-        rows = await self.db.read(lambda conn: queries.batch_events_since(conn, mark))
+        rows = await self.db.batch_events_since(mark)
         fresh = [r for r in rows if (r[0], r[3]) not in seen]
         if not rows:
             return
@@ -407,5 +402,3 @@ class Hub:
             # Drained: catch up from the cursor by reads, then rejoin live.
             self._start_catch_up(sub)
 
-
-CommitHook = Callable[[Any], None]

@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from .db import WriteTx
 from .queries import PATIENT_COLS, RECORD_COLS, Row
+from .sqlite.tx import WriteTx
 
 _PATIENT_FOR_UPDATE = f"SELECT {PATIENT_COLS} FROM patients WHERE id = ?"
 _RECORD_FOR_UPDATE = f"SELECT {RECORD_COLS} FROM records WHERE id = ?"

@@ -12,13 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
 import orjson
 
 from .. import clock
 from ..errors import Gone, Invalid
 from ..fhir import R4_RESOURCE_TYPES
-from ..storage import Database, queries
+from ..storage import Storage, queries
+from ..storage.interface import Snapshot
 from .rules import decode_cursor, encode_cursor
 
 SINCE_EXAMPLE = "?since=2025-09-12T10:00:00Z"
@@ -93,7 +93,7 @@ def gone_if_ahead(after_seq: int | None, head_seq: int) -> None:
         )
 
 
-async def check_position(conn: aiosqlite.Connection, after_seq: int | None, after_time: str | None) -> None:
+async def check_position(snap: Snapshot, after_seq: int | None, after_time: str | None) -> None:
     """410 ``resync`` for a position this database can no longer answer in full:
     ahead of its history, or before a tombstone that was actually purged.
 
@@ -105,10 +105,10 @@ async def check_position(conn: aiosqlite.Connection, after_seq: int | None, afte
     holds no copy, so it is never stale.
     """
     if after_seq is not None:
-        gone_if_ahead(after_seq, (await queries.head(conn))[0])
+        gone_if_ahead(after_seq, (await queries.head(snap))[0])
     if after_seq == 0 or (after_time is not None and after_time <= FROM_THE_START):
         return
-    purged_seq, purged_at = await queries.purge_horizon(conn)
+    purged_seq, purged_at = await queries.purge_horizon(snap)
     if purged_seq == 0:
         return  # nothing was ever purged
     if (after_seq is not None and after_seq < purged_seq) or (after_time is not None and after_time < purged_at):
@@ -120,12 +120,12 @@ async def check_position(conn: aiosqlite.Connection, after_seq: int | None, afte
         )
 
 
-async def check_cursor(db: Database, after_seq: int | None, after_time: str | None = None) -> None:
-    await db.read(lambda conn: check_position(conn, after_seq, after_time))
+async def check_cursor(db: Storage, after_seq: int | None, after_time: str | None = None) -> None:
+    await db.read(lambda snap: check_position(snap, after_seq, after_time))
 
 
 async def read_page(
-    conn: aiosqlite.Connection,
+    snap: Snapshot,
     *,
     after_seq: int | None,
     after_time: str | None,
@@ -134,11 +134,11 @@ async def read_page(
     patient: str | None = None,
 ) -> Page:
     """One page, read inside the caller's snapshot."""
-    top = await queries.head(conn)
+    top = await queries.head(snap)
     gone_if_ahead(after_seq, top[0])
-    await check_position(conn, after_seq, after_time)
+    await check_position(snap, after_seq, after_time)
     rows = await queries.changes_after(
-        conn,
+        snap,
         after_seq=after_seq,
         after_time=after_time,
         limit=limit + 1,
@@ -149,7 +149,7 @@ async def read_page(
 
 
 async def download(
-    db: Database,
+    db: Storage,
     *,
     since: str | None,
     cursor: str | None,
@@ -160,8 +160,8 @@ async def download(
     after_seq, after_time = parse_position(since, cursor)
     check_resource_type(resource_type)
     page = await db.read(
-        lambda conn: read_page(
-            conn,
+        lambda snap: read_page(
+            snap,
             after_seq=after_seq,
             after_time=after_time,
             limit=limit,

@@ -34,7 +34,6 @@ from ..errors import (
     Forbidden,
     HealthSyncError,
     Invalid,
-    MethodNotAllowed,
     NotFound,
     ShuttingDown,
     TooLarge,
@@ -427,4 +426,4 @@ class NotFoundHandler(BaseHandler):
         raise NotFound(f"no such path: {self.request.path}")
 
 
-__all__ = ["BaseHandler", "MethodNotAllowed", "NotFoundHandler", "RedactedLogs", "StaticHandler", "origin_allowed"]
+__all__ = ["BaseHandler", "NotFoundHandler", "RedactedLogs", "StaticHandler", "origin_allowed"]

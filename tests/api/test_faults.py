@@ -15,10 +15,10 @@ import pytest
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
+from healthsync.batches import is_transient, run_claimed_batch
 from healthsync.errors import Busy
 from healthsync.push.hub import Hub
 from healthsync.storage import Database
-from healthsync.tasks import is_transient, run_claimed_batch
 from tests.support.faults import LockHolder
 from tests.support.http import assert_refused, upload_body
 from tests.support.servers import make_settings
@@ -156,7 +156,7 @@ async def test_a_locked_queue_file_does_not_stall_the_server(app, api, path):
 
 def test_sqlite_reports_the_lock_as_busy(tmp_path):
     """What the storage layer translates: the driver's code, not only its words."""
-    from healthsync.storage.db import machine_fault
+    from healthsync.storage.sqlite import machine_fault
 
     path = tmp_path / "x.db"
     sqlite3.connect(path).execute("CREATE TABLE t (x)").connection.commit()

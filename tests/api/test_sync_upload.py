@@ -106,7 +106,8 @@ async def test_retried_batch_id_returns_stored_response_and_applies_nothing(api)
 
 async def test_retried_async_batch_id_gets_the_batch_answer_in_every_state(api, app, settings):
     """No consumer runs here: the batch is claimed and applied by hand, one state at a time."""
-    from healthsync.tasks import claim, make_huey, run_claimed_batch
+    from healthsync.batches import claim, run_claimed_batch
+    from healthsync.tasks import make_huey
 
     batch_id = str(uuid.uuid4())
     body = {"device_id": "tab-1", "batch_id": batch_id, "async": True,

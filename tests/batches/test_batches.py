@@ -11,8 +11,9 @@ import uuid
 import orjson
 import pytest
 
+from healthsync.batches import claim, purge_old_batches, requeue_stale, run_claimed_batch
 from healthsync.storage import Database
-from healthsync.tasks import claim, make_huey, purge_old_batches, requeue_stale, run_claimed_batch
+from healthsync.tasks import make_huey
 from tests.support.http import patient_changes
 from tests.support.servers import make_settings
 
@@ -303,7 +304,7 @@ async def test_requeue_by_the_worker_named_in_the_claim(tmp_path):
     import os
     import socket
 
-    from healthsync import clock, tasks
+    from healthsync import batches, clock
     from healthsync.sync.envelope import parse_upload
     from healthsync.sync.service import SyncService
 
@@ -313,11 +314,11 @@ async def test_requeue_by_the_worker_named_in_the_claim(tmp_path):
     long_ago = clock.format_us(clock.now_us() - 600 * 1_000_000)
     now = clock.format_us(clock.now_us())
     claims = {
-        "alive": (tasks.this_process(), now),
+        "alive": (batches.this_process(), now),
         "pid reused": (f"{socket.gethostname()}:{os.getpid()}:another-start", now),
         "other host": ("elsewhere.example:1234:x", now),
         "other host, silent": ("elsewhere.example:1234:x", long_ago),
-        "alive, silent": (tasks.this_process(), long_ago),  # its pid says more than its heartbeat
+        "alive, silent": (batches.this_process(), long_ago),  # its pid says more than its heartbeat
     }
     ids = {}
     try:
@@ -330,9 +331,9 @@ async def test_requeue_by_the_worker_named_in_the_claim(tmp_path):
         requeued = await requeue_stale(db, huey, 60)
         assert sorted(requeued) == sorted([ids["pid reused"], ids["other host, silent"]])
         # the heartbeat of this process's running claims
-        with tasks._running(ids["alive, silent"]):
-            assert await tasks.heartbeat(db) == 2
-        beats = await db.fetchall("SELECT heartbeat_at FROM batches WHERE worker = ?", (tasks.this_process(),))
+        with batches._running(ids["alive, silent"]):
+            assert await batches.heartbeat(db) == 2
+        beats = await db.fetchall("SELECT heartbeat_at FROM batches WHERE worker = ?", (batches.this_process(),))
         assert [b > now for (b,) in beats] == [True, True]
         assert await requeue_stale(db, huey, 60) == []
     finally:

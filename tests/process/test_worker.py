@@ -144,7 +144,7 @@ CLAIM_AND_EXIT = textwrap.dedent(
     """
     import sqlite3, sys
     from healthsync import clock
-    from healthsync.tasks import this_process
+    from healthsync.batches import this_process
     db, batch_id = sys.argv[1:]
     conn = sqlite3.connect(db, isolation_level=None)
     now = clock.format_us(clock.now_us())

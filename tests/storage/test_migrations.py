@@ -10,7 +10,7 @@ import pytest
 
 from healthsync.resources import Resources
 from healthsync.storage import Database
-from healthsync.storage.migrations import LATEST, SchemaTooNew, migrate
+from healthsync.storage.sqlite.migrations import LATEST, SchemaTooNew, migrate
 from tests.support.databases import V1_FILE
 
 

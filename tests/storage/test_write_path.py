@@ -271,7 +271,7 @@ async def test_checkpoints_stay_in_the_commit_by_default(tmp_path):
 def test_stamps_follow_the_clock_rules_across_a_second(lag):
     """``WriteTx.stamp`` inlines ``clock.step`` and ``clock.format_us``: same answers."""
     from healthsync import clock
-    from healthsync.storage.db import WriteTx
+    from healthsync.storage.sqlite.tx import WriteTx
 
     last = 1_760_000_000 * 1_000_000 - 3  # three microseconds before a whole second
     tx = WriteTx(None, 41, last)

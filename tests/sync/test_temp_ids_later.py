@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
+from healthsync.batches import purge_old_batches
 from healthsync.sync.service import SyncService
-from healthsync.tasks import purge_old_batches, purge_tombstones
+from healthsync.tasks import purge_tombstones
 
 UPLOAD = "/api/sync/upload/"
 

@@ -1,4 +1,4 @@
-"""Consistent copies of the live database, and putting one back.
+"""SQLite's backups: consistent copies of the live file, and putting one back.
 
 ``backup`` copies with ``VACUUM INTO`` from a read-only connection of its
 own: one read transaction, so the copy is one consistent snapshot (a prefix
@@ -11,18 +11,44 @@ journal mode, written under a temporary name, synced, checked with
 crash never leaves a half file under that name. ``restore`` checks the file
 the same way and refuses while a server or worker holds the data dir (an
 exclusive lock on the database file is the test: any open connection in WAL
-mode keeps it from being taken).
+mode keeps it from being taken).  ``BackupOps`` gives ``Database`` both, run in
+a thread (they block).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
-from .errors import Conflict, Invalid
+from ...errors import Conflict, Invalid
+
+
+class _Opens(Protocol):
+    path: Path
+
+    @property
+    def closed(self) -> bool: ...
+
+    async def open(self) -> object: ...
+
+
+class BackupOps:
+    async def backup(self: _Opens, dest: Path) -> Path:
+        """A consistent copy at ``dest`` (a file, or a folder that gets a timestamped
+        file); a database not made yet is made first, so the copy is a valid one."""
+        if not self.path.exists():
+            await self.open()
+        return await asyncio.to_thread(backup, self.path, dest)
+
+    async def restore(self: _Opens, src: Path) -> None:
+        """Replace this database's file by the backup ``src``: refused (``Conflict``)
+        while any process has it open, ``Invalid`` for a file that fails its check."""
+        await asyncio.to_thread(restore, src, self.path)
 
 
 def integrity_ok(path: Path) -> bool:

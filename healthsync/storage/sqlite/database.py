@@ -1,4 +1,8 @@
-"""``Database``: one SQLite file, one writer, a small pool of readers.
+"""``Database``: the SQLite implementation of ``storage.interface.Storage``.
+
+One SQLite file, one writer, a small pool of readers.  The named operations
+(tokens, audit, batches, backups) come from the mixins beside this module;
+this one owns the connections, the write path, reads and the commit signal.
 
 Every mutation in HealthSync goes through :meth:`Database.write`, which runs a
 coroutine function inside ``BEGIN IMMEDIATE`` … ``COMMIT`` on the single
@@ -17,7 +21,7 @@ Reads run on read-only connections, each call inside one read transaction, so
 everything a call reads comes from one snapshot.  WAL mode means readers never
 block the writer.
 
-``data_version`` reads ``PRAGMA data_version`` on one read-only connection of
+``commit_signal`` reads ``PRAGMA data_version`` on one read-only connection of
 its own, opened on first use: the value counts the commits *that connection*
 has noticed, so it is only comparable with earlier values from the same
 connection, never across the pooled readers.
@@ -56,14 +60,20 @@ import struct
 import time
 import warnings
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 
-from .. import clock
-from ..errors import Busy, HealthSyncError, StorageFull
+from ...errors import Busy, HealthSyncError, StorageFull, Unreachable
+from .. import mutations, queries
+from ..interface import CommitHook, CommitInfo, DatabaseClosed
+from .audit import AuditOps
+from .backup import BackupOps
+from .batches import BatchOps
+from .migrations import migrate
+from .tokens import TokenOps
+from .tx import WriteTx
 
 log = logging.getLogger("healthsync.storage")
 
@@ -81,67 +91,7 @@ _WAL_INDEX_VERSION = 3007000
 _WAL_INDEX_HEADER = 136
 
 
-class DatabaseClosed(RuntimeError):
-    """The database was closed; no further reads or writes are possible."""
-
-
-@dataclass
-class CommitInfo:
-    """What a committed write tells the commit hooks."""
-
-    head_seq: int
-    head_us: int
-    changed: int
-    events: list[dict[str, Any]] = field(default_factory=list)
-
-
-class WriteTx:
-    """The state of one write transaction, given to the write function.
-
-    ``conn`` is the writer connection, inside ``BEGIN IMMEDIATE``.
-    """
-
-    def __init__(self, conn: aiosqlite.Connection, seq: int, last_us: int) -> None:
-        self.conn = conn
-        self.seq = seq
-        self.last_us = last_us
-        self.changed = 0
-        self.events: list[dict[str, Any]] = []
-        self._now = clock.now_us()
-        self._second = -1  # the second of the last stamp, and its text up to the fraction
-        self._second_text = ""
-
-    def stamp(self) -> tuple[int, str]:
-        """Next (seq, updated_at) for one changed row: both strictly increasing.
-
-        ``clock.step`` and ``clock.format_us``, inlined: an upload stamps
-        10,000 rows in a row, almost all within one second.
-        """
-        self.seq += 1
-        us = self.last_us + 1
-        if us < self._now:
-            us = self._now
-        self.last_us = us
-        self.changed += 1
-        second, micro = divmod(us, 1_000_000)
-        if second != self._second:
-            self._second = second
-            self._second_text = clock.format_us(us)[:-7]
-        return self.seq, f"{self._second_text}{micro:06d}Z"
-
-    def now(self) -> str:
-        """The transaction's wall-clock time, canonical (for bookkeeping columns)."""
-        return clock.format_us(self._now)
-
-    def emit(self, event: dict[str, Any]) -> None:
-        """Record an event for the commit hooks; dropped if the write fails."""
-        self.events.append(event)
-
-
-CommitHook = Callable[[CommitInfo], None]
-
-
-class Database:
+class Database(TokenOps, AuditOps, BatchOps, BackupOps):
     """One SQLite database file in WAL mode.  Open with :meth:`open`."""
 
     def __init__(
@@ -161,7 +111,7 @@ class Database:
         self._writer: aiosqlite.Connection | None = None
         self._readers: asyncio.Queue[aiosqlite.Connection] | None = None
         self._all_readers: list[aiosqlite.Connection] = []
-        self._version_conn: aiosqlite.Connection | None = None  # data_version's own connection
+        self._version_conn: aiosqlite.Connection | None = None  # commit_signal's own connection
         self._version_lock = asyncio.Lock()
         self._write_lock = asyncio.Lock()
         self._open_lock = asyncio.Lock()
@@ -177,7 +127,11 @@ class Database:
     # Lifecycle --------------------------------------------------------------
 
     async def open(self) -> Database:
-        """Open the connections, set pragmas and migrate the schema (idempotent)."""
+        """Open the connections, set pragmas and migrate the schema (idempotent).
+
+        ``Busy`` when another process holds the write lock past the busy
+        timeout (a migration waits for it), ``StorageFull`` on a full disk.
+        """
         if self._closed:
             raise DatabaseClosed(str(self.path))
         if self._writer is not None:
@@ -185,36 +139,49 @@ class Database:
         async with self._open_lock:
             if self._writer is not None:
                 return self
-            from .migrations import migrate  # migrations build on this module
-
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            writer = await aiosqlite.connect(self.path, isolation_level=None)
             try:
-                await writer.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-                mode = await (await writer.execute("PRAGMA journal_mode = WAL")).fetchone()
-                if mode is None or mode[0].lower() != "wal":
-                    raise RuntimeError(f"could not put {self.path} in WAL mode")
-                await writer.execute(f"PRAGMA synchronous = {self.synchronous}")
-                await writer.execute("PRAGMA foreign_keys = ON")
-                self.schema_version = await migrate(writer)
-                readers = []
-                for _ in range(self._reader_count):
-                    reader = await aiosqlite.connect(
-                        f"file:{self.path}?mode=ro", uri=True, isolation_level=None
-                    )
-                    await reader.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-                    readers.append(reader)
-                if self.checkpoint_pages:
-                    await self._take_over_checkpoints(writer)
-            except BaseException:
-                await writer.close()
-                raise
-            self._all_readers = readers
-            self._readers = asyncio.Queue()
-            for reader in readers:
-                self._readers.put_nowait(reader)
-            self._writer = writer
+                await self._connect()
+            except (sqlite3.Error, OSError) as exc:
+                fault = machine_fault(exc)
+                if fault is None:
+                    raise
+                log.warning("database not opened: %s (%s)", fault.message, exc)
+                raise fault from exc
         return self
+
+    async def migrate(self) -> int:
+        """Open (which migrates) and return the schema version reached."""
+        await self.open()
+        return self.schema_version
+
+    async def _connect(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        writer = await aiosqlite.connect(self.path, isolation_level=None)
+        readers: list[aiosqlite.Connection] = []
+        try:
+            await writer.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            mode = await (await writer.execute("PRAGMA journal_mode = WAL")).fetchone()
+            if mode is None or mode[0].lower() != "wal":
+                raise RuntimeError(f"could not put {self.path} in WAL mode")
+            await writer.execute(f"PRAGMA synchronous = {self.synchronous}")
+            await writer.execute("PRAGMA foreign_keys = ON")
+            self.schema_version = await migrate(writer)
+            for _ in range(self._reader_count):
+                reader = await aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+                readers.append(reader)
+                await reader.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            if self.checkpoint_pages:
+                await self._take_over_checkpoints(writer)
+        except BaseException:
+            for reader in readers:
+                await reader.close()
+            await writer.close()
+            raise
+        self._all_readers = readers
+        self._readers = asyncio.Queue()
+        for reader in readers:
+            self._readers.put_nowait(reader)
+        self._writer = writer
 
     async def _take_over_checkpoints(self, writer: aiosqlite.Connection) -> None:
         """Turn the commit-time checkpoint off, to run it after commits instead;
@@ -282,9 +249,6 @@ class Database:
             writer, self._writer = self._writer, None
         if self._checkpoint_task is not None:
             await asyncio.gather(self._checkpoint_task, return_exceptions=True)
-        if self._shm is not None:
-            os.close(self._shm)
-            self._shm = None
         for reader in self._all_readers:
             await reader.close()
         self._all_readers = []
@@ -295,6 +259,13 @@ class Database:
         if writer is not None:
             # A clean close checkpoints the WAL into the main file.
             await writer.close()
+        if self._shm is not None:
+            # Last: closing any descriptor of the WAL index drops every POSIX
+            # lock this process holds on it, SQLite's included, and another
+            # process that then finds no lock resets (truncates) the index
+            # under connections still mapping it (SIGBUS).
+            os.close(self._shm)
+            self._shm = None
 
     def __del__(self) -> None:
         if self._writer is not None and not self._closed:
@@ -383,7 +354,7 @@ class Database:
         finally:
             self._readers.put_nowait(conn)
 
-    async def data_version(self) -> int:
+    async def commit_signal(self) -> int:
         """SQLite's ``PRAGMA data_version`` on this database's dedicated connection.
 
         It changes when any other connection (of this process or another)
@@ -412,6 +383,28 @@ class Database:
             await conn.close()
         else:
             self._version_conn = conn
+
+    async def head(self) -> tuple[int, int]:
+        """(seq, updated_at in µs) of the newest commit."""
+        return await self.read(queries.head)
+
+    async def probe(self) -> int:
+        """Open the file afresh, read-only, and read the head: what a restarting
+        server would see (a pooled connection can keep serving from its cache).
+
+        ``Busy``/``StorageFull`` as for a write; ``Unreachable`` for any other
+        failure (a missing or unreadable file).
+        """
+        try:
+            return await asyncio.to_thread(_probe, self.path)
+        except (sqlite3.Error, OSError) as exc:
+            raise (machine_fault(exc) or Unreachable(f"{self.path}: {exc}")) from exc
+
+    async def list_devices(self) -> list[dict[str, Any]]:
+        return await self.read(queries.list_devices)
+
+    async def purge_tombstones(self, before: str) -> int:
+        return await self.write(lambda tx: mutations.purge_tombstones(tx, before))
 
     async def fetchall(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[Any]:
         """Convenience: one statement's rows."""
@@ -447,9 +440,7 @@ def machine_fault(exc: BaseException) -> HealthSyncError | None:
     return None
 
 
-def probe(path: Path) -> int:
-    """Open the file afresh, read-only, and read the head: what a restarting
-    server would see (a pooled connection can keep serving from its cache)."""
+def _probe(path: Path) -> int:
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing")
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)

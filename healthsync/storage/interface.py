@@ -1,0 +1,274 @@
+"""The storage interface: what the rest of HealthSync may ask of a database.
+
+One small interface, in the spirit of Huey's ``BaseStorage``: each backend
+(``storage/sqlite/`` today, PostgreSQL next) implements it whole, and
+``tests/storage/test_contract.py`` holds every implementation to the same
+promises.  Nothing here names a driver or relies on one engine's tricks
+(rowid, ``INSERT OR IGNORE``, ``json_each``, the WAL index): they stay
+inside the implementation that uses them.
+
+The promises every backend keeps:
+
+- **One write path.**  ``write(fn)`` runs ``fn`` in one transaction on the
+  writer side.  The transaction first takes the clock lock (SQLite's ``BEGIN
+  IMMEDIATE``, PostgreSQL's ``SELECT … FROM clock WHERE id = 1 FOR UPDATE``),
+  so writers are serialized across every process: ``seq`` is gap-free and
+  strictly increasing, ``updated_at`` strictly increasing, and a snapshot
+  always holds exactly seq 1..head.  An exception from ``fn`` rolls
+  everything back and no commit hook runs.
+- **Snapshot reads.**  ``read(fn)`` runs ``fn`` in one consistent snapshot:
+  the head and the rows it reads agree.
+- **A commit signal.**  ``commit_signal()`` changes whenever any process
+  commits (SQLite: ``PRAGMA data_version``; PostgreSQL: ``LISTEN``).
+- **Domain errors only.**  A driver's exception never leaves storage: a lock
+  held too long is ``errors.Busy``, a full disk ``errors.StorageFull``, a
+  closed storage ``DatabaseClosed``; rules of the data are ``NotFound`` and
+  ``Conflict``.
+
+Times are canonical UTC text (``clock.format_us``), ordered as text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+
+
+class DatabaseClosed(RuntimeError):
+    """The storage was closed; no further reads or writes are possible."""
+
+
+@dataclass
+class CommitInfo:
+    """What a committed write tells the commit hooks."""
+
+    head_seq: int
+    head_us: int
+    changed: int
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+CommitHook = Callable[[CommitInfo], None]
+
+#: A read snapshot as ``read(fn)`` hands it to ``fn``: the backend's own handle,
+#: passed on only to storage's read functions (``queries``), never used above.
+Snapshot = Any
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A batch in ``processing``: who claimed it, and when that process last spoke."""
+
+    batch_id: str
+    task_id: str | None
+    claimed_at: str | None
+    worker: str | None
+    heartbeat_at: str | None
+
+
+#: One audit row: (at, who, role, method, path, query, status, remote_ip).
+AuditEntry = tuple[str, str | None, str | None, str, str, str | None, int, str | None]
+
+#: ``apply_claimed_batch``'s work: given the open transaction and the batch's
+#: stored request (JSON text), apply it and return the response body.
+ApplyStored = Callable[["WriteTx", str], Awaitable[dict[str, Any]]]
+
+
+class WriteTx(Protocol):
+    """One write transaction, inside the clock lock, as ``write(fn)`` hands it to ``fn``."""
+
+    #: The seq of the last row stamped so far (the head before the first stamp).
+    seq: int
+    #: Rows stamped so far.
+    changed: int
+
+    def stamp(self) -> tuple[int, str]:
+        """The next (seq, updated_at) for one changed row: seq + 1 and a time
+        strictly after the previous stamp's, never before the wall clock."""
+        ...
+
+    def now(self) -> str:
+        """The transaction's wall-clock time, for bookkeeping columns."""
+        ...
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Hand ``event`` to the commit hooks after the commit; dropped on rollback."""
+        ...
+
+
+class Storage(Protocol):
+    """A HealthSync database: the only way the program reads or writes its data."""
+
+    #: The schema version reached by ``migrate`` (0 before ``open``).
+    schema_version: int
+
+    # Lifecycle -------------------------------------------------------------------
+
+    async def open(self) -> Storage:
+        """Connect and migrate (idempotent).  ``DatabaseClosed`` once closed."""
+        ...
+
+    async def migrate(self) -> int:
+        """Bring the schema up to date; the version reached.  Safe when several
+        processes start at once: each step is applied once."""
+        ...
+
+    async def close(self) -> None:
+        """Let queued writes finish, then let go of every connection (idempotent)."""
+        ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    # The write path, reads, commits ----------------------------------------------
+
+    async def write(self, fn: Callable[[WriteTx], Awaitable[T]]) -> T:
+        """Run ``fn(tx)`` in one transaction under the clock lock and commit;
+        then call every commit hook.  Any exception rolls back and is re-raised."""
+        ...
+
+    async def read(self, fn: Callable[[Snapshot], Awaitable[T]]) -> T:
+        """Run ``fn(snapshot)`` in one consistent read snapshot.  The snapshot is
+        the backend's own handle: only storage's read functions take it."""
+        ...
+
+    def add_commit_hook(self, hook: CommitHook) -> None:
+        """Call ``hook(CommitInfo)`` on the event loop after every committed write
+        of this storage object (other processes' commits show in ``commit_signal``)."""
+        ...
+
+    async def commit_signal(self) -> int:
+        """A value that changes whenever any process commits.  Compare it only
+        with earlier values from the same storage object."""
+        ...
+
+    def idle_for(self) -> float:
+        """Seconds since a write last let go of the writer; 0 while one holds it."""
+        ...
+
+    async def head(self) -> tuple[int, int]:
+        """(seq, updated_at in µs) of the newest commit."""
+        ...
+
+    async def probe(self) -> int:
+        """The head as a process starting now would read it (a fresh connection,
+        not a pooled one); raises when the database cannot be reached."""
+        ...
+
+    # Backups ---------------------------------------------------------------------
+
+    async def backup(self, dest: Path) -> Path:
+        """A consistent copy (one snapshot) at ``dest``, or in it when it is a
+        folder; the path written.  ``Conflict`` if the copy fails its check.
+        Needs no ``open``; closes nothing it did not open."""
+        ...
+
+    async def restore(self, src: Path) -> None:
+        """Replace the data by the backup ``src``, which must pass its check
+        (``Invalid``); ``Conflict`` while any process has the database open."""
+        ...
+
+    # Tokens ----------------------------------------------------------------------
+
+    async def create_token(self, name: str, role: str, token_hash: str) -> None:
+        """Store a token by its hash; ``Conflict`` while a live token has ``name``."""
+        ...
+
+    async def revoke_token(self, name: str) -> int:
+        """Revoke the live token named ``name``; how many were revoked (0 or 1)."""
+        ...
+
+    async def list_tokens(self) -> list[dict[str, Any]]:
+        """Every token, oldest first: name, role, created_at, revoked_at."""
+        ...
+
+    async def find_token(self, token_hash: str) -> tuple[str, str] | None:
+        """(name, role) of the live token with this hash, or None."""
+        ...
+
+    # Audit -----------------------------------------------------------------------
+
+    async def append_audit(self, entries: Sequence[AuditEntry]) -> None:
+        """Append audit entries in one write (the trail is append-only)."""
+        ...
+
+    async def list_audit(
+        self, *, who: str | None, since: str | None, limit: int, after: int
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` entries after entry id ``after``, oldest first,
+        optionally by ``who`` and newer than ``since``."""
+        ...
+
+    # Devices and purge -----------------------------------------------------------
+
+    async def list_devices(self) -> list[dict[str, Any]]:
+        """Every device seen, most recently seen first, with its batches and lag."""
+        ...
+
+    async def purge_tombstones(self, before: str) -> int:
+        """Delete tombstones last changed before ``before`` and raise the purge
+        horizon, in one write; how many rows went."""
+        ...
+
+    # Batches ---------------------------------------------------------------------
+    # States: pending -> processing (claimed by a task) -> done | failed;
+    # failed -> processing again.  A batch is applied at most once.
+
+    async def store_batch(self, batch_id: str, device_id: str, request: str, change_count: int) -> None:
+        """Store an uploaded batch as ``pending`` (``request``: its JSON text)."""
+        ...
+
+    async def get_batch(self, batch_id: str) -> dict[str, Any] | None:
+        """The batch as the API shows it (with its results once done), or None."""
+        ...
+
+    async def list_batches(
+        self, *, device_id: str | None, status: str | None, limit: int | None, after: int
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """A page of batches, newest first, and the ``after`` of the next page."""
+        ...
+
+    async def claim_batch(self, batch_id: str, task_id: str) -> str:
+        """``pending``/``failed`` -> ``processing`` under ``task_id`` (a new claim:
+        attempts + 1, no worker yet); the batch's device.  ``NotFound``, or
+        ``Conflict`` (with the status) when it is ``processing`` or ``done``."""
+        ...
+
+    async def record_batch_worker(self, batch_id: str, task_id: str, worker: str) -> bool:
+        """Name the process running the claim and stamp its heartbeat, if the
+        batch is still ``processing`` under ``task_id``; whether it was."""
+        ...
+
+    async def heartbeat_batches(self, worker: str) -> int:
+        """Stamp ``heartbeat_at`` of every claim ``worker`` runs; how many."""
+        ...
+
+    async def apply_claimed_batch(self, batch_id: str, task_id: str, apply: ApplyStored) -> bool:
+        """In ONE write: if the batch is still ``processing`` under ``task_id``,
+        run ``apply(tx, request)`` and mark it ``done`` with the response;
+        otherwise change nothing.  Whether it was applied.  Whoever calls it,
+        however often, a batch is applied once."""
+        ...
+
+    async def fail_batch(self, batch_id: str, task_id: str, error: str) -> bool:
+        """Mark the batch ``failed`` with ``error``, if still claimed by ``task_id``."""
+        ...
+
+    async def reclaim_batches(self, pick: Callable[[Claim], str | None]) -> list[tuple[Claim, str]]:
+        """In one write, give every ``processing`` batch for which ``pick(claim)``
+        returns a new task id a new claim under it (attempts + 1, no worker);
+        (old claim, new task id) for each."""
+        ...
+
+    async def purge_batches(self, before: str) -> int:
+        """Delete ``done`` batches finished before ``before``; how many."""
+        ...
+
+    async def batch_events_since(self, updated_at: str) -> list[tuple[str, str, str, str]]:
+        """(batch_id, device_id, status, updated_at) of batches changed at or
+        after ``updated_at``, oldest change first."""
+        ...
