@@ -42,7 +42,7 @@ from settings import Settings
 
 from . import clock
 from .auth import OPEN, Principal, require_device
-from .errors import Busy, NotFound, StorageFull
+from .errors import Busy, NotFound, QueueUnavailable, StorageFull
 from .storage import Claim, Storage, WriteTx, make_storage
 from .sync.apply import apply_upload
 from .sync.envelope import parse_upload
@@ -106,7 +106,15 @@ async def claim(db: Storage, huey: Huey, batch_id: str) -> str:
     # After the commit: a crash between the two leaves the claim to expire
     # and be re-queued by requeue_stale, never a task without its claim.
     # Huey's storage may block (SQLite, Redis): keep it off the event loop.
-    await asyncio.get_running_loop().run_in_executor(None, huey.enqueue, task)
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, huey.enqueue, task)
+    except Exception as exc:  # whatever the queue's backend raises: it did not take the task
+        log.warning("the task queue refused batch %s (%s): claim released", batch_id, exc)
+        await db.release_batch(batch_id, task.id)
+        raise QueueUnavailable(
+            f"the task queue could not take batch {batch_id}: trigger it again in a moment",
+            [{"field": "batch_id", "message": "queue unavailable; the batch is pending"}],
+        ) from None
     return str(task.id)
 
 

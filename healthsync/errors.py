@@ -124,6 +124,14 @@ class StorageFull(HealthSyncError):
     retry_after = 60
 
 
+class QueueUnavailable(HealthSyncError):
+    """The task queue refused a task (its file locked or full, its server down):
+    nothing was left claimed, the client may trigger again (503)."""
+
+    status = 503
+    retry_after = 5
+
+
 class Unreachable(HealthSyncError):
     """The database cannot be reached or read at all: missing, unreadable, or its
     server down (503).  The health check reports it; the process keeps running."""

@@ -301,7 +301,9 @@ def build_schema(*, page_limit_max: int = 10000, max_batch_changes: int = 10000)
             "post": op("Sync", "Apply a stored (async) batch in the background",
                        {202: _ok("Claimed and queued.", _json("TriggerResponse")), **common_errors,
                         404: _error(404), 409: _error(409, "Already `processing` or `done` (`status`)."),
-                        413: _error(413), 429: _error(429), 507: _error(507)},
+                        413: _error(413), 429: _error(429), 507: _error(507),
+                        503: _error(503, "The database is busy, or the task queue could not take the task "
+                                    "(the batch stays `pending`): retry after `Retry-After`.")},
                        op_id="trigger_batch", parameters=[_id_param("batch_id", "batch")],
                        description="A `failed` batch may be triggered again. Poll the batch until `done`."),
         },

@@ -238,6 +238,11 @@ class Storage(Protocol):
         ``Conflict`` (with the status) when it is ``processing`` or ``done``."""
         ...
 
+    async def release_batch(self, batch_id: str, task_id: str) -> bool:
+        """Undo a claim whose task never reached the queue: ``processing`` under
+        ``task_id`` -> ``pending`` (the attempt uncounted); whether it was."""
+        ...
+
     async def record_batch_worker(self, batch_id: str, task_id: str, worker: str) -> bool:
         """Name the process running the claim and stamp its heartbeat, if the
         batch is still ``processing`` under ``task_id``; whether it was."""

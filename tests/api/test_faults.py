@@ -76,6 +76,23 @@ async def test_the_batch_task_meets_the_lock_and_is_retried_not_failed(api, sett
     assert len((await api.get("/api/patients/")).json) == 3
 
 
+@pytest.mark.slow
+async def test_a_trigger_the_queue_refuses_leaves_the_batch_pending(app, api, settings):
+    body = {**upload_body(str(uuid.uuid4())), "async": True}
+    batch_id = (await api.post("/api/sync/upload/", body)).json["batch_id"]
+    assert app.ctx.batches.huey is not None  # Huey's file exists, and nobody holds it open
+    with LockHolder(settings.data_dir / "huey.db", exclusive=True):
+        resp = await api.post(f"/api/sync/trigger/{batch_id}/")  # Huey waits out its own 10 s timeout
+        assert resp.status == 503 and int(resp.headers["Retry-After"]) >= 1, resp.body
+        assert "task queue" in resp.json["error"] and resp.json["details"][0]["field"] == "batch_id"
+        batch = (await api.get(f"/api/sync/batches/{batch_id}/")).json
+        assert batch["status"] == "pending"  # not claimed by a task that no queue holds
+    again = await api.post(f"/api/sync/trigger/{batch_id}/")
+    assert again.status == 202
+    assert await run_claimed_batch(settings, batch_id, again.json["task_id"], final=False) == "done"
+    assert len((await api.get("/api/patients/")).json) == 3
+
+
 async def test_a_refused_catch_up_read_is_an_error_message_and_a_close_with_reason(tmp_path):
     # In WAL mode another process cannot block a read (the test above shows it),
     # so the refusal is injected at the storage boundary: what the hub must do

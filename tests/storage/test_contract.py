@@ -258,6 +258,19 @@ async def test_batch_store_claim_apply_once_done(storage):
         await storage.claim_batch("nope", "task-4")
 
 
+async def test_a_claim_the_queue_never_took_is_released(storage):
+    await storage.store_batch("r1", "tab-1", stored_upload("r1"), 2)
+    await storage.claim_batch("r1", "task-1")
+    assert not await storage.release_batch("r1", "task-other")  # not its claim
+    assert await storage.release_batch("r1", "task-1")
+    assert not await storage.release_batch("r1", "task-1")  # once only
+    batch = await storage.get_batch("r1")
+    assert batch["status"] == "pending" and batch["attempts"] == 0
+    assert not await storage.apply_claimed_batch("r1", "task-1", apply_marker)  # the released claim is gone
+    await storage.claim_batch("r1", "task-2")
+    assert await storage.apply_claimed_batch("r1", "task-2", apply_marker)
+
+
 async def test_a_failed_apply_rolls_back_and_the_batch_can_fail_and_be_claimed_again(storage):
     await storage.store_batch("b2", "tab-1", stored_upload("b2"), 2)
     await storage.claim_batch("b2", "task-1")

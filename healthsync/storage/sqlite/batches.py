@@ -59,6 +59,17 @@ class BatchOps:
 
         return await self.write(run)
 
+    async def release_batch(self: Engine, batch_id: str, task_id: str) -> bool:
+        async def run(tx: WriteTx) -> bool:
+            cur = await tx.conn.execute(
+                "UPDATE batches SET status = 'pending', task_id = NULL, claimed_at = NULL,"
+                " attempts = attempts - 1, updated_at = ? WHERE id = ? AND status = 'processing' AND task_id = ?",
+                (tx.now(), batch_id, task_id),
+            )
+            return cur.rowcount == 1
+
+        return await self.write(run)
+
     async def record_batch_worker(self: Engine, batch_id: str, task_id: str, worker: str) -> bool:
         async def run(tx: WriteTx) -> bool:
             cur = await tx.conn.execute(
