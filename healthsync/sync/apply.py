@@ -332,15 +332,37 @@ class _Apply:
         return {"server_id": server_id, "status": "updated", "server_version": row[v_col]}
 
     def _update_patient(self, row: list[Any], payload: dict[str, Any]) -> None:
+        patch = payload  # merge_patch copies what it keeps: the payload is only read
+        if not READ_ONLY_KEYS.isdisjoint(payload):  # keys a client echoed back: ignored
+            patch = {k: v for k, v in payload.items() if k not in READ_ONLY_KEYS}
+        if "identifiers" in patch or "fhir" in patch or not self._update_patient_fields(row, patch):
+            self._update_patient_document(row, patch)
+
+    def _update_patient_fields(self, row: list[Any], patch: dict[str, Any]) -> bool:
+        """Apply a patch that leaves ``identifiers`` and ``fhir`` alone, the
+        common update (a rename, a corrected date of birth): their stored
+        texts stay as they are, neither parsed nor written out again (they
+        were checked when stored, and a patch that does not name them cannot
+        change them).  False, having changed nothing, when ``PatientCheck``
+        is not sure of the result: the whole document then goes through
+        ``_update_patient_document``, which words the errors."""
+        merged = merge_patch({"name": row[P_NAME], "dob": row[P_DOB]}, patch)
+        checked = self.check.one(merged)
+        if checked is None:
+            return False
+        name, dob = checked[0], checked[1]
+        if name != row[P_NAME] or dob != row[P_DOB]:
+            row[P_NAME], row[P_DOB] = name, dob
+            self._touch_patient(row)
+        return True  # else nothing changes: the row keeps its version and seq
+
+    def _update_patient_document(self, row: list[Any], patch: dict[str, Any]) -> None:
         current = {
             "name": row[P_NAME],
             "dob": row[P_DOB],
             "identifiers": orjson.loads(row[P_IDENT]),
             "fhir": None if row[P_FHIR] is None else orjson.loads(row[P_FHIR]),
         }
-        patch = payload  # merge_patch copies what it keeps: the payload is only read
-        if not READ_ONLY_KEYS.isdisjoint(payload):  # keys a client echoed back: ignored
-            patch = {k: v for k, v in payload.items() if k not in READ_ONLY_KEYS}
         merged = merge_patch(current, patch)
         name, dob, identifiers, fhir = self._patient(merged)
         ident_text = _dump(identifiers)
