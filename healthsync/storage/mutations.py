@@ -15,6 +15,7 @@ import orjson
 
 from .db import WriteTx
 from .queries import PATIENT_COLS, RECORD_COLS, Row
+from .rows import PatientRow, RecordRow
 
 _PATIENT_FOR_UPDATE = f"SELECT {PATIENT_COLS} FROM patients WHERE id = ?"
 _RECORD_FOR_UPDATE = f"SELECT {RECORD_COLS} FROM records WHERE id = ?"
@@ -140,29 +141,31 @@ _PATIENTS_BY_ID = _by_ids(PATIENT_COLS, "patients")
 _RECORDS_BY_ID = _by_ids(RECORD_COLS, "records")
 
 
-async def load_patients(tx: WriteTx, ids: set[str]) -> dict[str, list[Any]]:
-    """Patient rows by id (columns of ``PATIENT_COLS``), as mutable lists."""
+async def load_patients(tx: WriteTx, ids: set[str]) -> dict[str, PatientRow]:
+    """The patients of ``ids`` that exist, by id."""
     if not ids:
         return {}
     rows = await tx.conn.execute_fetchall(_PATIENTS_BY_ID, (_json_list(ids),))
-    return {r[0]: list(r) for r in rows}
+    return {r[0]: PatientRow(*r) for r in rows}
 
 
-async def load_records(tx: WriteTx, ids: set[str]) -> dict[str, list[Any]]:
+async def load_records(tx: WriteTx, ids: set[str]) -> dict[str, RecordRow]:
+    """The records of ``ids`` that exist, by id."""
     if not ids:
         return {}
     rows = await tx.conn.execute_fetchall(_RECORDS_BY_ID, (_json_list(ids),))
-    return {r[0]: list(r) for r in rows}
+    return {r[0]: RecordRow(*r) for r in rows}
 
 
-async def load_live_records_of(tx: WriteTx, patient_ids: set[str]) -> list[list[Any]]:
+async def load_live_records_of(tx: WriteTx, patient_ids: set[str]) -> list[RecordRow]:
+    """The records not deleted of the patients of ``patient_ids``, oldest first."""
     if not patient_ids:
         return []
     rows = await tx.conn.execute_fetchall(
         f"SELECT {RECORD_COLS} FROM records WHERE patient IN {_IDS} AND deleted = 0 ORDER BY rowid",
         (_json_list(patient_ids),),
     )
-    return [list(r) for r in rows]
+    return [RecordRow(*r) for r in rows]
 
 
 async def load_temp_ids(tx: WriteTx, device_id: str, temp_ids: set[str]) -> dict[str, tuple[str, str]]:
@@ -179,40 +182,41 @@ async def load_temp_ids(tx: WriteTx, device_id: str, temp_ids: set[str]) -> dict
     return {r[0]: (r[1], r[2]) for r in rows}
 
 
-async def write_patients(tx: WriteTx, new: list[list[Any]], changed: list[list[Any]]) -> None:
-    """Insert ``new`` rows (``PATIENT_COLS`` + seq + created_at) and update
-    ``changed`` ones (``PATIENT_COLS`` + seq).  Rows are bound as they are,
-    with no copy: the UPDATE names its parameters by column position (?2, the
-    owner, is never changed)."""
+async def write_patients(tx: WriteTx, new: list[PatientRow], changed: list[PatientRow]) -> None:
+    """Insert the ``new`` rows and update the ``changed`` ones, as they are
+    (every column but ``id``, ``owner`` and ``created_at``, which never change)."""
     if new:
         await tx.conn.executemany(
             "INSERT INTO patients (id, owner, name, dob, identifiers, fhir, server_version,"
             " updated_at, deleted, seq, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            new,
+            [(r.id, r.owner, r.name, r.dob, r.identifiers, r.fhir, r.version, r.updated_at, r.deleted, r.seq,
+              r.created_at) for r in new],
         )
     if changed:
         await tx.conn.executemany(
-            "UPDATE patients SET name = ?3, dob = ?4, identifiers = ?5, fhir = ?6, server_version = ?7,"
-            " updated_at = ?8, deleted = ?9, seq = ?10 WHERE id = ?1",
-            changed,
+            "UPDATE patients SET name = ?, dob = ?, identifiers = ?, fhir = ?, server_version = ?,"
+            " updated_at = ?, deleted = ?, seq = ? WHERE id = ?",
+            [(r.name, r.dob, r.identifiers, r.fhir, r.version, r.updated_at, r.deleted, r.seq, r.id)
+             for r in changed],
         )
 
 
-async def write_records(tx: WriteTx, new: list[list[Any]], changed: list[list[Any]]) -> None:
-    """Insert ``new`` rows (``RECORD_COLS`` + seq + created_at) and update
-    ``changed`` ones (``RECORD_COLS`` + seq), bound as they are (see
-    ``write_patients``)."""
+async def write_records(tx: WriteTx, new: list[RecordRow], changed: list[RecordRow]) -> None:
+    """Insert the ``new`` rows and update the ``changed`` ones, as they are
+    (every column but ``id`` and ``created_at``)."""
     if new:
         await tx.conn.executemany(
             "INSERT INTO records (id, patient, resource_type, data, server_version, updated_at,"
             " deleted, seq, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            new,
+            [(r.id, r.patient, r.resource_type, r.data, r.version, r.updated_at, r.deleted, r.seq, r.created_at)
+             for r in new],
         )
     if changed:
         await tx.conn.executemany(
-            "UPDATE records SET patient = ?2, resource_type = ?3, data = ?4, server_version = ?5,"
-            " updated_at = ?6, deleted = ?7, seq = ?8 WHERE id = ?1",
-            changed,
+            "UPDATE records SET patient = ?, resource_type = ?, data = ?, server_version = ?,"
+            " updated_at = ?, deleted = ?, seq = ? WHERE id = ?",
+            [(r.patient, r.resource_type, r.data, r.version, r.updated_at, r.deleted, r.seq, r.id)
+             for r in changed],
         )
 
 
