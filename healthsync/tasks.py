@@ -380,7 +380,6 @@ async def purge_old_batches(db: Database, retention_days: float) -> int:
     cutoff = clock.format_us(clock.now_us() - int(retention_days * 86_400 * 1_000_000))
 
     async def run(tx: WriteTx) -> int:
-        await mutations.catch_up_temp_ids(tx, None)  # a batch's response may still stand in for its temp ids
         cur = await tx.conn.execute("DELETE FROM batches WHERE status = 'done' AND finished_at < ?", (cutoff,))
         return cur.rowcount
 

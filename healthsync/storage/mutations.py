@@ -169,11 +169,9 @@ async def load_live_records_of(tx: WriteTx, patient_ids: set[str]) -> list[Recor
 
 
 async def load_temp_ids(tx: WriteTx, device_id: str, temp_ids: set[str]) -> dict[str, tuple[str, str]]:
-    """client_temp_id -> (server_id, resource_type) for this device, those of
-    its batches whose rows are still put off included (``catch_up_temp_ids``)."""
+    """client_temp_id -> (server_id, resource_type) for this device."""
     if not temp_ids:
         return {}
-    await catch_up_temp_ids(tx, device_id)
     rows = await tx.conn.execute_fetchall(
         "SELECT t.client_temp_id, t.server_id, t.resource_type FROM json_each(?) AS j"
         " CROSS JOIN temp_ids AS t ON t.device_id = ? AND t.client_temp_id = j.value",  # see _by_ids
@@ -230,64 +228,6 @@ async def insert_temp_ids(tx: WriteTx, rows: list[tuple[str, str, str, str]]) ->
         )
 
 
-# Temp ids put off until after their batch's commit ------------------------------------
-#
-# A synchronous upload stores its batch with ``temp_pending = 1`` and leaves its
-# new temp_ids rows to a write of their own after the commit, off the upload's
-# path (``SyncService``).  The batch's stored response names every created
-# item by its ``client_temp_id``, so until that write is done (or if it never
-# is: a crash, a shutdown) the mappings are read from there instead.
-
-
-async def index_temp_ids(tx: WriteTx, batch_id: str, rows: list[tuple[str, str, str, str]]) -> None:
-    """Write the temp_ids rows put off from ``batch_id``, and clear its mark
-    (unless a catch-up got there first)."""
-    if await tx.conn.execute_fetchall("SELECT 1 FROM batches WHERE id = ? AND temp_pending = 1", (batch_id,)):
-        await insert_temp_ids(tx, rows)
-        await tx.conn.execute("UPDATE batches SET temp_pending = 0 WHERE id = ?", (batch_id,))
-
-
-_CATCH_UP = """
-INSERT OR IGNORE INTO temp_ids (device_id, client_temp_id, server_id, resource_type)
-SELECT device_id, temp_id, server_id, kind FROM (
-    SELECT device_id, temp_id, server_id,
-           coalesce((SELECT 'Patient' FROM patients WHERE id = server_id),
-                    (SELECT resource_type FROM records WHERE id = server_id)) AS kind
-    FROM (
-        SELECT b.device_id, json_extract(r.value, '$.client_temp_id') AS temp_id,
-               json_extract(r.value, '$.server_id') AS server_id
-        FROM batches AS b, json_each(b.response, '$.results') AS r
-        WHERE b.{pending} AND json_extract(r.value, '$.status') = 'created'
-    )
-)
-WHERE kind IS NOT NULL
-"""
-
-
-def _pending(device_id: str | None) -> tuple[str, tuple[str, ...]]:
-    """The condition for marked batches (of one device or all), and its parameters:
-    written out either way, so that the partial index ``batches_temp_pending`` serves it."""
-    if device_id is None:
-        return "temp_pending = 1", ()
-    return "temp_pending = 1 AND device_id = ?", (device_id,)
-
-
-async def catch_up_temp_ids(tx: WriteTx, device_id: str | None) -> int:
-    """Write the temp_ids rows of every batch still marked (of ``device_id``, or
-    of all devices), from the batches' stored responses; the count of batches.
-
-    Each result ``created`` names its item's ``server_id``.  A mapping that
-    already exists (a retried create) is kept; an item that no longer exists
-    already has one (only a retry can answer ``created`` for a purged item).
-    """
-    pending, params = _pending(device_id)
-    count = (await tx.conn.execute_fetchall(f"SELECT count(*) FROM batches WHERE {pending}", params))[0][0]
-    if count:
-        await tx.conn.execute(_CATCH_UP.format(pending=pending), params)
-        await tx.conn.execute(f"UPDATE batches SET temp_pending = 0 WHERE {pending}", params)
-    return int(count)
-
-
 async def insert_conflicts(tx: WriteTx, rows: list[tuple[Any, ...]]) -> None:
     """Rows of (id, batch_id, device_id, server_id, resource_type, reason, change, server_copy, created_at)."""
     if rows:
@@ -326,14 +266,13 @@ async def insert_batch(
     *,
     request: str | None = None,
     response: str | None = None,
-    temp_pending: bool = False,
 ) -> None:
     now = tx.now()
     await tx.conn.execute(
         "INSERT INTO batches (id, device_id, status, change_count, request, response, created_at,"
-        " finished_at, updated_at, temp_pending) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " finished_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (batch_id, device_id, status, change_count, request, response, now,
-         now if status == "done" else None, now, int(temp_pending)),
+         now if status == "done" else None, now),
     )
 
 
@@ -366,7 +305,6 @@ async def purge_tombstones(tx: WriteTx, before: str) -> int:
     or below it may have missed a purged deletion, so it must resync.
     """
     conn = tx.conn
-    await catch_up_temp_ids(tx, None)  # before any item a pending mapping names can go
     top = await (
         await conn.execute(
             "SELECT max(seq), max(updated_at) FROM (SELECT seq, updated_at FROM records"

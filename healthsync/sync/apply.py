@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -47,11 +47,6 @@ from ..storage.queries import patient_out, record_out
 from ..storage.rows import PatientRow, RecordRow
 from .envelope import ChangeFields, Upload, change_dump
 from .rules import conflict_reason, encode_cursor, merge_patch, same_json
-
-#: Rows of ``temp_ids`` (device_id, client_temp_id, server_id, resource_type).
-TempIdRows = list[tuple[str, str, str, str]]
-#: A batch id and the ``temp_ids`` rows its upload left to be written after the commit.
-PutOff = tuple[str, TempIdRows]
 
 
 class _Rejected(Exception):
@@ -115,7 +110,7 @@ class _Apply:
 
     # Loading -----------------------------------------------------------------
 
-    async def preload(self, changes: Iterable[ChangeFields], first: Sequence[PutOff]) -> None:
+    async def preload(self, changes: Iterable[ChangeFields]) -> None:
         temp_ids: set[str] = set()
         patient_ids: set[str] = set()
         record_ids: set[str] = set()
@@ -141,9 +136,6 @@ class _Apply:
                 if isinstance(ptemp, str):
                     temp_ids.add(ptemp)
         self._ids = iter(_new_ids(creates))
-        if temp_ids:
-            for batch_id, rows in first:  # this device's, put off: cheaper written than caught up
-                await mutations.index_temp_ids(self.tx, batch_id, rows)
         self.temp = await mutations.load_temp_ids(self.tx, self.device_id, temp_ids)
         for server_id, kind in self.temp.values():
             (patient_ids if kind == "Patient" else record_ids).add(server_id)
@@ -410,40 +402,28 @@ class _Apply:
 
     # Writing -------------------------------------------------------------------
 
-    async def flush(self, temp_ids: bool) -> None:
+    async def flush(self) -> None:
         # A row created here is inserted as it ends up (a record may be
         # tombstoned later in the batch), never also updated.
         old_p = [self.patients[i] for i in self.dirty_patients if i not in self.new_ids]
         old_r = [self.records[i] for i in self.dirty_records if i not in self.new_ids]
         await mutations.write_patients(self.tx, self.new_patients, old_p)
         await mutations.write_records(self.tx, self.new_records, old_r)
-        if temp_ids:
-            await mutations.insert_temp_ids(self.tx, self.new_temp)
+        await mutations.insert_temp_ids(self.tx, self.new_temp)
         await mutations.insert_conflicts(self.tx, self.conflict_rows)
 
 
-async def apply_upload(
-    tx: WriteTx,
-    request: Upload,
-    batch_id: str,
-    owner: str | None = None,
-    *,
-    later: TempIdRows | None = None,
-    first: Sequence[PutOff] = (),
-) -> dict[str, Any]:
+async def apply_upload(tx: WriteTx, request: Upload, batch_id: str, owner: str | None = None) -> dict[str, Any]:
     """Apply ``request``'s changes inside ``tx``; return the upload response.
 
-    The caller has checked that ``batch_id`` is not applied yet.  With
-    ``later``, the batch's new ``temp_ids`` rows are not written but added to
-    it, and the caller stores the batch marked ``temp_pending``; ``first``
-    holds such rows of earlier batches (see ``upload``).
+    The caller has checked that ``batch_id`` is not applied yet.  The new
+    items' ``temp_ids`` rows are written in the same transaction, so a
+    retried create finds its item whenever the batch is there.
     """
     work = _Apply(tx, request.device_id, batch_id, owner)
-    await work.preload(request.changes, first)
+    await work.preload(request.changes)
     results = [work.apply(ch) for ch in request.changes]
-    await work.flush(temp_ids=later is None)
-    if later is not None:
-        later += work.new_temp
+    await work.flush()
     tx.emit({"type": "applied", "changes": len(results), "conflicts": len(work.conflicts)})
     return {
         "batch_id": batch_id,
@@ -462,24 +442,14 @@ def _accepted(batch_id: str, status: str, error: str | None = None) -> dict[str,
     return body
 
 
-async def upload(
-    tx: WriteTx, request: Upload, owner: str | None = None, first: Sequence[PutOff] = ()
-) -> tuple[int, Any, PutOff | None]:
-    """A synchronous upload inside ``tx``: (status, response body, what it put off).
+async def upload(tx: WriteTx, request: Upload, owner: str | None = None) -> tuple[int, Any]:
+    """A synchronous upload inside ``tx``: (status, response body).
 
     A ``batch_id`` already stored is a retry: it applies and stores nothing
     and gets the batch's answer, whatever its ``async``: once ``done`` the
     stored response (200), before that (``pending``, ``processing``,
     ``failed``) 202 with the batch's current ``status`` (and ``error``), the
     body an async upload answers.  Another device's ``batch_id`` is a 409.
-
-    Writing the batch's new ``temp_ids`` rows is left to the caller, after
-    the commit and off the response's path: they come back as the third
-    value, and the batch is stored marked ``temp_pending``, so that until
-    they are written the batch's stored response stands in for them
-    (``mutations.catch_up_temp_ids``).  ``first`` holds such rows of this
-    device's earlier batches: written first if this batch looks up temp ids
-    (else they wait for their own write).
     """
     batch_id = request.batch_id or str(uuid.uuid4())
     await mutations.device_uploaded(tx, request.device_id)
@@ -493,18 +463,16 @@ async def upload(
                     [{"field": "batch_id", "message": "already used by another device"}],
                 )
             if status == "done" and response is not None:
-                return 200, orjson.Fragment(response), None
-            return 202, _accepted(batch_id, status, error), None
+                return 200, orjson.Fragment(response)
+            return 202, _accepted(batch_id, status, error)
     if request.async_:
         body = request.stored_request(batch_id)
         await mutations.insert_batch(
             tx, batch_id, request.device_id, "pending", len(request.changes), request=_dump(body)
         )
-        return 202, _accepted(batch_id, "pending"), None
-    rows: TempIdRows = []
-    response = await apply_upload(tx, request, batch_id, owner, later=rows, first=first)
+        return 202, _accepted(batch_id, "pending")
+    response = await apply_upload(tx, request, batch_id, owner)
     text = _dump(response)
-    await mutations.insert_batch(tx, batch_id, request.device_id, "done", len(request.changes), response=text,
-                                 temp_pending=bool(rows))
+    await mutations.insert_batch(tx, batch_id, request.device_id, "done", len(request.changes), response=text)
     tx.emit({"type": "batch", "batch_id": batch_id, "status": "done", "device_id": request.device_id})
-    return 200, orjson.Fragment(text), (batch_id, rows) if rows else None
+    return 200, orjson.Fragment(text)
