@@ -169,6 +169,9 @@ class Existing:
         return [self.payloads[i] for i in self.targets]
 
 
+_INSERT_TEMP_IDS = "INSERT INTO temp_ids (device_id, client_temp_id, server_id, resource_type) VALUES (?, ?, ?, ?)"
+
+
 def create_changes(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {"operation": "create", "resource_type": "Patient", "client_temp_id": f"p-{i}", "payload": p}
@@ -199,9 +202,8 @@ def baseline_upload(
     part is BEGIN IMMEDIATE, executemany, the clock row, COMMIT (an fsync with
     synchronous=FULL).  With ``bookkeeping`` the transaction also writes what
     an upload's transaction stores besides the data: the batch row, with a
-    response of the same size as the server's.  (The server writes a
-    ``temp_ids`` row per create too, but in a write of its own after it has
-    answered, so not in the time measured here either.)
+    response of the same size as the server's, and a ``temp_ids`` row per
+    create.
 
     With ``existing``, the transactions run on a copy of its database and
     the updates are those of ``existing.targets``, like the HTTP side's.
@@ -224,10 +226,13 @@ def baseline_upload(
             {"client_temp_id": f"p-{i}", "status": "created", "server_id": pid, "server_version": 1}
             for i, pid in enumerate(ids)]}).decode()
 
+        temp_ids = [(DEVICE, f"p-{i}", pid, "Patient") for i, pid in enumerate(ids)]
+
         def write_creates() -> None:
             conn.executemany(_INSERT_PATIENTS, creates)
             if bookkeeping:
                 conn.execute(_INSERT_BATCH, (new_id(), DEVICE, len(creates), create_response, now, now, now))
+                conn.executemany(_INSERT_TEMP_IDS, temp_ids)
 
         create_s = _timed_tx(conn, stamps, write_creates)
 
