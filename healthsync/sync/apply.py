@@ -363,13 +363,13 @@ class _Apply:
         base = orjson.loads(row.data)
         data = self._data(payload, base)  # a new dict: ``base`` is left as stored
         text = _dump(data)
-        moved = patient is not None and patient != row.patient
-        if not moved and same_json(row.data, text, base, data):
+        moved_to = patient if patient is not None and patient != row.patient else None
+        if moved_to is None and same_json(row.data, text, base, data):
             return  # nothing changes: the row keeps its version and seq
-        if moved:
+        if moved_to is not None:
             self.records_of.get(row.patient, set()).discard(row.id)
-            self.records_of.setdefault(patient, set()).add(row.id)
-            row.patient = patient
+            self.records_of.setdefault(moved_to, set()).add(row.id)
+            row.patient = moved_to
         row.data = text
         self._touch_record(row)
 
