@@ -37,10 +37,12 @@ from common import (  # noqa: E402
     Stamps,
     baseline_db,
     dumps,
+    filled_database,
     machine,
     median,
     new_id,
     observation_payload,
+    open_like_server,
     patient_payloads,
 )
 
@@ -123,6 +125,53 @@ _INSERT_BATCH = (
 )
 
 
+@dataclass
+class Existing:
+    """The realistic-size mode's starting database: a file already holding patients.
+
+    Both sides start from a copy of ``template``.  The update batch renames
+    the patients the create batch made, like the default mode, unless
+    ``old``: then it renames ``targets`` (indexes into ``ids``/``payloads``),
+    patients that were there before, spread over the whole table.
+    """
+
+    template: Path
+    ids: list[str]
+    payloads: list[dict[str, Any]]
+    targets: list[int]
+    seq: int
+    last_us: int
+    old: bool = False
+
+    @classmethod
+    def build(cls, path: Path, n: int, old: bool) -> Existing:
+        t0 = time.perf_counter()
+        ids, payloads = filled_database(path, n)
+        conn = sqlite3.connect(path)
+        try:
+            seq, last_us = conn.execute("SELECT seq, last_us FROM clock").fetchone()
+        finally:
+            conn.close()
+        print(f"  filled a database with {n:,} patients in {time.perf_counter() - t0:.1f}s "
+              f"({path.stat().st_size / 1e6:.0f} MB)", flush=True)
+        targets = random.Random(11).sample(range(n), min(UPLOAD_N, n))
+        return cls(path, ids, payloads, targets, seq, last_us, old)
+
+    def copy_to(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.template, path)
+        return path
+
+    def update_ids(self) -> list[str]:
+        return [self.ids[i] for i in self.targets]
+
+    def update_payloads(self) -> list[dict[str, Any]]:
+        return [self.payloads[i] for i in self.targets]
+
+
+_INSERT_TEMP_IDS = "INSERT INTO temp_ids (device_id, client_temp_id, server_id, resource_type) VALUES (?, ?, ?, ?)"
+
+
 def create_changes(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {"operation": "create", "resource_type": "Patient", "client_temp_id": f"p-{i}", "payload": p}
@@ -144,20 +193,28 @@ def renamed(payload: dict[str, Any]) -> str:
     return f"{given} {surname}-Lee"
 
 
-def baseline_upload(workdir: Path, payloads: list[dict[str, Any]], bookkeeping: bool) -> tuple[float, float]:
+def baseline_upload(
+    workdir: Path, payloads: list[dict[str, Any]], bookkeeping: bool, existing: Existing | None = None
+) -> tuple[float, float]:
     """(create seconds, update seconds): the server's row writes as bare executemany.
 
     Rows (ids, JSON text, stamps) are made before the clock starts; the timed
     part is BEGIN IMMEDIATE, executemany, the clock row, COMMIT (an fsync with
     synchronous=FULL).  With ``bookkeeping`` the transaction also writes what
     an upload's transaction stores besides the data: the batch row, with a
-    response of the same size as the server's.  (The server writes a
-    ``temp_ids`` row per create too, but in a write of its own after it has
-    answered, so not in the time measured here either.)
+    response of the same size as the server's, and a ``temp_ids`` row per
+    create.
+
+    With ``existing``, the transactions run on a copy of its database and
+    the updates are those of ``existing.targets``, like the HTTP side's.
     """
-    conn = baseline_db(workdir / "baseline.db")
-    try:
+    if existing is None:
+        conn = baseline_db(workdir / "baseline.db")
         stamps = Stamps()
+    else:
+        conn = open_like_server(existing.copy_to(workdir / "baseline.db"))
+        stamps = Stamps(existing.seq, existing.last_us)
+    try:
         now = Stamps().next()[1]
         ids = [new_id() for _ in payloads]
         creates = []
@@ -169,19 +226,28 @@ def baseline_upload(workdir: Path, payloads: list[dict[str, Any]], bookkeeping: 
             {"client_temp_id": f"p-{i}", "status": "created", "server_id": pid, "server_version": 1}
             for i, pid in enumerate(ids)]}).decode()
 
+        temp_ids = [(DEVICE, f"p-{i}", pid, "Patient") for i, pid in enumerate(ids)]
+
         def write_creates() -> None:
             conn.executemany(_INSERT_PATIENTS, creates)
             if bookkeeping:
                 conn.execute(_INSERT_BATCH, (new_id(), DEVICE, len(creates), create_response, now, now, now))
+                conn.executemany(_INSERT_TEMP_IDS, temp_ids)
 
         create_s = _timed_tx(conn, stamps, write_creates)
 
         updates = []
-        for row, p in zip(creates, payloads, strict=True):
-            seq, stamp = stamps.next()
-            updates.append((renamed(p), row[3], row[4], None, 2, stamp, 0, seq, row[0]))
+        if existing is None or not existing.old:
+            for row, p in zip(creates, payloads, strict=True):
+                seq, stamp = stamps.next()
+                updates.append((renamed(p), row[3], row[4], None, 2, stamp, 0, seq, row[0]))
+        else:
+            for pid, p in zip(existing.update_ids(), existing.update_payloads(), strict=True):
+                seq, stamp = stamps.next()
+                identifiers = orjson.dumps(p["identifiers"]).decode()
+                updates.append((renamed(p), p["dob"], identifiers, None, 2, stamp, 0, seq, pid))
         update_response = orjson.dumps({"results": [
-            {"server_id": pid, "status": "updated", "server_version": 2} for pid in ids]}).decode()
+            {"server_id": u[-1], "status": "updated", "server_version": 2} for u in updates]}).decode()
 
         def write_updates() -> None:
             conn.executemany(_UPDATE_PATIENTS, updates)
@@ -205,13 +271,19 @@ def _timed_tx(conn: sqlite3.Connection, stamps: Stamps, write: Any) -> float:
         return time.perf_counter() - t0
 
 
-def http_upload(workdir: Path, payloads: list[dict[str, Any]], server_args: list[str]) -> tuple[float, float]:
+def http_upload(
+    workdir: Path, payloads: list[dict[str, Any]], server_args: list[str], existing: Existing | None = None
+) -> tuple[float, float]:
     """(create seconds, update seconds) of the two batches through HTTP, on a fresh server.
 
     Timed: the POST, from sending the (already encoded) body to the last byte
     of the response.  The response is parsed and checked after the clock stops.
+    With ``existing``, the server starts on a copy of its database and the
+    updates rename ``existing.targets``.
     """
     create_body = dumps({"device_id": DEVICE, "changes": create_changes(payloads)})
+    if existing is not None:
+        existing.copy_to(workdir / "data" / "healthsync.db")
     with Server(workdir / "data", server_args) as server:
         client = server.client()
         try:
@@ -223,7 +295,11 @@ def http_upload(workdir: Path, payloads: list[dict[str, Any]], server_args: list
                 create_s = time.perf_counter() - t0
             server_ids = _check_results(status, data, "created", len(payloads))
 
-            update_body = dumps({"device_id": DEVICE, "changes": update_changes(server_ids, payloads)})
+            if existing is None or not existing.old:
+                update_body = dumps({"device_id": DEVICE, "changes": update_changes(server_ids, payloads)})
+            else:
+                update_body = dumps({"device_id": DEVICE, "changes": update_changes(
+                    existing.update_ids(), existing.update_payloads())})
             with quiet_gc(off=False):
                 t0 = time.perf_counter()
                 status, data = client.post(UPLOAD_PATH, update_body)
@@ -252,7 +328,9 @@ def _check_results(status: int, data: bytes, expected: str, n: int) -> list[str]
     return [r["server_id"] for r in results]
 
 
-def bench_upload(runs: int, base: Path, server_args: list[str]) -> tuple[list[Pair], list[Pair]]:
+def bench_upload(
+    runs: int, base: Path, server_args: list[str], existing: Existing | None = None
+) -> tuple[list[Pair], list[Pair]]:
     payloads = patient_payloads(UPLOAD_N, seed=7)
     creates: list[Pair] = []
     updates: list[Pair] = []
@@ -262,13 +340,13 @@ def bench_upload(runs: int, base: Path, server_args: list[str]) -> tuple[list[Pa
         (work / "bk").mkdir()
         # Alternate the order so that drift on a noisy box does not always favour one side.
         if run % 2:
-            b_create, b_update = baseline_upload(work / "plain", payloads, bookkeeping=False)
-            k_create, k_update = baseline_upload(work / "bk", payloads, bookkeeping=True)
-            h_create, h_update = http_upload(work, payloads, server_args)
+            b_create, b_update = baseline_upload(work / "plain", payloads, False, existing)
+            k_create, k_update = baseline_upload(work / "bk", payloads, True, existing)
+            h_create, h_update = http_upload(work, payloads, server_args, existing)
         else:
-            h_create, h_update = http_upload(work, payloads, server_args)
-            k_create, k_update = baseline_upload(work / "bk", payloads, bookkeeping=True)
-            b_create, b_update = baseline_upload(work / "plain", payloads, bookkeeping=False)
+            h_create, h_update = http_upload(work, payloads, server_args, existing)
+            k_create, k_update = baseline_upload(work / "bk", payloads, True, existing)
+            b_create, b_update = baseline_upload(work / "plain", payloads, False, existing)
         creates.append(Pair(UPLOAD_N, h_create, b_create, {"bk_s": k_create}))
         updates.append(Pair(UPLOAD_N, h_update, b_update, {"bk_s": k_update}))
         print(f"  upload run {run}/{runs}: creates http {h_create:.3f}s base {b_create:.3f}s"
@@ -538,6 +616,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5,
                         help="runs of each figure; the median is reported (default 5)")
     parser.add_argument("--only", choices=["upload", "download"], help="run one half only")
+    parser.add_argument("--patients", type=int, default=0, metavar="N",
+                        help="upload to a database that already holds N patients (the realistic-size"
+                             " mode: 100000; default 0)")
+    parser.add_argument("--update-old", action="store_true",
+                        help="with --patients, the update batch renames patients already there, spread over"
+                             " the table, instead of those the create batch made")
     parser.add_argument("--tmp", help="folder for the temporary data dirs (default: the system temp dir)")
     parser.add_argument("--server-arg", action="append", default=[],
                         help="extra argument for run.py (repeatable), e.g. --server-arg=--no-worker")
@@ -557,9 +641,17 @@ def main(argv: list[str] | None = None) -> int:
     verdicts: list[str] = []
     try:
         if args.only in (None, "upload"):
-            print(f"\nUpload: one batch of {UPLOAD_N:,} Patient creates, then one of {UPLOAD_N:,} updates"
-                  " (a fresh server each run)")
-            creates, updates = bench_upload(args.runs, base, args.server_arg)
+            existing = None
+            if args.patients:
+                which = "patients already there" if args.update_old else "them"
+                print(f"\nUpload to a database already holding {args.patients:,} patients: one batch of"
+                      f" {UPLOAD_N:,} Patient creates, then one of {UPLOAD_N:,} updates of {which}"
+                      " (a fresh server on a fresh copy each run)")
+                existing = Existing.build(base / "template.db", args.patients, args.update_old)
+            else:
+                print(f"\nUpload: one batch of {UPLOAD_N:,} Patient creates, then one of {UPLOAD_N:,} updates"
+                      " (a fresh server each run)")
+            creates, updates = bench_upload(args.runs, base, args.server_arg, existing)
             for what, pairs in (("creates", creates), ("updates", updates)):
                 out += table(f"Upload, {UPLOAD_N:,} Patient {what} in one batch", pairs, "x", bk=True)
                 out.append("")

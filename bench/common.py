@@ -146,6 +146,65 @@ def baseline_db(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def filled_database(path: Path, n: int, seed: int = 3) -> tuple[list[str], list[dict[str, Any]]]:
+    """A database file holding ``n`` patients, as the server would have left it.
+
+    The server's own code makes the file (``Database.open`` runs the
+    migrations and sets the pragmas); then the patients go in by raw
+    ``executemany``, 10,000 per transaction, with ``seq`` and ``updated_at``
+    strictly increasing (one second apart, ending an hour ago) and the clock
+    row advanced to match, as creates through the write path would leave
+    them.  The WAL is checkpointed and removed, so the file can be copied.
+    Returns the patients' ids and payloads (``patient_payloads``), in order.
+    """
+    import asyncio
+
+    from healthsync.storage import Database
+
+    async def migrate() -> None:
+        db = Database(path, readers=1)
+        await db.open()
+        await db.close()
+
+    asyncio.run(migrate())
+    payloads = patient_payloads(n, seed=seed, start=10**7)
+    ids = [new_id() for _ in range(n)]
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA synchronous = OFF")  # only building the starting file
+        us = time.time_ns() // 1000 - (n + 3600) * 1_000_000
+        for start in range(0, n, 10_000):
+            rows = []
+            for seq in range(start + 1, min(n, start + 10_000) + 1):
+                us += 1_000_000
+                at = iso_us(us)
+                p = payloads[seq - 1]
+                rows.append((ids[seq - 1], None, p["name"], p["dob"], orjson.dumps(p["identifiers"]).decode(),
+                             None, 1, at, 0, seq, at))
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(
+                "INSERT INTO patients (id, owner, name, dob, identifiers, fhir, server_version,"
+                " updated_at, deleted, seq, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            conn.execute("UPDATE clock SET seq = ?, last_us = ? WHERE id = 1", (rows[-1][9], us))
+            conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    return ids, payloads
+
+
+def open_like_server(path: Path) -> sqlite3.Connection:
+    """A connection to an existing file with the server's pragmas (autocommit mode)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    assert mode.lower() == "wal", mode
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
 def iso_us(us: int) -> str:
     """Canonical UTC text like the server's ``updated_at``."""
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(us // 1_000_000)) + f".{us % 1_000_000:06d}Z"
@@ -154,9 +213,9 @@ def iso_us(us: int) -> str:
 class Stamps:
     """(seq, updated_at) pairs like ``WriteTx.stamp``: strictly increasing."""
 
-    def __init__(self, seq: int = 0) -> None:
+    def __init__(self, seq: int = 0, last_us: int = 0) -> None:
         self.seq = seq
-        self.last_us = 0
+        self.last_us = last_us
 
     def next(self) -> tuple[int, str]:
         now = time.time_ns() // 1000

@@ -82,7 +82,6 @@ class HealthSyncApp(tornado.web.Application):
         if worker is not None:
             # Consumer.stop(graceful=True) joins threads: never on the event loop.
             await asyncio.get_running_loop().run_in_executor(None, worker.stop)
-        await self.ctx.sync.settle()  # temp ids of the last uploads
         await self.ctx.db.close()
 
 

@@ -102,7 +102,6 @@ async def fill_db(db: Any, patients: int, seed: int | None = None) -> int:
         await sync.upload(parse_upload({"device_id": "demo-import", "changes": changes}, 1 << 30))
         written += len(changes)
         progress(start + n, patients)
-    await sync.settle()  # the temp ids, before the caller closes the database
     return written
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from .queries import PATIENT_COLS, RECORD_COLS, Row
+from .rows import PatientRow, RecordRow
 from .sqlite.tx import WriteTx
 
 _PATIENT_FOR_UPDATE = f"SELECT {PATIENT_COLS} FROM patients WHERE id = ?"
@@ -140,37 +141,37 @@ _PATIENTS_BY_ID = _by_ids(PATIENT_COLS, "patients")
 _RECORDS_BY_ID = _by_ids(RECORD_COLS, "records")
 
 
-async def load_patients(tx: WriteTx, ids: set[str]) -> dict[str, list[Any]]:
-    """Patient rows by id (columns of ``PATIENT_COLS``), as mutable lists."""
+async def load_patients(tx: WriteTx, ids: set[str]) -> dict[str, PatientRow]:
+    """The patients of ``ids`` that exist, by id."""
     if not ids:
         return {}
     rows = await tx.conn.execute_fetchall(_PATIENTS_BY_ID, (_json_list(ids),))
-    return {r[0]: list(r) for r in rows}
+    return {r[0]: PatientRow(*r) for r in rows}
 
 
-async def load_records(tx: WriteTx, ids: set[str]) -> dict[str, list[Any]]:
+async def load_records(tx: WriteTx, ids: set[str]) -> dict[str, RecordRow]:
+    """The records of ``ids`` that exist, by id."""
     if not ids:
         return {}
     rows = await tx.conn.execute_fetchall(_RECORDS_BY_ID, (_json_list(ids),))
-    return {r[0]: list(r) for r in rows}
+    return {r[0]: RecordRow(*r) for r in rows}
 
 
-async def load_live_records_of(tx: WriteTx, patient_ids: set[str]) -> list[list[Any]]:
+async def load_live_records_of(tx: WriteTx, patient_ids: set[str]) -> list[RecordRow]:
+    """The records not deleted of the patients of ``patient_ids``, oldest first."""
     if not patient_ids:
         return []
     rows = await tx.conn.execute_fetchall(
         f"SELECT {RECORD_COLS} FROM records WHERE patient IN {_IDS} AND deleted = 0 ORDER BY rowid",
         (_json_list(patient_ids),),
     )
-    return [list(r) for r in rows]
+    return [RecordRow(*r) for r in rows]
 
 
 async def load_temp_ids(tx: WriteTx, device_id: str, temp_ids: set[str]) -> dict[str, tuple[str, str]]:
-    """client_temp_id -> (server_id, resource_type) for this device, those of
-    its batches whose rows are still put off included (``catch_up_temp_ids``)."""
+    """client_temp_id -> (server_id, resource_type) for this device."""
     if not temp_ids:
         return {}
-    await catch_up_temp_ids(tx, device_id)
     rows = await tx.conn.execute_fetchall(
         "SELECT t.client_temp_id, t.server_id, t.resource_type FROM json_each(?) AS j"
         " CROSS JOIN temp_ids AS t ON t.device_id = ? AND t.client_temp_id = j.value",  # see _by_ids
@@ -179,40 +180,41 @@ async def load_temp_ids(tx: WriteTx, device_id: str, temp_ids: set[str]) -> dict
     return {r[0]: (r[1], r[2]) for r in rows}
 
 
-async def write_patients(tx: WriteTx, new: list[list[Any]], changed: list[list[Any]]) -> None:
-    """Insert ``new`` rows (``PATIENT_COLS`` + seq + created_at) and update
-    ``changed`` ones (``PATIENT_COLS`` + seq).  Rows are bound as they are,
-    with no copy: the UPDATE names its parameters by column position (?2, the
-    owner, is never changed)."""
+async def write_patients(tx: WriteTx, new: list[PatientRow], changed: list[PatientRow]) -> None:
+    """Insert the ``new`` rows and update the ``changed`` ones, as they are
+    (every column but ``id``, ``owner`` and ``created_at``, which never change)."""
     if new:
         await tx.conn.executemany(
             "INSERT INTO patients (id, owner, name, dob, identifiers, fhir, server_version,"
             " updated_at, deleted, seq, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            new,
+            [(r.id, r.owner, r.name, r.dob, r.identifiers, r.fhir, r.version, r.updated_at, r.deleted, r.seq,
+              r.created_at) for r in new],
         )
     if changed:
         await tx.conn.executemany(
-            "UPDATE patients SET name = ?3, dob = ?4, identifiers = ?5, fhir = ?6, server_version = ?7,"
-            " updated_at = ?8, deleted = ?9, seq = ?10 WHERE id = ?1",
-            changed,
+            "UPDATE patients SET name = ?, dob = ?, identifiers = ?, fhir = ?, server_version = ?,"
+            " updated_at = ?, deleted = ?, seq = ? WHERE id = ?",
+            [(r.name, r.dob, r.identifiers, r.fhir, r.version, r.updated_at, r.deleted, r.seq, r.id)
+             for r in changed],
         )
 
 
-async def write_records(tx: WriteTx, new: list[list[Any]], changed: list[list[Any]]) -> None:
-    """Insert ``new`` rows (``RECORD_COLS`` + seq + created_at) and update
-    ``changed`` ones (``RECORD_COLS`` + seq), bound as they are (see
-    ``write_patients``)."""
+async def write_records(tx: WriteTx, new: list[RecordRow], changed: list[RecordRow]) -> None:
+    """Insert the ``new`` rows and update the ``changed`` ones, as they are
+    (every column but ``id`` and ``created_at``)."""
     if new:
         await tx.conn.executemany(
             "INSERT INTO records (id, patient, resource_type, data, server_version, updated_at,"
             " deleted, seq, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            new,
+            [(r.id, r.patient, r.resource_type, r.data, r.version, r.updated_at, r.deleted, r.seq, r.created_at)
+             for r in new],
         )
     if changed:
         await tx.conn.executemany(
-            "UPDATE records SET patient = ?2, resource_type = ?3, data = ?4, server_version = ?5,"
-            " updated_at = ?6, deleted = ?7, seq = ?8 WHERE id = ?1",
-            changed,
+            "UPDATE records SET patient = ?, resource_type = ?, data = ?, server_version = ?,"
+            " updated_at = ?, deleted = ?, seq = ? WHERE id = ?",
+            [(r.patient, r.resource_type, r.data, r.version, r.updated_at, r.deleted, r.seq, r.id)
+             for r in changed],
         )
 
 
@@ -224,64 +226,6 @@ async def insert_temp_ids(tx: WriteTx, rows: list[tuple[str, str, str, str]]) ->
             "INSERT INTO temp_ids (device_id, client_temp_id, server_id, resource_type) VALUES (?, ?, ?, ?)",
             rows,
         )
-
-
-# Temp ids put off until after their batch's commit ------------------------------------
-#
-# A synchronous upload stores its batch with ``temp_pending = 1`` and leaves its
-# new temp_ids rows to a write of their own after the commit, off the upload's
-# path (``SyncService``).  The batch's stored response names every created
-# item by its ``client_temp_id``, so until that write is done (or if it never
-# is: a crash, a shutdown) the mappings are read from there instead.
-
-
-async def index_temp_ids(tx: WriteTx, batch_id: str, rows: list[tuple[str, str, str, str]]) -> None:
-    """Write the temp_ids rows put off from ``batch_id``, and clear its mark
-    (unless a catch-up got there first)."""
-    if await tx.conn.execute_fetchall("SELECT 1 FROM batches WHERE id = ? AND temp_pending = 1", (batch_id,)):
-        await insert_temp_ids(tx, rows)
-        await tx.conn.execute("UPDATE batches SET temp_pending = 0 WHERE id = ?", (batch_id,))
-
-
-_CATCH_UP = """
-INSERT OR IGNORE INTO temp_ids (device_id, client_temp_id, server_id, resource_type)
-SELECT device_id, temp_id, server_id, kind FROM (
-    SELECT device_id, temp_id, server_id,
-           coalesce((SELECT 'Patient' FROM patients WHERE id = server_id),
-                    (SELECT resource_type FROM records WHERE id = server_id)) AS kind
-    FROM (
-        SELECT b.device_id, json_extract(r.value, '$.client_temp_id') AS temp_id,
-               json_extract(r.value, '$.server_id') AS server_id
-        FROM batches AS b, json_each(b.response, '$.results') AS r
-        WHERE b.{pending} AND json_extract(r.value, '$.status') = 'created'
-    )
-)
-WHERE kind IS NOT NULL
-"""
-
-
-def _pending(device_id: str | None) -> tuple[str, tuple[str, ...]]:
-    """The condition for marked batches (of one device or all), and its parameters:
-    written out either way, so that the partial index ``batches_temp_pending`` serves it."""
-    if device_id is None:
-        return "temp_pending = 1", ()
-    return "temp_pending = 1 AND device_id = ?", (device_id,)
-
-
-async def catch_up_temp_ids(tx: WriteTx, device_id: str | None) -> int:
-    """Write the temp_ids rows of every batch still marked (of ``device_id``, or
-    of all devices), from the batches' stored responses; the count of batches.
-
-    Each result ``created`` names its item's ``server_id``.  A mapping that
-    already exists (a retried create) is kept; an item that no longer exists
-    already has one (only a retry can answer ``created`` for a purged item).
-    """
-    pending, params = _pending(device_id)
-    count = (await tx.conn.execute_fetchall(f"SELECT count(*) FROM batches WHERE {pending}", params))[0][0]
-    if count:
-        await tx.conn.execute(_CATCH_UP.format(pending=pending), params)
-        await tx.conn.execute(f"UPDATE batches SET temp_pending = 0 WHERE {pending}", params)
-    return int(count)
 
 
 async def insert_conflicts(tx: WriteTx, rows: list[tuple[Any, ...]]) -> None:
@@ -322,14 +266,13 @@ async def insert_batch(
     *,
     request: str | None = None,
     response: str | None = None,
-    temp_pending: bool = False,
 ) -> None:
     now = tx.now()
     await tx.conn.execute(
         "INSERT INTO batches (id, device_id, status, change_count, request, response, created_at,"
-        " finished_at, updated_at, temp_pending) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " finished_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (batch_id, device_id, status, change_count, request, response, now,
-         now if status == "done" else None, now, int(temp_pending)),
+         now if status == "done" else None, now),
     )
 
 
@@ -362,7 +305,6 @@ async def purge_tombstones(tx: WriteTx, before: str) -> int:
     or below it may have missed a purged deletion, so it must resync.
     """
     conn = tx.conn
-    await catch_up_temp_ids(tx, None)  # before any item a pending mapping names can go
     top = await (
         await conn.execute(
             "SELECT max(seq), max(updated_at) FROM (SELECT seq, updated_at FROM records"

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -44,20 +44,9 @@ from ..models import (
 )
 from ..storage import WriteTx, mutations
 from ..storage.queries import patient_out, record_out
+from ..storage.rows import PatientRow, RecordRow
 from .envelope import ChangeFields, Upload, change_dump
 from .rules import conflict_reason, encode_cursor, merge_patch, same_json
-
-# Row layouts: PATIENT_COLS / RECORD_COLS of storage.queries, plus the new seq;
-# a row created by the batch also has its created_at last, so that it is
-# exactly the parameters of its INSERT.
-P_OWNER, P_NAME, P_DOB, P_IDENT, P_FHIR, P_VERSION, P_UPDATED, P_DELETED, P_SEQ = range(1, 10)
-R_PATIENT, R_TYPE, R_DATA, R_VERSION, R_UPDATED, R_DELETED, R_SEQ = range(1, 8)
-
-
-#: Rows of ``temp_ids`` (device_id, client_temp_id, server_id, resource_type).
-TempIdRows = list[tuple[str, str, str, str]]
-#: A batch id and the ``temp_ids`` rows its upload left to be written after the commit.
-PutOff = tuple[str, TempIdRows]
 
 
 class _Rejected(Exception):
@@ -103,11 +92,11 @@ class _Apply:
         self.device_id = device_id
         self.batch_id = batch_id
         self.owner = owner
-        self.patients: dict[str, list[Any]] = {}
-        self.records: dict[str, list[Any]] = {}
+        self.patients: dict[str, PatientRow] = {}
+        self.records: dict[str, RecordRow] = {}
         self.new_ids: set[str] = set()
-        self.new_patients: list[list[Any]] = []  # rows to insert, in creation order
-        self.new_records: list[list[Any]] = []
+        self.new_patients: list[PatientRow] = []  # rows to insert, in creation order
+        self.new_records: list[RecordRow] = []
         self.created_at = tx.now()
         self.check = PatientCheck(clock.today_utc())
         self.dirty_patients: dict[str, None] = {}  # insertion-ordered sets
@@ -121,7 +110,7 @@ class _Apply:
 
     # Loading -----------------------------------------------------------------
 
-    async def preload(self, changes: Iterable[ChangeFields], first: Sequence[PutOff]) -> None:
+    async def preload(self, changes: Iterable[ChangeFields]) -> None:
         temp_ids: set[str] = set()
         patient_ids: set[str] = set()
         record_ids: set[str] = set()
@@ -147,44 +136,31 @@ class _Apply:
                 if isinstance(ptemp, str):
                     temp_ids.add(ptemp)
         self._ids = iter(_new_ids(creates))
-        if temp_ids:
-            for batch_id, rows in first:  # this device's, put off: cheaper written than caught up
-                await mutations.index_temp_ids(self.tx, batch_id, rows)
         self.temp = await mutations.load_temp_ids(self.tx, self.device_id, temp_ids)
         for server_id, kind in self.temp.values():
             (patient_ids if kind == "Patient" else record_ids).add(server_id)
-        for row in (await mutations.load_patients(self.tx, patient_ids)).values():
-            self._add_patient(row)
+        self.patients = await mutations.load_patients(self.tx, patient_ids)
         for row in (await mutations.load_records(self.tx, record_ids)).values():
             self._add_record(row)
         for row in await mutations.load_live_records_of(self.tx, deleted_patients):
-            if row[0] not in self.records:
+            if row.id not in self.records:
                 self._add_record(row)
 
-    def _add_patient(self, row: list[Any]) -> None:
-        row.append(None)  # seq: set when the row changes
-        self.patients[row[0]] = row
-
-    def _add_record(self, row: list[Any]) -> None:
-        row.append(None)
-        self.records[row[0]] = row
-        self.records_of.setdefault(row[R_PATIENT], set()).add(row[0])
+    def _add_record(self, row: RecordRow) -> None:
+        self.records[row.id] = row
+        self.records_of.setdefault(row.patient, set()).add(row.id)
 
     # Stamping ----------------------------------------------------------------
 
-    def _touch_patient(self, row: list[Any]) -> None:
-        seq, stamp = self.tx.stamp()
-        row[P_VERSION] += 1
-        row[P_UPDATED] = stamp
-        row[P_SEQ] = seq
-        self.dirty_patients[row[0]] = None
+    def _touch_patient(self, row: PatientRow) -> None:
+        row.seq, row.updated_at = self.tx.stamp()
+        row.version += 1
+        self.dirty_patients[row.id] = None
 
-    def _touch_record(self, row: list[Any]) -> None:
-        seq, stamp = self.tx.stamp()
-        row[R_VERSION] += 1
-        row[R_UPDATED] = stamp
-        row[R_SEQ] = seq
-        self.dirty_records[row[0]] = None
+    def _touch_record(self, row: RecordRow) -> None:
+        row.seq, row.updated_at = self.tx.stamp()
+        row.version += 1
+        self.dirty_records[row.id] = None
 
     # Deciding ------------------------------------------------------------------
 
@@ -218,27 +194,27 @@ class _Apply:
         known = self.temp.get(temp_id)
         if known is not None:  # a retried create: same answer, nothing new
             server_id, kind = known
-            row = self.patients.get(server_id) if kind == "Patient" else self.records.get(server_id)
-            version = row[P_VERSION if kind == "Patient" else R_VERSION] if row else None
+            found = self.patients.get(server_id) if kind == "Patient" else self.records.get(server_id)
+            version = found.version if found else None
             return {"client_temp_id": temp_id, "status": "created", "server_id": server_id, "server_version": version}
         new_id = next(self._ids)
         if resource_type == "Patient":
             name, dob, identifiers, fhir = self._patient(ch["payload"])
             seq, stamp = self.tx.stamp()
-            row = [new_id, self.owner, name, dob, _dump(identifiers), None if fhir is None else _dump(fhir),
-                   1, stamp, 0, seq, self.created_at]
-            self.patients[new_id] = row
-            self.new_patients.append(row)
+            patient_row = PatientRow(new_id, self.owner, name, dob, _dump(identifiers),
+                                     None if fhir is None else _dump(fhir), 1, stamp, 0, seq, self.created_at)
+            self.patients[new_id] = patient_row
+            self.new_patients.append(patient_row)
         else:
             patient = self._route(ch["payload"])
             if patient is None:
                 raise _Rejected("payload needs patient_id (a server id) or patient_temp_id")
             data = self._data(ch["payload"], None)
             seq, stamp = self.tx.stamp()
-            row = [new_id, patient, resource_type, _dump(data), 1, stamp, 0, seq, self.created_at]
-            self.records[new_id] = row
+            record_row = RecordRow(new_id, patient, resource_type, _dump(data), 1, stamp, 0, seq, self.created_at)
+            self.records[new_id] = record_row
             self.records_of.setdefault(patient, set()).add(new_id)
-            self.new_records.append(row)
+            self.new_records.append(record_row)
         version = 1
         self.new_ids.add(new_id)
         self.temp[temp_id] = (new_id, resource_type)
@@ -274,7 +250,7 @@ class _Apply:
         row = self.patients.get(pid)
         if row is None:
             raise _Rejected(f"{where} does not exist")
-        if row[P_DELETED]:
+        if row.deleted:
             raise _Rejected(f"{where} is deleted")
         return pid
 
@@ -292,14 +268,17 @@ class _Apply:
         resource_type, operation = ch["resource_type"], ch["operation"]
         self._check_type(resource_type)
         is_patient = resource_type == "Patient"
-        row = (self.patients if is_patient else self.records).get(server_id)
-        if row is not None and not is_patient and row[R_TYPE] != resource_type:
-            raise _Rejected(f"server_id {server_id} is a {row[R_TYPE]}, not a {resource_type}")
+        row: PatientRow | RecordRow | None
+        if is_patient:
+            row = self.patients.get(server_id)
+        else:
+            row = self.records.get(server_id)
+            if row is not None and row.resource_type != resource_type:
+                raise _Rejected(f"server_id {server_id} is a {row.resource_type}, not a {resource_type}")
         if row is None:
             return {"server_id": server_id, "status": "not_found"}
-        v_col, u_col, d_col = (P_VERSION, P_UPDATED, P_DELETED) if is_patient else (R_VERSION, R_UPDATED, R_DELETED)
-        if operation == "delete" and row[d_col]:
-            return {"server_id": server_id, "status": "deleted", "server_version": row[v_col]}
+        if operation == "delete" and row.deleted:
+            return {"server_id": server_id, "status": "deleted", "server_version": row.version}
         client_us = None
         client_updated_at = ch.get("client_updated_at")
         if client_updated_at is not None:
@@ -311,79 +290,101 @@ class _Apply:
             operation,
             base_version=ch.get("base_version"),
             client_updated_us=client_us,
-            server_version=row[v_col],
+            server_version=row.version,
             # only read when it decides anything: a parse per change is not free
-            server_updated_us=clock.parse(row[u_col]) if client_us is not None else 0,
-            server_deleted=bool(row[d_col]),
+            server_updated_us=clock.parse(row.updated_at) if client_us is not None else 0,
+            server_deleted=bool(row.deleted),
         )
         if reason is not None:
-            return self._conflict(ch, row, is_patient, reason)
+            return self._conflict(ch, row, reason)
         if operation == "delete":
-            if is_patient:
+            if isinstance(row, PatientRow):
                 self._delete_patient(row)
             else:
-                row[R_DELETED] = 1
+                row.deleted = 1
                 self._touch_record(row)
-            return {"server_id": server_id, "status": "deleted", "server_version": row[v_col]}
-        if is_patient:
+            return {"server_id": server_id, "status": "deleted", "server_version": row.version}
+        if isinstance(row, PatientRow):
             self._update_patient(row, ch["payload"])
         else:
             self._update_record(row, ch["payload"])
-        return {"server_id": server_id, "status": "updated", "server_version": row[v_col]}
+        return {"server_id": server_id, "status": "updated", "server_version": row.version}
 
-    def _update_patient(self, row: list[Any], payload: dict[str, Any]) -> None:
-        current = {
-            "name": row[P_NAME],
-            "dob": row[P_DOB],
-            "identifiers": orjson.loads(row[P_IDENT]),
-            "fhir": None if row[P_FHIR] is None else orjson.loads(row[P_FHIR]),
-        }
+    def _update_patient(self, row: PatientRow, payload: dict[str, Any]) -> None:
         patch = payload  # merge_patch copies what it keeps: the payload is only read
         if not READ_ONLY_KEYS.isdisjoint(payload):  # keys a client echoed back: ignored
             patch = {k: v for k, v in payload.items() if k not in READ_ONLY_KEYS}
+        if "identifiers" in patch or "fhir" in patch or not self._update_patient_fields(row, patch):
+            self._update_patient_document(row, patch)
+
+    def _update_patient_fields(self, row: PatientRow, patch: dict[str, Any]) -> bool:
+        """Apply a patch that leaves ``identifiers`` and ``fhir`` alone, the
+        common update (a rename, a corrected date of birth): their stored
+        texts stay as they are, neither parsed nor written out again (they
+        were checked when stored, and a patch that does not name them cannot
+        change them).  False, having changed nothing, when ``PatientCheck``
+        is not sure of the result: the whole document then goes through
+        ``_update_patient_document``, which words the errors."""
+        merged = merge_patch({"name": row.name, "dob": row.dob}, patch)
+        checked = self.check.one(merged)
+        if checked is None:
+            return False
+        name, dob = checked[0], checked[1]
+        if name != row.name or dob != row.dob:
+            row.name, row.dob = name, dob
+            self._touch_patient(row)
+        return True  # else nothing changes: the row keeps its version and seq
+
+    def _update_patient_document(self, row: PatientRow, patch: dict[str, Any]) -> None:
+        current = {
+            "name": row.name,
+            "dob": row.dob,
+            "identifiers": orjson.loads(row.identifiers),
+            "fhir": None if row.fhir is None else orjson.loads(row.fhir),
+        }
         merged = merge_patch(current, patch)
         name, dob, identifiers, fhir = self._patient(merged)
         ident_text = _dump(identifiers)
         fhir_text = None if fhir is None else _dump(fhir)
         if (
-            name == row[P_NAME]
-            and dob == row[P_DOB]
-            and same_json(row[P_IDENT], ident_text, current["identifiers"], identifiers)
-            and same_json(row[P_FHIR], fhir_text, current["fhir"], fhir)
+            name == row.name
+            and dob == row.dob
+            and same_json(row.identifiers, ident_text, current["identifiers"], identifiers)
+            and same_json(row.fhir, fhir_text, current["fhir"], fhir)
         ):
             return  # nothing changes: the row keeps its version and seq
-        row[P_NAME], row[P_DOB] = name, dob
-        row[P_IDENT] = ident_text
-        row[P_FHIR] = fhir_text
+        row.name, row.dob = name, dob
+        row.identifiers = ident_text
+        row.fhir = fhir_text
         self._touch_patient(row)
 
-    def _update_record(self, row: list[Any], payload: dict[str, Any]) -> None:
+    def _update_record(self, row: RecordRow, payload: dict[str, Any]) -> None:
         patient = self._route(payload)
-        base = orjson.loads(row[R_DATA])
+        base = orjson.loads(row.data)
         data = self._data(payload, base)  # a new dict: ``base`` is left as stored
         text = _dump(data)
-        moved = patient is not None and patient != row[R_PATIENT]
-        if not moved and same_json(row[R_DATA], text, base, data):
+        moved_to = patient if patient is not None and patient != row.patient else None
+        if moved_to is None and same_json(row.data, text, base, data):
             return  # nothing changes: the row keeps its version and seq
-        if moved:
-            self.records_of.get(row[R_PATIENT], set()).discard(row[0])
-            self.records_of.setdefault(patient, set()).add(row[0])
-            row[R_PATIENT] = patient
-        row[R_DATA] = text
+        if moved_to is not None:
+            self.records_of.get(row.patient, set()).discard(row.id)
+            self.records_of.setdefault(moved_to, set()).add(row.id)
+            row.patient = moved_to
+        row.data = text
         self._touch_record(row)
 
-    def _delete_patient(self, row: list[Any]) -> None:
-        row[P_DELETED] = 1
+    def _delete_patient(self, row: PatientRow) -> None:
+        row.deleted = 1
         self._touch_patient(row)
-        for record_id in sorted(self.records_of.get(row[0], ()), key=lambda r: self.records[r][R_UPDATED] or ""):
+        for record_id in sorted(self.records_of.get(row.id, ()), key=lambda r: self.records[r].updated_at or ""):
             record = self.records[record_id]
-            if not record[R_DELETED]:
-                record[R_DELETED] = 1
+            if not record.deleted:
+                record.deleted = 1
                 self._touch_record(record)
 
-    def _conflict(self, ch: ChangeFields, row: list[Any], is_patient: bool, reason: str) -> dict[str, Any]:
-        server_id = row[0]
-        copy = patient_out(row[:9]) if is_patient else record_out(row[:7])
+    def _conflict(self, ch: ChangeFields, row: PatientRow | RecordRow, reason: str) -> dict[str, Any]:
+        server_id = row.id
+        copy = patient_out(row.stored()) if isinstance(row, PatientRow) else record_out(row.stored())
         conflict_id = str(uuid.uuid4())
         self.conflict_rows.append(
             (conflict_id, self.batch_id, self.device_id, server_id, ch["resource_type"], reason,
@@ -401,40 +402,28 @@ class _Apply:
 
     # Writing -------------------------------------------------------------------
 
-    async def flush(self, temp_ids: bool) -> None:
+    async def flush(self) -> None:
         # A row created here is inserted as it ends up (a record may be
         # tombstoned later in the batch), never also updated.
         old_p = [self.patients[i] for i in self.dirty_patients if i not in self.new_ids]
         old_r = [self.records[i] for i in self.dirty_records if i not in self.new_ids]
         await mutations.write_patients(self.tx, self.new_patients, old_p)
         await mutations.write_records(self.tx, self.new_records, old_r)
-        if temp_ids:
-            await mutations.insert_temp_ids(self.tx, self.new_temp)
+        await mutations.insert_temp_ids(self.tx, self.new_temp)
         await mutations.insert_conflicts(self.tx, self.conflict_rows)
 
 
-async def apply_upload(
-    tx: WriteTx,
-    request: Upload,
-    batch_id: str,
-    owner: str | None = None,
-    *,
-    later: TempIdRows | None = None,
-    first: Sequence[PutOff] = (),
-) -> dict[str, Any]:
+async def apply_upload(tx: WriteTx, request: Upload, batch_id: str, owner: str | None = None) -> dict[str, Any]:
     """Apply ``request``'s changes inside ``tx``; return the upload response.
 
-    The caller has checked that ``batch_id`` is not applied yet.  With
-    ``later``, the batch's new ``temp_ids`` rows are not written but added to
-    it, and the caller stores the batch marked ``temp_pending``; ``first``
-    holds such rows of earlier batches (see ``upload``).
+    The caller has checked that ``batch_id`` is not applied yet.  The new
+    items' ``temp_ids`` rows are written in the same transaction, so a
+    retried create finds its item whenever the batch is there.
     """
     work = _Apply(tx, request.device_id, batch_id, owner)
-    await work.preload(request.changes, first)
+    await work.preload(request.changes)
     results = [work.apply(ch) for ch in request.changes]
-    await work.flush(temp_ids=later is None)
-    if later is not None:
-        later += work.new_temp
+    await work.flush()
     tx.emit({"type": "applied", "changes": len(results), "conflicts": len(work.conflicts)})
     return {
         "batch_id": batch_id,
@@ -453,24 +442,14 @@ def _accepted(batch_id: str, status: str, error: str | None = None) -> dict[str,
     return body
 
 
-async def upload(
-    tx: WriteTx, request: Upload, owner: str | None = None, first: Sequence[PutOff] = ()
-) -> tuple[int, Any, PutOff | None]:
-    """A synchronous upload inside ``tx``: (status, response body, what it put off).
+async def upload(tx: WriteTx, request: Upload, owner: str | None = None) -> tuple[int, Any]:
+    """A synchronous upload inside ``tx``: (status, response body).
 
     A ``batch_id`` already stored is a retry: it applies and stores nothing
     and gets the batch's answer, whatever its ``async``: once ``done`` the
     stored response (200), before that (``pending``, ``processing``,
     ``failed``) 202 with the batch's current ``status`` (and ``error``), the
     body an async upload answers.  Another device's ``batch_id`` is a 409.
-
-    Writing the batch's new ``temp_ids`` rows is left to the caller, after
-    the commit and off the response's path: they come back as the third
-    value, and the batch is stored marked ``temp_pending``, so that until
-    they are written the batch's stored response stands in for them
-    (``mutations.catch_up_temp_ids``).  ``first`` holds such rows of this
-    device's earlier batches: written first if this batch looks up temp ids
-    (else they wait for their own write).
     """
     batch_id = request.batch_id or str(uuid.uuid4())
     await mutations.device_uploaded(tx, request.device_id)
@@ -484,18 +463,16 @@ async def upload(
                     [{"field": "batch_id", "message": "already used by another device"}],
                 )
             if status == "done" and response is not None:
-                return 200, orjson.Fragment(response), None
-            return 202, _accepted(batch_id, status, error), None
+                return 200, orjson.Fragment(response)
+            return 202, _accepted(batch_id, status, error)
     if request.async_:
         body = request.stored_request(batch_id)
         await mutations.insert_batch(
             tx, batch_id, request.device_id, "pending", len(request.changes), request=_dump(body)
         )
-        return 202, _accepted(batch_id, "pending"), None
-    rows: TempIdRows = []
-    response = await apply_upload(tx, request, batch_id, owner, later=rows, first=first)
+        return 202, _accepted(batch_id, "pending")
+    response = await apply_upload(tx, request, batch_id, owner)
     text = _dump(response)
-    await mutations.insert_batch(tx, batch_id, request.device_id, "done", len(request.changes), response=text,
-                                 temp_pending=bool(rows))
+    await mutations.insert_batch(tx, batch_id, request.device_id, "done", len(request.changes), response=text)
     tx.emit({"type": "batch", "batch_id": batch_id, "status": "done", "device_id": request.device_id})
-    return 200, orjson.Fragment(text), (batch_id, rows) if rows else None
+    return 200, orjson.Fragment(text)

@@ -86,7 +86,6 @@ CHILD = textwrap.dedent(
                 if r["status"] == "created":
                     mine.append(r["server_id"])
             await asyncio.sleep(rnd.random() * 0.01)
-        await sync.settle()
         await db.close()
 
     asyncio.run(main())

@@ -142,7 +142,6 @@ class BatchOps:
 
     async def purge_batches(self: Engine, before: str) -> int:
         async def run(tx: WriteTx) -> int:
-            await mutations.catch_up_temp_ids(tx, None)  # a batch's response may still stand in for its temp ids
             cur = await tx.conn.execute("DELETE FROM batches WHERE status = 'done' AND finished_at < ?", (before,))
             return cur.rowcount
 

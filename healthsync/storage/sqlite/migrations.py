@@ -182,6 +182,31 @@ MIGRATIONS: list[tuple[str, str | list[str]]] = [
         ALTER TABLE batches ADD COLUMN heartbeat_at TEXT
         """,
     ),
+    (
+        "temp ids: written in the upload's transaction; those a marked batch still owes, from its response",
+        [
+            # Each result ``created`` of a batch's stored response names its
+            # item's server_id; a mapping already there (a retry) is kept, and
+            # an item no longer there (purged) is skipped.
+            """
+            INSERT OR IGNORE INTO temp_ids (device_id, client_temp_id, server_id, resource_type)
+            SELECT device_id, temp_id, server_id, kind FROM (
+                SELECT device_id, temp_id, server_id,
+                       coalesce((SELECT 'Patient' FROM patients WHERE id = server_id),
+                                (SELECT resource_type FROM records WHERE id = server_id)) AS kind
+                FROM (
+                    SELECT b.device_id, json_extract(r.value, '$.client_temp_id') AS temp_id,
+                           json_extract(r.value, '$.server_id') AS server_id
+                    FROM batches AS b, json_each(b.response, '$.results') AS r
+                    WHERE b.temp_pending = 1 AND json_extract(r.value, '$.status') = 'created'
+                )
+            )
+            WHERE kind IS NOT NULL
+            """,
+            "DROP INDEX batches_temp_pending",
+            "ALTER TABLE batches DROP COLUMN temp_pending",
+        ],
+    ),
 ]
 
 LATEST = len(MIGRATIONS)
