@@ -15,9 +15,10 @@ from typing import Any
 import aiosqlite
 import orjson
 
+from healthsync.batches import purge_old_batches
 from healthsync.storage import Database
-from healthsync.storage.migrations import LATEST, migrate
-from healthsync.tasks import purge_old_batches, purge_tombstones
+from healthsync.storage.sqlite.migrations import LATEST, migrate
+from healthsync.tasks import purge_tombstones
 
 UPLOAD = "/api/sync/upload/"
 
