@@ -17,10 +17,9 @@ from . import queries
 class Snapshot:
     """A read-only connection inside one read transaction."""
 
-    __slots__ = ("conn", "execute", "execute_fetchall")
+    __slots__ = ("execute", "execute_fetchall")
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
-        self.conn = conn
         self.execute = conn.execute
         self.execute_fetchall = conn.execute_fetchall
 
