@@ -21,8 +21,7 @@ from typing import Any
 
 from . import clock
 from .errors import HealthSyncError
-from .storage import Storage
-from .storage.interface import AuditEntry
+from .storage import AuditEntry, Storage
 
 log = logging.getLogger("healthsync.audit")
 

@@ -2,7 +2,7 @@
 ``/api/records/``.
 
 Each public coroutine takes parsed JSON (``dict``) and plain values, validates
-with the models, and makes at most one call to ``Database.write``.  Checks
+with the models, and makes at most one call to ``Storage.write``.  Checks
 that depend on stored state (``If-Match``, the record's patient existing) run
 inside that write's transaction, so they cannot race another writer.
 A PUT or PATCH that leaves an item as it is writes nothing: the stored row
@@ -21,8 +21,7 @@ import orjson
 
 from .errors import Invalid, NotFound, PreconditionFailed
 from .models import READ_ONLY_KEYS, PatientIn, RecordIn, parse_model
-from .storage import Database, WriteTx, mutations, queries
-from .storage.queries import Row
+from .storage import Row, Snapshot, Storage, WriteTx, keyset_page, patient_out, record_out
 from .sync.rules import if_match_allows, merge_patch, same_json
 
 Page = tuple[list[dict[str, Any]], int | None]
@@ -59,14 +58,14 @@ async def _update_patient(tx: WriteTx, current: Row, model: PatientIn) -> Row:
     fields = _patient_fields(model)
     if _same_patient(current, *fields):
         return current
-    return await mutations.update_patient(tx, current, *fields)
+    return await tx.update_patient(current, *fields)
 
 
 async def _update_record(tx: WriteTx, current: Row, model: RecordIn) -> Row:
     data = _dump(model.data)
     if _same_record(current, model.patient, model.resource_type, data):
         return current
-    return await mutations.update_record(tx, current, model.patient, model.resource_type, data)
+    return await tx.update_record(current, model.patient, model.resource_type, data)
 
 
 def _patient_writable(row: Row) -> dict[str, Any]:
@@ -92,7 +91,7 @@ def _check_version(if_match: str | None, version: int) -> None:
 
 async def _live_patient(tx: WriteTx, patient_id: str, field: str | None = None) -> Row:
     """The patient row, or NotFound (or Invalid naming ``field``) when absent or deleted."""
-    row = await mutations.fetch_patient(tx, patient_id)
+    row = await tx.fetch_patient(patient_id)
     if row is None or row[8]:
         if field is None:
             raise NotFound(f"patient {patient_id} not found")
@@ -105,39 +104,39 @@ async def _live_patient(tx: WriteTx, patient_id: str, field: str | None = None) 
 
 
 async def _live_record(tx: WriteTx, record_id: str) -> Row:
-    row = await mutations.fetch_record(tx, record_id)
+    row = await tx.fetch_record(record_id)
     if row is None or row[6]:
         raise NotFound(f"record {record_id} not found")
     return row
 
 
 class Resources:
-    """The patient and record service over one ``Database``."""
+    """The patient and record service over one ``Storage``."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Storage) -> None:
         self.db = db
 
     # Patients ---------------------------------------------------------------
 
     async def list_patients(self, *, include_deleted: bool, limit: int | None, after: int) -> Page:
-        async def run(conn: Any) -> list[Row]:
-            return await queries.list_patients(conn, include_deleted=include_deleted, limit=limit, after=after)
+        async def run(snap: Snapshot) -> list[Row]:
+            return await snap.list_patients(include_deleted=include_deleted, limit=limit, after=after)
 
-        return queries.keyset_page(await self.db.read(run), limit, queries.patient_out)
+        return keyset_page(await self.db.read(run), limit, patient_out)
 
     async def get_patient(self, patient_id: str, *, include_deleted: bool = False) -> dict[str, Any]:
-        row = await self.db.read(lambda conn: queries.get_patient(conn, patient_id))
+        row = await self.db.read(lambda snap: snap.get_patient(patient_id))
         if row is None or (row[8] and not include_deleted):
             raise NotFound(f"patient {patient_id} not found")
-        return queries.patient_out(row)
+        return patient_out(row)
 
     async def create_patient(self, body: Any, owner: str | None = None) -> dict[str, Any]:
         model = parse_model(PatientIn, body, "patient")
 
         async def run(tx: WriteTx) -> Row:
-            return await mutations.insert_patient(tx, str(uuid.uuid4()), owner, *_patient_fields(model))
+            return await tx.insert_patient(str(uuid.uuid4()), owner, *_patient_fields(model))
 
-        return queries.patient_out(await self.db.write(run))
+        return patient_out(await self.db.write(run))
 
     async def replace_patient(self, patient_id: str, body: Any, if_match: str | None) -> dict[str, Any]:
         model = parse_model(PatientIn, body, "patient")
@@ -147,7 +146,7 @@ class Resources:
             _check_version(if_match, current[6])
             return await _update_patient(tx, current, model)
 
-        return queries.patient_out(await self.db.write(run))
+        return patient_out(await self.db.write(run))
 
     async def patch_patient(self, patient_id: str, body: Any, if_match: str | None) -> dict[str, Any]:
         patch = _patch_body(body, "patient")
@@ -158,13 +157,13 @@ class Resources:
             model = parse_model(PatientIn, merge_patch(_patient_writable(current), patch), "patient")
             return await _update_patient(tx, current, model)
 
-        return queries.patient_out(await self.db.write(run))
+        return patient_out(await self.db.write(run))
 
     async def delete_patient(self, patient_id: str, if_match: str | None) -> None:
         async def run(tx: WriteTx) -> None:
             current = await _live_patient(tx, patient_id)
             _check_version(if_match, current[6])
-            await mutations.tombstone_patient(tx, current)
+            await tx.tombstone_patient(current)
 
         await self.db.write(run)
 
@@ -179,9 +178,8 @@ class Resources:
         patient: str | None,
         resource_type: str | None,
     ) -> Page:
-        async def run(conn: Any) -> list[Row]:
-            return await queries.list_records(
-                conn,
+        async def run(snap: Snapshot) -> list[Row]:
+            return await snap.list_records(
                 include_deleted=include_deleted,
                 limit=limit,
                 after=after,
@@ -189,24 +187,24 @@ class Resources:
                 resource_type=resource_type,
             )
 
-        return queries.keyset_page(await self.db.read(run), limit, queries.record_out)
+        return keyset_page(await self.db.read(run), limit, record_out)
 
     async def get_record(self, record_id: str, *, include_deleted: bool = False) -> dict[str, Any]:
-        row = await self.db.read(lambda conn: queries.get_record(conn, record_id))
+        row = await self.db.read(lambda snap: snap.get_record(record_id))
         if row is None or (row[6] and not include_deleted):
             raise NotFound(f"record {record_id} not found")
-        return queries.record_out(row)
+        return record_out(row)
 
     async def create_record(self, body: Any) -> dict[str, Any]:
         model = parse_model(RecordIn, body, "record")
 
         async def run(tx: WriteTx) -> Row:
             await _live_patient(tx, model.patient, field="patient")
-            return await mutations.insert_record(
-                tx, str(uuid.uuid4()), model.patient, model.resource_type, _dump(model.data)
+            return await tx.insert_record(
+                str(uuid.uuid4()), model.patient, model.resource_type, _dump(model.data)
             )
 
-        return queries.record_out(await self.db.write(run))
+        return record_out(await self.db.write(run))
 
     async def replace_record(self, record_id: str, body: Any, if_match: str | None) -> dict[str, Any]:
         model = parse_model(RecordIn, body, "record")
@@ -217,7 +215,7 @@ class Resources:
             await _live_patient(tx, model.patient, field="patient")
             return await _update_record(tx, current, model)
 
-        return queries.record_out(await self.db.write(run))
+        return record_out(await self.db.write(run))
 
     async def patch_record(self, record_id: str, body: Any, if_match: str | None) -> dict[str, Any]:
         patch = _patch_body(body, "record")
@@ -230,13 +228,13 @@ class Resources:
                 await _live_patient(tx, model.patient, field="patient")
             return await _update_record(tx, current, model)
 
-        return queries.record_out(await self.db.write(run))
+        return record_out(await self.db.write(run))
 
     async def delete_record(self, record_id: str, if_match: str | None) -> None:
         async def run(tx: WriteTx) -> None:
             current = await _live_record(tx, record_id)
             _check_version(if_match, current[4])
-            await mutations.tombstone_records(tx, [(current[0], current[4])])
+            await tx.tombstone_records([(current[0], current[4])])
 
         await self.db.write(run)
 

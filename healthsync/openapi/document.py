@@ -147,7 +147,7 @@ def _list_of(name: str) -> dict[str, Any]:
 
 
 def _param(name: str, where: str, schema: dict[str, Any], description: str, required: bool = False) -> dict[str, Any]:
-    out = {"name": name, "in": where, "description": description, "schema": schema}
+    out: dict[str, Any] = {"name": name, "in": where, "description": description, "schema": schema}
     if required or where == "path":
         out["required"] = True
     return out

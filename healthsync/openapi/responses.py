@@ -1,6 +1,6 @@
 """Response models of the HTTP API, for its OpenAPI document.
 
-They mirror what ``storage/queries.py``, ``sync/download.py``,
+They mirror what ``storage/rows.py``, ``sync/download.py``,
 ``sync/apply.py`` and ``errors.py`` produce; the tests validate real
 responses (and a schemathesis fuzz run) against the document built from
 them, so a drift fails a test.  Request bodies are not here: they are the

@@ -42,6 +42,7 @@ Tornado.  A peer is anything with ``send(bytes) -> Future | None`` and
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -52,7 +53,7 @@ import orjson
 from .. import clock
 from ..errors import HealthSyncError
 from ..gcpause import gc_paused
-from ..storage import Storage, queries
+from ..storage import PushRow, Snapshot, Storage
 from ..sync import download as dl
 from ..sync.rules import encode_cursor
 
@@ -229,9 +230,9 @@ class Hub:
     async def _broadcast_page(self) -> None:
         start = self.live_seq
 
-        async def read(conn: Any) -> tuple[list[queries.PushRow], tuple[int, int]]:
-            head = await queries.head(conn)
-            return await queries.changes_for_push(conn, start, self.page_size + 1), head
+        async def read(snap: Snapshot) -> tuple[list[PushRow], tuple[int, int]]:
+            head = await snap.head()
+            return await snap.changes_for_push(start, self.page_size + 1), head
 
         rows, head = await self.db.read(read)
         if len(rows) > self.page_size:
@@ -247,7 +248,7 @@ class Hub:
         self.live_seq, self.live_time = end, end_time
         self.head_seq = max(self.head_seq, end)
 
-    def _fan_out(self, rows: list[queries.PushRow], start: int, end: int, end_time: str) -> None:
+    def _fan_out(self, rows: list[PushRow], start: int, end: int, end_time: str) -> None:
         for group, members in list(self._groups.items()):
             self.stats["frames_dropped"] += sum(1 for s in members if s.state == LAGGING)
             live = [s for s in members if s.state == LIVE and s.cursor is not None and s.cursor < end]
@@ -328,16 +329,19 @@ class Hub:
         try:
             while sub.state == CATCHING_UP:
                 after_seq, after_time = sub.cursor, (sub.since if sub.cursor is None else None)
-                page = await self.db.read(
-                    lambda conn, after_seq=after_seq, after_time=after_time: dl.read_page(
-                        conn,
+                async def page_of(
+                    snap: Snapshot, after_seq: int | None = after_seq, after_time: str | None = after_time
+                ) -> dl.Page:
+                    return await dl.read_page(
+                        snap,
                         after_seq=after_seq,
                         after_time=after_time,
                         limit=self.page_size,
                         resource_type=sub.resource_type,
                         patient=sub.patient,
                     )
-                )
+
+                page = await self.db.read(page_of)
                 if sub.state != CATCHING_UP:
                     return
                 sub.cursor = page.cursor
@@ -386,7 +390,7 @@ class Hub:
         sub.frames_sent += 1
         self.stats["frames_sent"] += 1
         future = asyncio.ensure_future(done)
-        future.add_done_callback(lambda f, s=sub, n=size: self._flushed(s, n, f))
+        future.add_done_callback(functools.partial(self._flushed, sub, size))
         if sub.buffered > self.max_buffer and sub.state == LIVE:
             sub.state = LAGGING
             self.stats["lagged"] += 1

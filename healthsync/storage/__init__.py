@@ -1,24 +1,60 @@
 """Storage: the only package that speaks SQL or imports a database driver.
 
-``interface`` is what the rest of HealthSync may ask of a database (the
-``Storage`` protocol: the one write path, snapshot reads, the commit signal
-and named operations); ``sqlite/`` implements it on one SQLite file.
-``queries`` and ``mutations`` are the SQLite backend's row reads and writes,
-called with the snapshot or transaction that ``read``/``write`` hand out.
-``make_storage(settings)`` builds the backend the settings name.
+``interface`` is what the rest of HealthSync may ask of a database: the
+``Storage`` protocol (the one write path, snapshot reads, the commit signal
+and named operations), the ``WriteTx`` that ``write`` hands out with the
+named row writes as its methods, and the ``Snapshot`` that ``read`` hands
+out with the named reads.  ``rows`` holds the row shapes they return and
+their API representations (pure, the same for every backend).  ``sqlite/``
+implements the interface on one SQLite file.  ``make_storage(settings)``
+builds the backend the settings name; it is the only place above the
+backends that names one, and the rest of HealthSync imports from this
+package only.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .interface import Claim, CommitInfo, DatabaseClosed, Storage, WriteTx
+from .interface import AuditEntry, Claim, CommitInfo, DatabaseClosed, Snapshot, Storage, WriteTx
+from .rows import (
+    ChangeRow,
+    PatientRow,
+    PushRow,
+    RecordRow,
+    Row,
+    batch_out,
+    conflict_out,
+    keyset_page,
+    patient_out,
+    record_out,
+)
 from .sqlite import Database
 
 if TYPE_CHECKING:
     from settings import Settings
 
-__all__ = ["Claim", "CommitInfo", "Database", "DatabaseClosed", "Storage", "WriteTx", "make_storage"]
+__all__ = [
+    "AuditEntry",
+    "ChangeRow",
+    "Claim",
+    "CommitInfo",
+    "Database",
+    "DatabaseClosed",
+    "PatientRow",
+    "PushRow",
+    "RecordRow",
+    "Row",
+    "Snapshot",
+    "Storage",
+    "WriteTx",
+    "batch_out",
+    "conflict_out",
+    "keyset_page",
+    "make_storage",
+    "patient_out",
+    "record_out",
+]
 
 
 def make_storage(settings: Settings, *, worker: bool = False) -> Database:

@@ -18,6 +18,9 @@ The promises every backend keeps:
   everything back and no commit hook runs.
 - **Snapshot reads.**  ``read(fn)`` runs ``fn`` in one consistent snapshot:
   the head and the rows it reads agree.
+- **Named operations.**  The services call the named writes of ``WriteTx``
+  and the named reads of ``Snapshot``, never a statement; rows come back in
+  the shapes of ``storage.rows``.
 - **A commit signal.**  ``commit_signal()`` changes whenever any process
   commits (SQLite: ``PRAGMA data_version``; PostgreSQL: ``LISTEN``).
 - **Domain errors only.**  A driver's exception never leaves storage: a lock
@@ -34,6 +37,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
+
+from .rows import ChangeRow, PatientRow, PushRow, RecordRow, Row
 
 T = TypeVar("T")
 
@@ -53,11 +58,6 @@ class CommitInfo:
 
 
 CommitHook = Callable[[CommitInfo], None]
-
-#: A read snapshot as ``read(fn)`` hands it to ``fn``: the backend's own handle,
-#: passed on only to storage's read functions (``queries``), never used above.
-Snapshot = Any
-
 
 @dataclass(frozen=True)
 class Claim:
@@ -79,10 +79,17 @@ ApplyStored = Callable[["WriteTx", str], Awaitable[dict[str, Any]]]
 
 
 class WriteTx(Protocol):
-    """One write transaction, inside the clock lock, as ``write(fn)`` hands it to ``fn``."""
+    """One write transaction, inside the clock lock, as ``write(fn)`` hands it to ``fn``.
+
+    Every named write that changes a patient or record stamps it (``stamp``)
+    and raises its ``server_version`` by one; none decides whether a change
+    is allowed (the services do).  Rows are ``storage.rows`` shapes.
+    """
 
     #: The seq of the last row stamped so far (the head before the first stamp).
     seq: int
+    #: The ``updated_at`` of the last stamp so far, in µs.
+    last_us: int
     #: Rows stamped so far.
     changed: int
 
@@ -97,6 +104,212 @@ class WriteTx(Protocol):
 
     def emit(self, event: dict[str, Any]) -> None:
         """Hand ``event`` to the commit hooks after the commit; dropped on rollback."""
+        ...
+
+    # Patients and records, one at a time (the REST API) ----------------------------
+
+    async def fetch_patient(self, patient_id: str) -> Row | None:
+        """The patient row (deleted or not), as this transaction sees it, or None."""
+        ...
+
+    async def fetch_record(self, record_id: str) -> Row | None:
+        """The record row (deleted or not), as this transaction sees it, or None."""
+        ...
+
+    async def insert_patient(
+        self, patient_id: str, owner: str | None, name: str, dob: str | None, identifiers: str, fhir: str | None
+    ) -> Row:
+        """Create a live patient at version 1 (``identifiers``/``fhir``: JSON text); its row."""
+        ...
+
+    async def update_patient(
+        self, current: Row, name: str, dob: str | None, identifiers: str, fhir: str | None
+    ) -> Row:
+        """Write new values over the patient ``current`` (its row as fetched); the new row."""
+        ...
+
+    async def tombstone_patient(self, current: Row) -> tuple[Row, int]:
+        """Soft-delete the patient ``current`` and every live record of it
+        (each stamped); (the new patient row, how many records)."""
+        ...
+
+    async def tombstone_records(self, items: list[tuple[str, int]]) -> None:
+        """Soft-delete the records given as (id, current server_version), each stamped."""
+        ...
+
+    async def insert_record(self, record_id: str, patient: str, resource_type: str, data: str) -> Row:
+        """Create a live record at version 1 (``data``: JSON text); its row."""
+        ...
+
+    async def update_record(self, current: Row, patient: str, resource_type: str, data: str) -> Row:
+        """Write new values over the record ``current`` (its row as fetched); the new row."""
+        ...
+
+    # Sync batches, in bulk -----------------------------------------------------------
+    # One statement per kind, not one per row: an upload has up to 10,000 changes.
+
+    async def load_patients(self, ids: set[str]) -> dict[str, PatientRow]:
+        """The patients of ``ids`` that exist (deleted or not), by id."""
+        ...
+
+    async def load_records(self, ids: set[str]) -> dict[str, RecordRow]:
+        """The records of ``ids`` that exist (deleted or not), by id."""
+        ...
+
+    async def load_live_records_of(self, patient_ids: set[str]) -> list[RecordRow]:
+        """The live records of the patients of ``patient_ids``, oldest first."""
+        ...
+
+    async def load_temp_ids(self, device_id: str, temp_ids: set[str]) -> dict[str, tuple[str, str]]:
+        """client_temp_id -> (server_id, resource_type) of this device's known temp ids."""
+        ...
+
+    async def write_patients(self, new: list[PatientRow], changed: list[PatientRow]) -> None:
+        """Insert ``new`` and update ``changed`` as they are, stamps included
+        (the caller stamped them; ``id``, ``owner``, ``created_at`` never change)."""
+        ...
+
+    async def write_records(self, new: list[RecordRow], changed: list[RecordRow]) -> None:
+        """Insert ``new`` and update ``changed`` as they are, stamps included
+        (``id`` and ``created_at`` never change)."""
+        ...
+
+    async def insert_temp_ids(self, rows: list[tuple[str, str, str, str]]) -> None:
+        """Remember (device_id, client_temp_id, server_id, resource_type) rows."""
+        ...
+
+    async def insert_conflicts(self, rows: list[tuple[Any, ...]]) -> None:
+        """Store conflicts: (id, batch_id, device_id, server_id, resource_type,
+        reason, change, server_copy, created_at), unresolved."""
+        ...
+
+    async def resolve_conflict(self, conflict_id: str, resolution: str | None) -> bool:
+        """Mark the conflict resolved now, unless it already is; whether it was changed."""
+        ...
+
+    # Batches and devices ---------------------------------------------------------------
+
+    async def fetch_batch(self, batch_id: str) -> Row | None:
+        """(id, device_id, status, response, error, claimed_at, attempts) of the batch, or None."""
+        ...
+
+    async def insert_batch(
+        self,
+        batch_id: str,
+        device_id: str,
+        status: str,
+        change_count: int,
+        *,
+        request: str | None = None,
+        response: str | None = None,
+    ) -> None:
+        """Store a new batch in ``status`` (``done``: finished now, with ``response``)."""
+        ...
+
+    async def device_uploaded(self, device_id: str) -> None:
+        """Note that the device was seen uploading now (created on first sight)."""
+        ...
+
+    async def device_downloaded(self, device_id: str, cursor: int) -> None:
+        """Note that the device was seen downloading now, up to ``cursor``
+        (its stored cursor never goes back)."""
+        ...
+
+    async def purge_tombstones(self, before: str) -> int:
+        """Delete tombstones last changed before ``before`` (a patient only once
+        no record points at it) and raise the purge horizon; how many rows went."""
+        ...
+
+
+class Snapshot(Protocol):
+    """One consistent read snapshot, as ``read(fn)`` hands it to ``fn``.
+
+    Listings end each row with its page key and take ``limit + 1`` rows'
+    worth of ``limit`` so that ``rows.keyset_page`` can cut them; ``after`` is
+    the last page's key (0: from the start).
+    """
+
+    async def head(self) -> tuple[int, int]:
+        """(seq, updated_at in µs) of the newest commit this snapshot holds."""
+        ...
+
+    async def purge_horizon(self) -> tuple[int, str]:
+        """(seq, updated_at) of the newest purged tombstone (0 and the epoch if none):
+        a position before it may have missed a deletion."""
+        ...
+
+    async def get_patient(self, patient_id: str) -> Row | None:
+        """The patient row (deleted or not), or None."""
+        ...
+
+    async def get_record(self, record_id: str) -> Row | None:
+        """The record row (deleted or not), or None."""
+        ...
+
+    async def list_patients(self, *, include_deleted: bool, limit: int | None, after: int) -> list[Row]:
+        """Patients in creation order after the page key ``after``, up to
+        ``limit + 1`` (all with None), each row ending in its page key."""
+        ...
+
+    async def list_records(
+        self,
+        *,
+        include_deleted: bool,
+        limit: int | None,
+        after: int,
+        patient: str | None = None,
+        resource_type: str | None = None,
+    ) -> list[Row]:
+        """Records in creation order, filtered, paged as ``list_patients``."""
+        ...
+
+    async def changes_after(
+        self,
+        *,
+        after_seq: int | None = None,
+        after_time: str | None = None,
+        limit: int,
+        resource_type: str | None = None,
+        patient: str | None = None,
+    ) -> list[ChangeRow]:
+        """Up to ``limit`` changes (patients and records, deleted ones too) after
+        a seq or a canonical time, oldest first.  ``resource_type`` 'Patient'
+        reads only patients, any other type only records of that type;
+        ``patient`` keeps the patient's own entry and its records'."""
+        ...
+
+    async def changes_for_push(self, after_seq: int, limit: int) -> list[PushRow]:
+        """Like ``changes_after`` with no filter, plus the keys the push hub filters on."""
+        ...
+
+    async def list_conflicts(
+        self, *, device_id: str | None, resolved: bool | None, limit: int | None, after: int
+    ) -> list[Row]:
+        """Conflicts in creation order, filtered, paged as ``list_patients``."""
+        ...
+
+    async def get_conflict(self, conflict_id: str) -> Row | None:
+        """The conflict row, or None."""
+        ...
+
+    async def get_batch(self, batch_id: str) -> dict[str, Any] | None:
+        """The batch as the API shows it (``rows.batch_out``), or None."""
+        ...
+
+    async def list_batches(
+        self, *, device_id: str | None, status: str | None, limit: int | None, after: int
+    ) -> list[Row]:
+        """Batches newest first, filtered, each row ending in its page key
+        (descending; ``after`` 0: from the newest)."""
+        ...
+
+    async def batch_events_since(self, updated_at: str) -> list[Row]:
+        """(id, device_id, status, updated_at) of batches changed at or after
+        ``updated_at``, oldest change first."""
+        ...
+
+    async def list_devices(self) -> list[dict[str, Any]]:
+        """Every device seen, most recently seen first, with its batches and lag."""
         ...
 
 
@@ -132,8 +345,7 @@ class Storage(Protocol):
         ...
 
     async def read(self, fn: Callable[[Snapshot], Awaitable[T]]) -> T:
-        """Run ``fn(snapshot)`` in one consistent read snapshot.  The snapshot is
-        the backend's own handle: only storage's read functions take it."""
+        """Run ``fn(snapshot)`` in one consistent read snapshot (a ``Snapshot``)."""
         ...
 
     def add_commit_hook(self, hook: CommitHook) -> None:

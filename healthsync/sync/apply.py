@@ -1,4 +1,4 @@
-"""Apply one upload batch, whole, inside one ``Database.write`` transaction.
+"""Apply one upload batch, whole, inside one ``Storage.write`` transaction.
 
 ``envelope.parse_upload`` has checked the envelope and every change's
 routing, refusing a malformed batch whole before anything is written.
@@ -42,9 +42,7 @@ from ..models import (
     too_deep,
     validation_details,
 )
-from ..storage import WriteTx, mutations
-from ..storage.queries import patient_out, record_out
-from ..storage.rows import PatientRow, RecordRow
+from ..storage import PatientRow, RecordRow, WriteTx, patient_out, record_out
 from .envelope import ChangeFields, Upload, change_dump
 from .rules import conflict_reason, encode_cursor, merge_patch, same_json
 
@@ -136,13 +134,13 @@ class _Apply:
                 if isinstance(ptemp, str):
                     temp_ids.add(ptemp)
         self._ids = iter(_new_ids(creates))
-        self.temp = await mutations.load_temp_ids(self.tx, self.device_id, temp_ids)
+        self.temp = await self.tx.load_temp_ids(self.device_id, temp_ids)
         for server_id, kind in self.temp.values():
             (patient_ids if kind == "Patient" else record_ids).add(server_id)
-        self.patients = await mutations.load_patients(self.tx, patient_ids)
-        for row in (await mutations.load_records(self.tx, record_ids)).values():
+        self.patients = await self.tx.load_patients(patient_ids)
+        for row in (await self.tx.load_records(record_ids)).values():
             self._add_record(row)
-        for row in await mutations.load_live_records_of(self.tx, deleted_patients):
+        for row in await self.tx.load_live_records_of(deleted_patients):
             if row.id not in self.records:
                 self._add_record(row)
 
@@ -407,10 +405,10 @@ class _Apply:
         # tombstoned later in the batch), never also updated.
         old_p = [self.patients[i] for i in self.dirty_patients if i not in self.new_ids]
         old_r = [self.records[i] for i in self.dirty_records if i not in self.new_ids]
-        await mutations.write_patients(self.tx, self.new_patients, old_p)
-        await mutations.write_records(self.tx, self.new_records, old_r)
-        await mutations.insert_temp_ids(self.tx, self.new_temp)
-        await mutations.insert_conflicts(self.tx, self.conflict_rows)
+        await self.tx.write_patients(self.new_patients, old_p)
+        await self.tx.write_records(self.new_records, old_r)
+        await self.tx.insert_temp_ids(self.new_temp)
+        await self.tx.insert_conflicts(self.conflict_rows)
 
 
 async def apply_upload(tx: WriteTx, request: Upload, batch_id: str, owner: str | None = None) -> dict[str, Any]:
@@ -452,9 +450,9 @@ async def upload(tx: WriteTx, request: Upload, owner: str | None = None) -> tupl
     body an async upload answers.  Another device's ``batch_id`` is a 409.
     """
     batch_id = request.batch_id or str(uuid.uuid4())
-    await mutations.device_uploaded(tx, request.device_id)
+    await tx.device_uploaded(request.device_id)
     if request.batch_id is not None:
-        existing = await mutations.fetch_batch(tx, batch_id)
+        existing = await tx.fetch_batch(batch_id)
         if existing is not None:
             _, device_id, status, response, error, _claimed, _attempts = existing
             if device_id != request.device_id:
@@ -467,12 +465,11 @@ async def upload(tx: WriteTx, request: Upload, owner: str | None = None) -> tupl
             return 202, _accepted(batch_id, status, error)
     if request.async_:
         body = request.stored_request(batch_id)
-        await mutations.insert_batch(
-            tx, batch_id, request.device_id, "pending", len(request.changes), request=_dump(body)
+        await tx.insert_batch(
+            batch_id, request.device_id, "pending", len(request.changes), request=_dump(body)
         )
         return 202, _accepted(batch_id, "pending")
     response = await apply_upload(tx, request, batch_id, owner)
     text = _dump(response)
-    await mutations.insert_batch(tx, batch_id, request.device_id, "done", len(request.changes), response=text)
-    tx.emit({"type": "batch", "batch_id": batch_id, "status": "done", "device_id": request.device_id})
+    await tx.insert_batch(batch_id, request.device_id, "done", len(request.changes), response=text)
     return 200, orjson.Fragment(text)

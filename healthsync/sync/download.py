@@ -17,8 +17,7 @@ import orjson
 from .. import clock
 from ..errors import Gone, Invalid
 from ..fhir import R4_RESOURCE_TYPES
-from ..storage import Storage, queries
-from ..storage.interface import Snapshot
+from ..storage import ChangeRow, Snapshot, Storage
 from .rules import decode_cursor, encode_cursor
 
 SINCE_EXAMPLE = "?since=2025-09-12T10:00:00Z"
@@ -71,7 +70,7 @@ class Page:
         }
 
 
-def make_page(rows: list[queries.ChangeRow], limit: int, head: tuple[int, int]) -> Page:
+def make_page(rows: list[ChangeRow], limit: int, head: tuple[int, int]) -> Page:
     """The page for ``rows`` (fetched with ``limit + 1``) and the snapshot's head."""
     has_more = len(rows) > limit
     if has_more:
@@ -105,10 +104,10 @@ async def check_position(snap: Snapshot, after_seq: int | None, after_time: str 
     holds no copy, so it is never stale.
     """
     if after_seq is not None:
-        gone_if_ahead(after_seq, (await queries.head(snap))[0])
+        gone_if_ahead(after_seq, (await snap.head())[0])
     if after_seq == 0 or (after_time is not None and after_time <= FROM_THE_START):
         return
-    purged_seq, purged_at = await queries.purge_horizon(snap)
+    purged_seq, purged_at = await snap.purge_horizon()
     if purged_seq == 0:
         return  # nothing was ever purged
     if (after_seq is not None and after_seq < purged_seq) or (after_time is not None and after_time < purged_at):
@@ -134,11 +133,10 @@ async def read_page(
     patient: str | None = None,
 ) -> Page:
     """One page, read inside the caller's snapshot."""
-    top = await queries.head(snap)
+    top = await snap.head()
     gone_if_ahead(after_seq, top[0])
     await check_position(snap, after_seq, after_time)
-    rows = await queries.changes_after(
-        snap,
+    rows = await snap.changes_after(
         after_seq=after_seq,
         after_time=after_time,
         limit=limit + 1,

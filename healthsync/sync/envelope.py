@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal, Required, cast
+from typing import Any, Literal, Required, TypeGuard, cast
 
 from pydantic import ValidationError
 
@@ -81,7 +81,7 @@ class Upload:
         return {"device_id": self.device_id, "changes": changes, "batch_id": batch_id}
 
 
-def _is_id(value: Any) -> bool:
+def _is_id(value: Any) -> TypeGuard[str]:
     """What ``_ID`` accepts, or less (a ``str`` subclass is left to the model)."""
     return type(value) is str and 0 < len(value) <= 256
 

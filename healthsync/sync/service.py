@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from ..errors import Busy, NotFound, StorageFull
-from ..storage import Database, WriteTx, mutations, queries
+from ..storage import Storage, WriteTx, conflict_out, keyset_page
 from . import apply, download
 from .envelope import Upload
 
@@ -14,7 +14,7 @@ log = logging.getLogger("healthsync.sync")
 
 
 class SyncService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Storage) -> None:
         self.db = db
 
     async def upload(self, request: Upload, owner: str | None = None) -> tuple[int, Any]:
@@ -26,35 +26,35 @@ class SyncService:
         page = await download.download(self.db, **kw)
         if device_id is not None:
             try:
-                await self.db.write(lambda tx: mutations.device_downloaded(tx, device_id, page.cursor))
+                await self.db.write(lambda tx: tx.device_downloaded(device_id, page.cursor))
             except (Busy, StorageFull) as exc:  # bookkeeping only: the page is still the answer
                 log.warning("download position of a device not recorded: %s", exc.message)
         return page
 
     async def devices(self) -> list[dict[str, Any]]:
-        return await self.db.read(queries.list_devices)
+        return await self.db.read(lambda snap: snap.list_devices())
 
     async def list_conflicts(
         self, *, device_id: str | None, resolved: bool | None, limit: int | None, after: int
     ) -> tuple[list[dict[str, Any]], int | None]:
         rows = await self.db.read(
-            lambda conn: queries.list_conflicts(
-                conn, device_id=device_id, resolved=resolved, limit=limit, after=after
+            lambda snap: snap.list_conflicts(
+                device_id=device_id, resolved=resolved, limit=limit, after=after
             )
         )
-        return queries.keyset_page(rows, limit, queries.conflict_out)
+        return keyset_page(rows, limit, conflict_out)
 
     async def get_conflict(self, conflict_id: str) -> dict[str, Any]:
-        row = await self.db.read(lambda conn: queries.get_conflict(conn, conflict_id))
+        row = await self.db.read(lambda snap: snap.get_conflict(conflict_id))
         if row is None:
             raise NotFound(f"conflict {conflict_id} not found")
-        return queries.conflict_out(row)
+        return conflict_out(row)
 
     async def resolve_conflict(self, conflict_id: str, resolution: str | None) -> dict[str, Any]:
         """Mark a conflict resolved (idempotent: resolving twice keeps the first)."""
 
         async def run(tx: WriteTx) -> None:
-            await mutations.resolve_conflict(tx, conflict_id, resolution)
+            await tx.resolve_conflict(conflict_id, resolution)
 
         await self.get_conflict(conflict_id)
         await self.db.write(run)

@@ -21,7 +21,7 @@ import pytest
 from healthsync import clock
 from healthsync.errors import Conflict, Gone, NotFound
 from healthsync.resources import Resources
-from healthsync.storage import CommitInfo, Database, DatabaseClosed, Storage
+from healthsync.storage import CommitInfo, Database, DatabaseClosed, PatientRow, Storage, keyset_page
 from healthsync.sync import download as dl
 from tests.support import ROOT
 
@@ -133,6 +133,134 @@ async def test_writes_are_serialized(storage):
 
     got = await asyncio.gather(*(storage.write(stamp) for _ in range(50)))
     assert sorted(got) == list(range(1, 51))
+
+
+# Named row operations: WriteTx's writes, Snapshot's reads ---------------------------
+
+
+async def test_a_patient_and_its_record_inserted_read_updated_and_tombstoned(storage):
+    ids = '[{"system":"s","value":"1"}]'
+    p = await storage.write(lambda tx: tx.insert_patient("p1", "alice", "Ann", "1990-01-01", ids, None))
+    assert p[:7] == ("p1", "alice", "Ann", "1990-01-01", ids, None, 1) and p[8] == 0
+    assert await storage.read(lambda snap: snap.get_patient("p1")) == p
+    r = await storage.write(lambda tx: tx.insert_record("r1", "p1", "Observation", '{"a":1}'))
+    assert r[:5] == ("r1", "p1", "Observation", '{"a":1}', 1) and r[6] == 0 and r[5] > p[7]
+    assert await storage.read(lambda snap: snap.get_record("r1")) == r
+
+    async def update(tx):
+        current = await tx.fetch_patient("p1")
+        assert current == p
+        return await tx.update_patient(current, "Anna", None, "[]", '{"x":1}')
+
+    q = await storage.write(update)
+    assert q[:7] == ("p1", "alice", "Anna", None, "[]", '{"x":1}', 2) and q[7] > r[5] and q[8] == 0
+    assert await storage.read(lambda snap: snap.get_patient("p1")) == q
+
+    async def tombstone(tx):
+        return await tx.tombstone_patient(await tx.fetch_patient("p1"))
+
+    gone, records_hit = await storage.write(tombstone)
+    assert records_hit == 1 and gone[:6] == q[:6] and gone[6] == 3 and gone[8] == 1
+    assert await storage.read(lambda snap: snap.get_patient("p1")) == gone
+    record = await storage.read(lambda snap: snap.get_record("r1"))
+    assert record[4] == 2 and record[6] == 1 and record[5] > gone[7]
+    assert await storage.read(lambda snap: snap.get_patient("nobody")) is None
+    assert await storage.write(lambda tx: tx.fetch_record("nothing")) is None
+    live = await storage.read(lambda snap: snap.list_patients(include_deleted=False, limit=None, after=0))
+    every = await storage.read(lambda snap: snap.list_patients(include_deleted=True, limit=None, after=0))
+    assert live == [] and [row[:-1] for row in every] == [gone]
+    assert (await storage.head())[0] == 5  # two inserts, an update, two tombstones
+
+
+async def test_listings_page_by_their_key(storage):
+    async def create(tx):
+        return [await tx.insert_patient(f"p{i}", None, f"P{i}", None, "[]", None) for i in range(7)]
+
+    made = await storage.write(create)
+    seen: list[Any] = []
+    after = 0
+    while True:
+        rows = await storage.read(
+            lambda snap, after=after: snap.list_patients(include_deleted=False, limit=3, after=after)
+        )
+        assert len(rows) <= 4
+        page, after = keyset_page(rows, 3, lambda row: row)
+        seen += page
+        if after is None:
+            break
+    assert seen == made
+
+
+async def test_changes_after_pages_every_change_once_oldest_first(storage):
+    async def create(tx):
+        for i in range(4):
+            await tx.insert_patient(f"p{i}", None, f"P{i}", None, "[]", None)
+            await tx.insert_record(f"r{i}", f"p{i}", "Observation", f'{{"i":{i}}}')
+            await tx.insert_record(f"c{i}", f"p{i}", "Condition", "{}")
+
+    await storage.write(create)
+    await storage.write(lambda tx: tx.tombstone_records([("r0", 1)]))  # r0 changes again, last
+    everything = await storage.read(lambda snap: snap.changes_after(after_seq=0, limit=100))
+    assert [row[0] for row in everything] == [1, *range(3, 14)]  # r0's first change (2) is superseded
+    entries = [orjson.loads(row[2]) for row in everything]
+    assert entries[-1]["server_id"] == "r0" and entries[-1]["deleted"] is True
+    assert entries[0] == {
+        "server_id": "p0", "resource_type": "Patient", "server_version": 1, "updated_at": everything[0][1],
+        "deleted": False, "data": {"owner": None, "name": "P0", "dob": None, "identifiers": [], "fhir": None},
+    }
+    assert [row[1] for row in everything] == sorted(row[1] for row in everything)
+
+    by_seq: list[Any] = []
+    after_seq = 0
+    while rows := await storage.read(lambda snap, a=after_seq: snap.changes_after(after_seq=a, limit=5)):
+        assert len(rows) <= 5
+        by_seq += rows
+        after_seq = rows[-1][0]
+    assert by_seq == everything
+    by_time: list[Any] = []
+    after_time = clock.format_us(0)
+    while rows := await storage.read(lambda snap, a=after_time: snap.changes_after(after_time=a, limit=5)):
+        by_time += rows
+        after_time = rows[-1][1]
+    assert by_time == everything
+
+    async def ids(**only: str) -> list[str]:
+        rows = await storage.read(lambda snap: snap.changes_after(after_seq=0, limit=100, **only))
+        return [orjson.loads(row[2])["server_id"] for row in rows]
+
+    assert await ids(resource_type="Observation") == ["r1", "r2", "r3", "r0"]
+    assert await ids(resource_type="Patient") == ["p0", "p1", "p2", "p3"]
+    assert await ids(patient="p2") == ["p2", "r2", "c2"]
+    assert await ids(patient="p2", resource_type="Condition") == ["c2"]
+    pushed = await storage.read(lambda snap: snap.changes_for_push(0, 100))
+    assert [row[:3] for row in pushed] == everything
+    assert [row[3:] for row in pushed][:3] == [("Patient", "p0"), ("Condition", "p0"), ("Patient", "p1")]
+
+
+async def test_rows_loaded_in_bulk_are_written_back_as_they_are(storage):
+    async def create(tx):
+        rows = []
+        for i in range(3):
+            seq, at = tx.stamp()
+            rows.append(PatientRow(f"p{i}", "alice", f"P{i}", None, "[]", None, 1, at, 0, seq, at))
+        await tx.write_patients(rows, [])
+        await tx.insert_temp_ids([("dev", "t0", "p0", "Patient")])
+
+    await storage.write(create)
+
+    async def change(tx):
+        loaded = await tx.load_patients({"p0", "p1", "missing"})
+        assert sorted(loaded) == ["p0", "p1"] and loaded["p1"].name == "P1" and loaded["p1"].owner == "alice"
+        row = loaded["p1"]
+        row.name, row.version = "Q", row.version + 1
+        row.seq, row.updated_at = tx.stamp()
+        await tx.write_patients([], [row])
+        return await tx.load_temp_ids("dev", {"t0", "t9"}), await tx.load_temp_ids("other", {"t0"})
+
+    assert await storage.write(change) == ({"t0": ("p0", "Patient")}, {})
+    p1 = await storage.read(lambda snap: snap.get_patient("p1"))
+    assert p1[1:3] == ("alice", "Q") and p1[6] == 2
+    assert [row[0] for row in await storage.read(lambda snap: snap.changes_after(after_seq=3, limit=10))] == [4]
 
 
 # Snapshots and the commit signal ---------------------------------------------------

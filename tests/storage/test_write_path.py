@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from healthsync.resources import Resources
-from healthsync.storage import Database, mutations
+from healthsync.storage import Database
 from tests.support import ROOT
 
 
@@ -60,7 +60,7 @@ async def test_many_rows_in_one_transaction_get_distinct_stamps(tmp_path):
     try:
         async def many(tx):
             for i in range(500):
-                await mutations.insert_patient(tx, f"id-{i}", None, f"P{i}", None, "{}", None)
+                await tx.insert_patient(f"id-{i}", None, f"P{i}", None, "{}", None)
         await db.write(many)
     finally:
         await db.close()
@@ -89,7 +89,7 @@ async def test_failed_write_rolls_back_everything_and_calls_no_hook(tmp_path):
     db.add_commit_hook(seen.append)
     try:
         async def half(tx):
-            await mutations.insert_patient(tx, "a", None, "A", None, "{}", None)
+            await tx.insert_patient("a", None, "A", None, "{}", None)
             raise RuntimeError("boom")
 
         with pytest.raises(RuntimeError):
@@ -99,7 +99,7 @@ async def test_failed_write_rolls_back_everything_and_calls_no_hook(tmp_path):
         assert seen == []
 
         async def ok(tx):
-            await mutations.insert_patient(tx, "b", None, "B", None, "{}", None)
+            await tx.insert_patient("b", None, "B", None, "{}", None)
 
         await db.write(ok)
         assert len(seen) == 1 and seen[0].head_seq == 1 and seen[0].changed == 1

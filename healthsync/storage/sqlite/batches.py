@@ -1,5 +1,5 @@
 """The batch state machine on SQLite: every statement about ``batches`` rows
-outside an upload's own write (which stores them through ``mutations``).
+outside an upload's own write (which stores them through ``WriteTx.insert_batch``).
 
 pending -> processing (a claim: ``task_id``, ``claimed_at``, attempts + 1)
 -> done | failed, and failed -> processing again.  ``apply_claimed_batch``
@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 
 from ...errors import Conflict, NotFound
-from .. import mutations, queries
 from ..interface import ApplyStored, Claim
+from ..rows import batch_out, keyset_page
 from .engine import Engine
 from .tx import WriteTx
 
@@ -24,23 +24,23 @@ from .tx import WriteTx
 class BatchOps:
     async def store_batch(self: Engine, batch_id: str, device_id: str, request: str, change_count: int) -> None:
         await self.write(
-            lambda tx: mutations.insert_batch(tx, batch_id, device_id, "pending", change_count, request=request)
+            lambda tx: tx.insert_batch(batch_id, device_id, "pending", change_count, request=request)
         )
 
     async def get_batch(self: Engine, batch_id: str) -> dict[str, Any] | None:
-        return await self.read(lambda conn: queries.get_batch(conn, batch_id))
+        return await self.read(lambda snap: snap.get_batch(batch_id))
 
     async def list_batches(
         self: Engine, *, device_id: str | None, status: str | None, limit: int | None, after: int
     ) -> tuple[list[dict[str, Any]], int | None]:
         rows = await self.read(
-            lambda conn: queries.list_batches(conn, device_id=device_id, status=status, limit=limit, after=after)
+            lambda snap: snap.list_batches(device_id=device_id, status=status, limit=limit, after=after)
         )
-        return queries.keyset_page(rows, limit, queries.batch_out)
+        return keyset_page(rows, limit, batch_out)
 
     async def claim_batch(self: Engine, batch_id: str, task_id: str) -> str:
         async def run(tx: WriteTx) -> str:
-            row = await mutations.fetch_batch(tx, batch_id)
+            row = await tx.fetch_batch(batch_id)
             if row is None:
                 raise NotFound(f"batch {batch_id} not found")
             device_id, status = row[1], row[2]
@@ -148,5 +148,5 @@ class BatchOps:
         return await self.write(run)
 
     async def batch_events_since(self: Engine, updated_at: str) -> list[tuple[str, str, str, str]]:
-        rows = await self.read(lambda conn: queries.batch_events_since(conn, updated_at))
+        rows = await self.read(lambda snap: snap.batch_events_since(updated_at))
         return [(r[0], r[1], r[2], r[3]) for r in rows]

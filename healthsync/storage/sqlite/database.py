@@ -66,12 +66,12 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from ...errors import Busy, HealthSyncError, StorageFull, Unreachable
-from .. import mutations, queries
 from ..interface import CommitHook, CommitInfo, DatabaseClosed
 from .audit import AuditOps
 from .backup import BackupOps
 from .batches import BatchOps
 from .migrations import migrate
+from .snapshot import Snapshot
 from .tokens import TokenOps
 from .tx import WriteTx
 
@@ -331,8 +331,8 @@ class Database(TokenOps, AuditOps, BatchOps, BackupOps):
 
     # Reads ------------------------------------------------------------------
 
-    async def read(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
-        """Run ``fn(conn)`` on a read-only connection, inside one snapshot."""
+    async def read(self, fn: Callable[[Snapshot], Awaitable[T]]) -> T:
+        """Run ``fn(snapshot)`` on a read-only connection, inside one read transaction."""
         await self.open()
         if self._readers is None or self._closed:
             raise DatabaseClosed(str(self.path))
@@ -342,7 +342,7 @@ class Database(TokenOps, AuditOps, BatchOps, BackupOps):
             # the connection's thread must still end that transaction.
             try:
                 await conn.execute("BEGIN")
-                return await fn(conn)
+                return await fn(Snapshot(conn))
             finally:
                 await asyncio.shield(_rollback(conn))
         except (sqlite3.Error, OSError) as exc:
@@ -386,7 +386,7 @@ class Database(TokenOps, AuditOps, BatchOps, BackupOps):
 
     async def head(self) -> tuple[int, int]:
         """(seq, updated_at in µs) of the newest commit."""
-        return await self.read(queries.head)
+        return await self.read(Snapshot.head)
 
     async def probe(self) -> int:
         """Open the file afresh, read-only, and read the head: what a restarting
@@ -401,16 +401,16 @@ class Database(TokenOps, AuditOps, BatchOps, BackupOps):
             raise (machine_fault(exc) or Unreachable(f"{self.path}: {exc}")) from exc
 
     async def list_devices(self) -> list[dict[str, Any]]:
-        return await self.read(queries.list_devices)
+        return await self.read(Snapshot.list_devices)
 
     async def purge_tombstones(self, before: str) -> int:
-        return await self.write(lambda tx: mutations.purge_tombstones(tx, before))
+        return await self.write(lambda tx: tx.purge_tombstones(before))
 
     async def fetchall(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[Any]:
         """Convenience: one statement's rows."""
 
-        async def run(conn: aiosqlite.Connection) -> list[Any]:
-            return list(await conn.execute_fetchall(sql, params))
+        async def run(snap: Snapshot) -> list[Any]:
+            return list(await snap.execute_fetchall(sql, params))
 
         return await self.read(run)
 

@@ -7,8 +7,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-import aiosqlite
-
+from .snapshot import Snapshot
 from .tx import WriteTx
 
 T = TypeVar("T")
@@ -19,6 +18,6 @@ class Engine(Protocol):
 
     async def write(self, fn: Callable[[WriteTx], Awaitable[T]]) -> T: ...
 
-    async def read(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T: ...
+    async def read(self, fn: Callable[[Snapshot], Awaitable[T]]) -> T: ...
 
     async def fetchall(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[Any]: ...

@@ -1,7 +1,10 @@
 """``WriteTx``: one SQLite write transaction, as ``Database.write`` hands it on.
 
-It implements ``storage.interface.WriteTx``; ``conn`` (the writer connection,
-inside ``BEGIN IMMEDIATE``) is for storage's own modules only.
+It implements ``storage.interface.WriteTx``: the stamp, and the named writes
+of ``mutations`` as its methods (each of those functions takes the
+transaction first, so the class carries them as they are).  ``conn`` (the
+writer connection, inside ``BEGIN IMMEDIATE``) is for the SQLite backend's
+own modules only.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from typing import Any
 import aiosqlite
 
 from ... import clock
+from . import mutations
 
 
 class WriteTx:
@@ -54,3 +58,28 @@ class WriteTx:
     def emit(self, event: dict[str, Any]) -> None:
         """Record an event for the commit hooks; dropped if the write fails."""
         self.events.append(event)
+
+    # The named writes (storage.interface.WriteTx) ---------------------------------
+
+    fetch_patient = mutations.fetch_patient
+    fetch_record = mutations.fetch_record
+    insert_patient = mutations.insert_patient
+    update_patient = mutations.update_patient
+    tombstone_patient = mutations.tombstone_patient
+    tombstone_records = mutations.tombstone_records
+    insert_record = mutations.insert_record
+    update_record = mutations.update_record
+    load_patients = mutations.load_patients
+    load_records = mutations.load_records
+    load_live_records_of = mutations.load_live_records_of
+    load_temp_ids = mutations.load_temp_ids
+    write_patients = mutations.write_patients
+    write_records = mutations.write_records
+    insert_temp_ids = mutations.insert_temp_ids
+    insert_conflicts = mutations.insert_conflicts
+    resolve_conflict = mutations.resolve_conflict
+    fetch_batch = mutations.fetch_batch
+    insert_batch = mutations.insert_batch
+    device_uploaded = mutations.device_uploaded
+    device_downloaded = mutations.device_downloaded
+    purge_tombstones = mutations.purge_tombstones

@@ -1,4 +1,8 @@
-"""Row writes, run inside ``Database.write`` (``tx`` is the open transaction).
+"""Row writes on SQLite, run inside ``Database.write`` (``tx`` is the open transaction).
+
+Each function takes the ``WriteTx`` first, so ``tx.WriteTx`` carries them as
+its methods (``tx.insert_patient(...)``), the write operations of
+``storage.interface.WriteTx``.
 
 Every function that changes a patient or record row stamps it with
 ``tx.stamp()``: a new ``seq`` and ``updated_at``, and ``server_version`` + 1.
@@ -9,13 +13,15 @@ per row.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .queries import PATIENT_COLS, RECORD_COLS, Row
-from .rows import PatientRow, RecordRow
-from .sqlite.tx import WriteTx
+from ..rows import PatientRow, RecordRow, Row
+from .queries import PATIENT_COLS, RECORD_COLS
+
+if TYPE_CHECKING:
+    from .tx import WriteTx
 
 _PATIENT_FOR_UPDATE = f"SELECT {PATIENT_COLS} FROM patients WHERE id = ?"
 _RECORD_FOR_UPDATE = f"SELECT {RECORD_COLS} FROM records WHERE id = ?"
@@ -70,10 +76,10 @@ async def tombstone_patient(tx: WriteTx, current: Row) -> tuple[Row, int]:
         "UPDATE patients SET deleted = 1, server_version = ?, updated_at = ?, seq = ? WHERE id = ?",
         (version, stamp, seq, current[0]),
     )
-    rows = await tx.conn.execute_fetchall(
+    rows = list(await tx.conn.execute_fetchall(
         "SELECT id, server_version FROM records WHERE patient = ? AND deleted = 0 ORDER BY rowid",
         (current[0],),
-    )
+    ))
     await tombstone_records(tx, [(r[0], r[1]) for r in rows])
     return (*current[:6], version, stamp, 1), len(rows)
 

@@ -1,75 +1,37 @@
-"""Reads: every SELECT the API needs, parameterized, on a read connection.
+"""Reads on SQLite: every SELECT the API needs, parameterized, in one snapshot.
 
-Rows come back as plain tuples in the column orders below; ``patient_out`` and
-``record_out`` turn them into API representations.  Stored JSON documents are
-passed through as ``orjson.Fragment`` so they are never parsed just to be
-serialized again.
+Each function takes the ``Snapshot`` that ``Database.read`` hands out first,
+so ``snapshot.Snapshot`` carries them as its methods (``snap.get_patient(id)``),
+the read operations of ``storage.interface.Snapshot``.  Rows come back as
+plain tuples in the column orders of ``storage.rows``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiosqlite
-import orjson
+from ..rows import ChangeRow, PushRow, Row, batch_out
+
+if TYPE_CHECKING:
+    from .snapshot import Snapshot
 
 PATIENT_COLS = "id, owner, name, dob, identifiers, fhir, server_version, updated_at, deleted"
 RECORD_COLS = "id, patient, resource_type, data, server_version, updated_at, deleted"
 
-Row = tuple[Any, ...]
-
-
-def keyset_page(rows: list[Row], limit: int | None, out: Any) -> tuple[list[Any], int | None]:
-    """Rows fetched with ``LIMIT limit + 1``, each ending in its page key: the
-    page's items (``out`` of each row less its key) and the key to continue
-    after, or None on the last page."""
-    next_after = None
-    if limit is not None and len(rows) > limit:
-        rows = rows[:limit]
-        next_after = rows[-1][-1]
-    return [out(r[:-1]) for r in rows], next_after
-
-
-def patient_out(row: Row) -> dict[str, Any]:
-    return {
-        "id": row[0],
-        "owner": row[1],
-        "name": row[2],
-        "dob": row[3],
-        "identifiers": orjson.Fragment(row[4]),
-        "fhir": None if row[5] is None else orjson.Fragment(row[5]),
-        "server_version": row[6],
-        "updated_at": row[7],
-        "deleted": bool(row[8]),
-    }
-
-
-def record_out(row: Row) -> dict[str, Any]:
-    return {
-        "id": row[0],
-        "patient": row[1],
-        "resource_type": row[2],
-        "data": orjson.Fragment(row[3]),
-        "server_version": row[4],
-        "updated_at": row[5],
-        "deleted": bool(row[6]),
-    }
-
-
-async def get_patient(conn: aiosqlite.Connection, patient_id: str) -> Row | None:
+async def get_patient(conn: Snapshot, patient_id: str) -> Row | None:
     cur = await conn.execute(f"SELECT {PATIENT_COLS} FROM patients WHERE id = ?", (patient_id,))
     row = await cur.fetchone()
     return None if row is None else tuple(row)
 
 
-async def get_record(conn: aiosqlite.Connection, record_id: str) -> Row | None:
+async def get_record(conn: Snapshot, record_id: str) -> Row | None:
     cur = await conn.execute(f"SELECT {RECORD_COLS} FROM records WHERE id = ?", (record_id,))
     row = await cur.fetchone()
     return None if row is None else tuple(row)
 
 
 async def list_patients(
-    conn: aiosqlite.Connection, *, include_deleted: bool, limit: int | None, after: int
+    conn: Snapshot, *, include_deleted: bool, limit: int | None, after: int
 ) -> list[Row]:
     """Patients in creation order (rowid), after the keyset ``after``.
 
@@ -87,7 +49,7 @@ async def list_patients(
 
 
 async def list_records(
-    conn: aiosqlite.Connection,
+    conn: Snapshot,
     *,
     include_deleted: bool,
     limit: int | None,
@@ -138,17 +100,14 @@ _RECORD_ENTRY = (
     f"""|| '","deleted":' || {_DELETED} || '}}'"""
 )
 
-ChangeRow = tuple[int, str, str]  # (seq, updated_at, entry JSON)
-
-
-async def purge_horizon(conn: aiosqlite.Connection) -> tuple[int, str]:
+async def purge_horizon(conn: Snapshot) -> tuple[int, str]:
     """(seq, updated_at) at or below which purged tombstones may be missing."""
     row = await (await conn.execute("SELECT purged_seq, purged_at FROM clock")).fetchone()
     assert row is not None
     return row[0], row[1]
 
 
-async def head(conn: aiosqlite.Connection) -> tuple[int, int]:
+async def head(conn: Snapshot) -> tuple[int, int]:
     """(seq, last_us): the high-water mark of the snapshot ``conn`` reads."""
     row = await (await conn.execute("SELECT seq, last_us FROM clock")).fetchone()
     assert row is not None
@@ -156,7 +115,7 @@ async def head(conn: aiosqlite.Connection) -> tuple[int, int]:
 
 
 async def changes_after(
-    conn: aiosqlite.Connection,
+    conn: Snapshot,
     *,
     after_seq: int | None = None,
     after_time: str | None = None,
@@ -170,6 +129,7 @@ async def changes_after(
     records of that type; ``patient`` keeps the patient's own entry and its
     records' entries.
     """
+    key: int | str | None
     if after_seq is not None:
         column, key, order = "seq", after_seq, 1
     else:
@@ -204,10 +164,7 @@ _CONFLICT_COLS = (
 )
 
 
-PushRow = tuple[int, str, str, str, str]  # (seq, updated_at, entry JSON, resource_type, patient id)
-
-
-async def changes_for_push(conn: aiosqlite.Connection, after_seq: int, limit: int) -> list[PushRow]:
+async def changes_for_push(conn: Snapshot, after_seq: int, limit: int) -> list[PushRow]:
     """Like ``changes_after`` with no filter, plus the keys the push hub filters on."""
     sql = (
         f"SELECT seq, updated_at, {_PATIENT_ENTRY}, 'Patient', id FROM patients WHERE seq > ?"
@@ -217,7 +174,7 @@ async def changes_for_push(conn: aiosqlite.Connection, after_seq: int, limit: in
     return [tuple(r) for r in await conn.execute_fetchall(sql, (after_seq, after_seq, limit))]  # type: ignore[misc]
 
 
-async def batch_events_since(conn: aiosqlite.Connection, updated_at: str) -> list[Row]:
+async def batch_events_since(conn: Snapshot, updated_at: str) -> list[Row]:
     """(id, device_id, status, updated_at) of batches changed at or after ``updated_at``."""
     rows = await conn.execute_fetchall(
         "SELECT id, device_id, status, updated_at FROM batches WHERE updated_at >= ? ORDER BY updated_at",
@@ -227,7 +184,7 @@ async def batch_events_since(conn: aiosqlite.Connection, updated_at: str) -> lis
 
 
 async def list_conflicts(
-    conn: aiosqlite.Connection,
+    conn: Snapshot,
     *,
     device_id: str | None,
     resolved: bool | None,
@@ -249,28 +206,11 @@ async def list_conflicts(
     return [tuple(r) for r in await conn.execute_fetchall(sql, params)]
 
 
-async def get_conflict(conn: aiosqlite.Connection, conflict_id: str) -> Row | None:
+async def get_conflict(conn: Snapshot, conflict_id: str) -> Row | None:
     row = await (
         await conn.execute(f"SELECT {_CONFLICT_COLS} FROM conflicts WHERE id = ?", (conflict_id,))
     ).fetchone()
     return None if row is None else tuple(row)
-
-
-def conflict_out(row: Row) -> dict[str, Any]:
-    return {
-        "id": row[0],
-        "batch_id": row[1],
-        "device_id": row[2],
-        "server_id": row[3],
-        "resource_type": row[4],
-        "reason": row[5],
-        "change": orjson.Fragment(row[6]),
-        "server_copy": None if row[7] is None else orjson.Fragment(row[7]),
-        "created_at": row[8],
-        "resolved": bool(row[9]),
-        "resolved_at": row[10],
-        "resolution": row[11],
-    }
 
 
 # Batches ---------------------------------------------------------------------------
@@ -281,30 +221,7 @@ _BATCH_COLS = (
 )
 
 
-def batch_out(row: Row, response: str | None = None) -> dict[str, Any]:
-    out = {
-        "batch_id": row[0],
-        "device_id": row[1],
-        "status": row[2],
-        "change_count": row[3],
-        "attempts": row[4],
-        "task_id": row[5],
-        "created_at": row[6],
-        "claimed_at": row[7],
-        "finished_at": row[8],
-        "updated_at": row[9],
-        "error": row[10],
-    }
-    if response is not None:
-        body = orjson.loads(response)
-        out["results"] = body["results"]
-        out["conflicts"] = body["conflicts"]
-        out["server_time"] = body["server_time"]
-        out["cursor"] = body["cursor"]
-    return out
-
-
-async def get_batch(conn: aiosqlite.Connection, batch_id: str) -> dict[str, Any] | None:
+async def get_batch(conn: Snapshot, batch_id: str) -> dict[str, Any] | None:
     row = await (
         await conn.execute(f"SELECT {_BATCH_COLS}, response FROM batches WHERE id = ?", (batch_id,))
     ).fetchone()
@@ -312,7 +229,7 @@ async def get_batch(conn: aiosqlite.Connection, batch_id: str) -> dict[str, Any]
 
 
 async def list_batches(
-    conn: aiosqlite.Connection,
+    conn: Snapshot,
     *,
     device_id: str | None,
     status: str | None,
@@ -335,7 +252,7 @@ async def list_batches(
     return [tuple(r) for r in await conn.execute_fetchall(sql, params)]
 
 
-async def list_devices(conn: aiosqlite.Connection) -> list[dict[str, Any]]:
+async def list_devices(conn: Snapshot) -> list[dict[str, Any]]:
     """Every device seen, most recently seen first, with its batches and lag."""
     rows = await conn.execute_fetchall(
         "SELECT d.device_id, d.first_seen, d.last_seen, d.last_upload_at, d.last_download_at, d.last_cursor,"
