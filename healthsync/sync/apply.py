@@ -101,7 +101,7 @@ class _Apply:
         self.dirty_records: dict[str, None] = {}
         self.records_of: dict[str, set[str]] = {}
         self.temp: dict[str, tuple[str, str]] = {}
-        self.new_temp: list[tuple[str, str, str, str]] = []  # temp_ids rows, as their INSERT parameters
+        self.new_temp: list[tuple[str, str, str, str]] = []  # temp_ids rows, as the tuples tx.insert_temp_ids takes
         self.conflict_rows: list[tuple[Any, ...]] = []
         self.conflicts: list[dict[str, Any]] = []
         self._ids: Iterator[str] = iter(())  # one id per create: drawn in preload
