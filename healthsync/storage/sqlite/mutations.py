@@ -13,15 +13,24 @@ per row.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+import aiosqlite
 import orjson
 
 from ..rows import PatientRow, RecordRow, Row
 from .queries import PATIENT_COLS, RECORD_COLS
 
-if TYPE_CHECKING:
-    from .tx import WriteTx
+
+class WriteTx(Protocol):
+    """What these functions use of ``tx.WriteTx`` (declared here, so that
+    module, which carries them, is the only one of the two importing the other)."""
+
+    conn: aiosqlite.Connection
+
+    def stamp(self) -> tuple[int, str]: ...
+
+    def now(self) -> str: ...
 
 _PATIENT_FOR_UPDATE = f"SELECT {PATIENT_COLS} FROM patients WHERE id = ?"
 _RECORD_FOR_UPDATE = f"SELECT {RECORD_COLS} FROM records WHERE id = ?"

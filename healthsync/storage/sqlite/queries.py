@@ -8,12 +8,21 @@ plain tuples in the column orders of ``storage.rows``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import aiosqlite
 
 from ..rows import ChangeRow, PushRow, Row, batch_out
 
-if TYPE_CHECKING:
-    from .snapshot import Snapshot
+
+class Snapshot(Protocol):
+    """What these functions use of ``snapshot.Snapshot`` (declared here, so that
+    module, which carries them, is the only one of the two importing the other)."""
+
+    def execute(self, sql: str, parameters: Any = ...) -> aiosqlite.context.Result[aiosqlite.Cursor]: ...
+
+    async def execute_fetchall(self, sql: str, parameters: Any = ...) -> Iterable[Any]: ...
 
 PATIENT_COLS = "id, owner, name, dob, identifiers, fhir, server_version, updated_at, deleted"
 RECORD_COLS = "id, patient, resource_type, data, server_version, updated_at, deleted"
