@@ -161,3 +161,22 @@ async def test_each_commit_by_another_process_is_pushed_promptly(app, api, http_
     # asserted on a shared machine: the deterministic tests above pin the fault,
     # this one that every such commit arrives, with a bound only against a hang.
     assert max(waits) < 5, [round(w, 2) for w in waits]
+
+
+async def test_close_waits_for_a_commit_signal_connection_still_opening(tmp_path):
+    # A poller cancelled while its connection opens (a hub closed right after
+    # start) leaves the opening running on the driver's thread; the database
+    # must not finish closing before it, or that thread reports to a closed loop.
+    class SlowToOpen(Database):  # a busy machine: the opening outlasts the close
+        async def _open_version_conn(self) -> None:
+            await asyncio.sleep(0.3)
+            await super()._open_version_conn()
+
+    db = SlowToOpen(tmp_path / "signal.db")
+    await db.open()
+    signal = asyncio.ensure_future(db.commit_signal())
+    await asyncio.sleep(0.05)  # the opening has started
+    signal.cancel()
+    await db.close()
+    left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+    assert not left, left

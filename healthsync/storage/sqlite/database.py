@@ -112,6 +112,7 @@ class Database(TokenOps, AuditOps, BatchOps, BackupOps):
         self._readers: asyncio.Queue[aiosqlite.Connection] | None = None
         self._all_readers: list[aiosqlite.Connection] = []
         self._version_conn: aiosqlite.Connection | None = None  # commit_signal's own connection
+        self._version_opening: asyncio.Future[None] | None = None
         self._version_lock = asyncio.Lock()
         self._write_lock = asyncio.Lock()
         self._open_lock = asyncio.Lock()
@@ -252,6 +253,10 @@ class Database(TokenOps, AuditOps, BatchOps, BackupOps):
         for reader in self._all_readers:
             await reader.close()
         self._all_readers = []
+        if self._version_opening is not None:
+            # An opening whose caller was cancelled still runs on the driver's
+            # thread: it must end (and close what it opened) before the loop does.
+            await asyncio.gather(self._version_opening, return_exceptions=True)
         async with self._version_lock:
             version_conn, self._version_conn = self._version_conn, None
         if version_conn is not None:
@@ -364,8 +369,9 @@ class Database(TokenOps, AuditOps, BatchOps, BackupOps):
         async with self._version_lock:
             if self._version_conn is None:
                 # Shielded: a caller cancelled half-way must not leave an open
-                # connection that nobody holds.
-                await asyncio.shield(self._open_version_conn())
+                # connection that nobody holds; close() waits for the opening.
+                self._version_opening = asyncio.ensure_future(self._open_version_conn())
+                await asyncio.shield(self._version_opening)
             if self._closed or self._version_conn is None:
                 raise DatabaseClosed(str(self.path))
             row = await (await self._version_conn.execute("PRAGMA data_version")).fetchone()
