@@ -12,7 +12,9 @@ periodic jobs, so each runs under a queue lock and records the minute (or
 day) it last ran: with several consumers on one queue it runs once per site.
 
 ``HealthSyncConsumer`` is Huey's consumer for embedding: it leaves the
-process's signal handlers alone; ``stop`` blocks, so call it off the loop.
+process's signal handlers alone, and its ``QueueWorker`` threads wait out a
+queue they cannot read (Redis down) with a warning a minute; ``stop``
+blocks, so call it off the loop.
 ``EmbeddedWorker`` runs one in this process, with the claims' heartbeat.
 """
 
@@ -30,7 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from huey import Huey, RedisHuey, SqliteHuey, crontab
 from huey.api import Task
-from huey.consumer import Consumer
+from huey.consumer import Consumer, Worker
 from huey.signals import SIGNAL_COMPLETE, SIGNAL_ERROR, SIGNAL_EXECUTING
 
 from settings import Settings
@@ -43,8 +45,48 @@ from .storage import Storage, make_storage
 log = logging.getLogger("healthsync.tasks")
 
 
+#: While the queue cannot be read (its Redis down), a consumer thread tries again this often.
+QUEUE_DOWN_RETRY_SECONDS = 1.0
+#: ...and says so again in the log this often.
+QUEUE_DOWN_LOG_SECONDS = 60.0
+
+
+class QueueWorker(Worker):
+    """Huey's worker thread, but a queue it cannot read (a Redis down) is one
+    warning a minute and a retry a second, not a traceback every poll."""
+
+    _down_logged: float | None = None
+
+    def loop(self, now: Any = None) -> None:
+        try:
+            task = self.huey.dequeue()
+        except Exception as exc:  # whatever the queue's backend raises
+            if self._down_logged is None or time.monotonic() - self._down_logged > QUEUE_DOWN_LOG_SECONDS:
+                log.warning("the task queue cannot be read (%s): trying again every %s s", exc,
+                            QUEUE_DOWN_RETRY_SECONDS)
+                self._down_logged = time.monotonic()
+            self.stop_flag.wait(QUEUE_DOWN_RETRY_SECONDS)
+            return
+        if self._down_logged is not None:
+            log.info("the task queue can be read again")
+            self._down_logged = None
+        if task is None:
+            if not self.huey.storage.blocking:
+                self.sleep()
+            return
+        self.delay = self.default_delay
+        self.task_count += 1
+        try:
+            self.huey.execute(task, now)
+        except Exception:
+            log.exception("unhandled error in task %s", task.id)
+
+
 class HealthSyncConsumer(Consumer):
-    """A Huey consumer that never installs signal handlers (the host owns them)."""
+    """A Huey consumer that never installs signal handlers (the host owns them),
+    with ``QueueWorker`` threads."""
+
+    worker_class = QueueWorker
 
     def _set_signal_handlers(self) -> None:
         pass
@@ -118,23 +160,47 @@ def once_per_site(huey: Huey, name: str, period: str, job: Callable[[], T]) -> T
     queue name)."""
     lock, last = f"healthsync.lock.{name}", f"healthsync.last.{name}"
     now = time.time()
-    if not huey.put_if_empty(lock, now):
-        held = huey.get(lock, peek=True)
-        if isinstance(held, int | float) and now - held < LOCK_STALE_SECONDS:
-            log.debug("%s already running in another consumer", name)
-            return None
-        log.warning("%s: taking over a lock left since %s by a consumer that stopped", name, held)
-        huey.delete(lock)
-        if not huey.put_if_empty(lock, now):
-            return None
     try:
+        if not huey.put_if_empty(lock, now):
+            held = huey.get(lock, peek=True)
+            if isinstance(held, int | float) and now - held < LOCK_STALE_SECONDS:
+                log.debug("%s already running in another consumer", name)
+                return None
+            log.warning("%s: taking over a lock left since %s by a consumer that stopped", name, held)
+            huey.delete(lock)
+            if not huey.put_if_empty(lock, now):
+                return None
         if huey.get(last, peek=True) == period:
+            huey.delete(lock)
             return None
+    except Exception as exc:  # whatever the queue's backend raises (its Redis down): the next period runs it
+        log.warning("%s skipped: the task queue cannot be read (%s)", name, exc)
+        return None
+    try:
         result = job()
         huey.put(last, period)
         return result
+    except Exception as exc:
+        # The job's own errors, and the queue lost meanwhile (a Redis down, between the two:
+        # the job itself runs on the database, and what it does is safe to do twice).
+        if _is_queue_error(exc):
+            log.warning("%s: the task queue went away while it ran (%s)", name, exc)
+            return None
+        raise
     finally:
-        huey.delete(lock)
+        try:
+            huey.delete(lock)
+        except Exception as exc:  # the lock goes stale and is taken over
+            log.warning("%s: its lock not released: the task queue cannot be reached (%s)", name, exc)
+
+
+def _is_queue_error(exc: BaseException) -> bool:
+    """An error of the queue's storage (Redis), not of the job."""
+    try:
+        from redis import RedisError
+    except ImportError:  # pragma: no cover - redis is in requirements.txt
+        return False
+    return isinstance(exc, RedisError)
 
 
 def make_huey(settings: Settings) -> Huey:

@@ -83,9 +83,11 @@ class TestRedisStopped:
         return make_settings(data_dir, embedded_worker=True, queue_url=throwaway_redis.url)
 
     @pytest.mark.expect_error_logs  # the access log reports the 503s
-    async def test_503_and_the_batch_left_pending_then_applied_once_redis_is_back(self, app, api, throwaway_redis):
+    async def test_503_and_the_batch_left_pending_then_applied_once_redis_is_back(self, app, api, throwaway_redis,
+                                                                                     caplog):
         batch_id = await upload_async(api)
         throwaway_redis.kill()
+        await asyncio.sleep(0.5)  # the consumer threads meet the stopped Redis
 
         trig = await api.post(f"/api/sync/trigger/{batch_id}/")
         assert trig.status == 503 and int(trig.headers["Retry-After"]) >= 1, trig.body
@@ -106,6 +108,10 @@ class TestRedisStopped:
         assert trig.status == 202, trig.body
         await wait_status(api, batch_id, "done")
         assert len((await api.get("/api/patients/")).json) == 3
+        # the consumer threads said so in a warning, not a traceback every poll
+        assert any("task queue cannot be read" in r.getMessage() for r in caplog.records)
+        huey_errors = [r for r in caplog.records if r.name.startswith("huey") and r.levelno >= 40]
+        assert not huey_errors, [(r.getMessage(), r.exc_info) for r in huey_errors]
 
 
 def test_a_bad_queue_url_stops_the_start_with_the_setting_named(tmp_path):
@@ -147,3 +153,41 @@ def test_a_periodic_job_runs_once_per_period_whatever_the_consumers(tmp_path, re
     local = make_huey(make_settings(tmp_path / "c"))
     local.maintenance.call_local()
     assert local.get("healthsync.last.maintenance", peek=True) is not None
+
+
+async def test_a_stale_claim_met_by_a_stopped_redis_is_requeued_after_its_lease(tmp_path, throwaway_redis):
+    from healthsync.batches import claim, requeue_stale, run_claimed_batch
+    from healthsync.storage import Database
+    from healthsync.sync.envelope import parse_upload
+    from healthsync.sync.service import SyncService
+
+    settings = make_settings(tmp_path / "data", queue_url=throwaway_redis.url)
+    huey = make_huey(settings)
+    db = Database(settings.db_path)
+    try:
+        req = parse_upload({"device_id": "d", "changes": patient_changes(5), "async": True}, 10_000)
+        batch_id = (await SyncService(db).upload(req))[1]["batch_id"]
+        await claim(db, huey, batch_id)  # its worker "dies" before running it
+        await asyncio.sleep(0.3)
+        throwaway_redis.kill()
+        # a consumer starting while Redis is down does not fail: the batch waits for its new lease
+        assert await requeue_stale(db, huey, 0.2) == [batch_id]
+        assert (await db.get_batch(batch_id))["status"] == "processing"
+        throwaway_redis.start()
+        await asyncio.sleep(0.3)
+        assert await requeue_stale(db, huey, 0.2) == [batch_id]
+        task = huey.dequeue()
+        assert task is not None and task.args == (batch_id,)
+        assert await run_claimed_batch(settings, batch_id, task.id, final=True) == "done"
+    finally:
+        await db.close()
+
+
+def test_a_periodic_job_whose_redis_is_down_is_skipped_with_a_warning(tmp_path, throwaway_redis, caplog):
+    huey = make_huey(make_settings(tmp_path, queue_url=throwaway_redis.url))
+    # Redis stops while the job runs: the job's work stands, the queue's bookkeeping is a warning
+    assert once_per_site(huey, "job", "2026-01-01T00:00", throwaway_redis.kill) is None
+    assert any("job: the task queue went away while it ran" in r.getMessage() for r in caplog.records)
+    # Redis down when the job is due: skipped, with a warning (the next period runs it)
+    assert once_per_site(huey, "job", "2026-01-01T00:01", lambda: "ran") is None
+    assert any("job skipped: the task queue cannot be read" in r.getMessage() for r in caplog.records)
