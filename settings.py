@@ -116,6 +116,16 @@ class Settings(BaseModel):
     batch_retention_days: float = Field(
         30, gt=0, description="Done batches and their stored payloads are purged after this."
     )
+    queue_url: str = Field(
+        "",
+        description="Where the task queue lives.  Empty: SQLite in data_dir (huey.db); "
+        "redis://[:password@]host:port/n (or rediss://): Redis, shared by every server and worker of the site.",
+    )
+    queue_name: str = Field(
+        "",
+        description="Name of the site's queue on Redis (keys huey.*.<name>); the same on every process of one "
+        "site, different for sites sharing a Redis.  Empty: healthsync-<hash of the absolute data_dir>.",
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -128,6 +138,14 @@ class Settings(BaseModel):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("queue_url")
+    @classmethod
+    def _queue_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith(("redis://", "rediss://")):
+            raise ValueError("must be empty (SQLite in data_dir) or a redis:// or rediss:// URL")
+        return value
 
     @model_validator(mode="after")
     def _ping_timeout_within_interval(self) -> Settings:

@@ -10,7 +10,9 @@ claims (``heartbeat``).  ``requeue_stale`` (when a consumer starts and every
 minute) gives such a batch a new claim and a new task at once when its worker
 is a process of this machine that no longer runs, or one of another machine
 whose heartbeat stopped; any batch still ``processing`` past its lease,
-whatever its worker, is re-queued too (the backstop).
+whatever its worker, is re-queued too (the backstop).  When the queue
+refuses the new task (its Redis down), the new claim stays and is re-queued
+in turn once its lease is over.
 
 Exactly once: ``claim`` claims a batch (pending or failed -> processing, with
 the id of the task it enqueues) in one write; the task then applies it with
@@ -148,8 +150,13 @@ async def requeue_stale(
     moved = await db.reclaim_batches(pick)
     for old, _ in moved:
         task, why = tasks[old.batch_id]
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, huey.enqueue, task)
+        except Exception as exc:  # the queue's backend is down: the new claim expires and is re-queued
+            log.warning("batch %s not re-queued (%s): the task queue refused it (%s); tried again after "
+                        "its lease", old.batch_id, why, exc)
+            continue
         log.warning("re-queued batch %s: %s", old.batch_id, why)
-        await asyncio.get_running_loop().run_in_executor(None, huey.enqueue, task)
     return [old.batch_id for old, _ in moved]
 
 

@@ -30,6 +30,8 @@ SHUTDOWN_GRACE_SECONDS = 10.0
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="folder holding the database files (default ./data)")
+    parser.add_argument("--queue-url", help="task queue: empty = SQLite in the data dir, or redis://host:port/n")
+    parser.add_argument("--queue-name", help="the site's queue name on Redis (default: from the data dir)")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
     parser.add_argument("--log-format", choices=["text", "json"], help="text (default) or json lines")
 

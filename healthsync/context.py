@@ -4,8 +4,8 @@ Built by ``app.make_app``; handlers receive it through ``initialize`` and
 only read it.  Event loop only: what blocks (Huey's SQLite queue, opening
 the data file afresh) runs in a thread.
 
-Health: ``unavailable`` (503) when the database cannot be read or the
-embedded consumer died; ``degraded`` (200: the box still serves reads, and
+Health: ``unavailable`` (503) when the database cannot be read, the
+embedded consumer died, or the task queue on Redis cannot be reached; ``degraded`` (200: the box still serves reads, and
 writes until the disk is really full) when free space under ``data_dir`` is
 below ``min_free_disk_bytes``; the reasons are listed.
 """
@@ -29,7 +29,7 @@ from .push.hub import Hub
 from .resources import Resources
 from .storage import Storage
 from .sync.service import SyncService
-from .tasks import EmbeddedWorker, queue_depth
+from .tasks import EmbeddedWorker, queue_depth, queue_info
 
 log = logging.getLogger("healthsync.tasks")
 
@@ -114,6 +114,13 @@ class Context:
             "alive": self.worker.alive if self.worker is not None else None,
             "queue_depth": await self.read_queue_depth(),
         }
+        queue = queue_info(self.settings)
+        queue["ok"] = self.queue_depth_seen >= 0
+        report["queue"] = queue
+        if self.settings.queue_url and not queue["ok"]:
+            # SQLite's queue is a file beside the database (a lock on it is brief); a Redis that
+            # does not answer takes every trigger and every consumer with it.
+            unavailable.append(f"the task queue cannot be reached ({queue['backend']} {queue['url']})")
         if self.worker is not None and not self.worker.alive:
             unavailable.append("the embedded worker stopped")
         report["reasons"] = unavailable + degraded

@@ -1,30 +1,38 @@
 """Huey wiring: the queue, its tasks, and consumers to run them.
 
-``make_huey`` builds the queue (SqliteHuey in the data dir) and registers the
+``make_huey`` builds the queue (SqliteHuey in the data dir, or RedisHuey
+when ``queue_url`` names a Redis, under ``queue_name``) and registers the
 tasks: ``apply_batch`` (runs ``batches.run_claimed_batch``: the batch
 lifecycle lives in ``batches.py``), the per-minute ``maintenance`` (re-queue
 stale claims, purge tombstones and done batches past their retention) and
 the ``daily_backup``.  Tasks are plain ``def`` functions run in consumer
 threads (or another process): each opens its own storage and runs the same
-async code with ``asyncio.run``.
+async code with ``asyncio.run``.  Every consumer's scheduler enqueues the
+periodic jobs, so each runs under a queue lock and records the minute (or
+day) it last ran: with several consumers on one queue it runs once per site.
 
 ``HealthSyncConsumer`` is Huey's consumer for embedding: it leaves the
-process's signal handlers alone; ``stop`` blocks, so call it off the loop.
+process's signal handlers alone, and its ``QueueWorker`` threads wait out a
+queue they cannot read (Redis down) with a warning a minute; ``stop``
+blocks, so call it off the loop.
 ``EmbeddedWorker`` runs one in this process, with the claims' heartbeat.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
-from huey import Huey, SqliteHuey, crontab
+from huey import Huey, RedisHuey, SqliteHuey, crontab
 from huey.api import Task
-from huey.consumer import Consumer
+from huey.consumer import Consumer, Worker
 from huey.signals import SIGNAL_COMPLETE, SIGNAL_ERROR, SIGNAL_EXECUTING
 
 from settings import Settings
@@ -37,20 +45,96 @@ from .storage import Storage, make_storage
 log = logging.getLogger("healthsync.tasks")
 
 
+#: While the queue cannot be read (its Redis down), a consumer thread tries again this often.
+QUEUE_DOWN_RETRY_SECONDS = 1.0
+#: ...and says so again in the log this often.
+QUEUE_DOWN_LOG_SECONDS = 60.0
+
+
+class QueueWorker(Worker):
+    """Huey's worker thread, but a queue it cannot read (a Redis down) is one
+    warning a minute and a retry a second, not a traceback every poll."""
+
+    _down_logged: float | None = None
+
+    def loop(self, now: Any = None) -> None:
+        try:
+            task = self.huey.dequeue()
+        except Exception as exc:  # whatever the queue's backend raises
+            if self._down_logged is None or time.monotonic() - self._down_logged > QUEUE_DOWN_LOG_SECONDS:
+                log.warning("the task queue cannot be read (%s): trying again every %s s", exc,
+                            QUEUE_DOWN_RETRY_SECONDS)
+                self._down_logged = time.monotonic()
+            self.stop_flag.wait(QUEUE_DOWN_RETRY_SECONDS)
+            return
+        if self._down_logged is not None:
+            log.info("the task queue can be read again")
+            self._down_logged = None
+        if task is None:
+            if not self.huey.storage.blocking:
+                self.sleep()
+            return
+        self.delay = self.default_delay
+        self.task_count += 1
+        try:
+            self.huey.execute(task, now)
+        except Exception:
+            log.exception("unhandled error in task %s", task.id)
+
+
 class HealthSyncConsumer(Consumer):
-    """A Huey consumer that never installs signal handlers (the host owns them)."""
+    """A Huey consumer that never installs signal handlers (the host owns them),
+    with ``QueueWorker`` threads."""
+
+    worker_class = QueueWorker
 
     def _set_signal_handlers(self) -> None:
         pass
 
 
-def make_huey(settings: Settings) -> Huey:
-    """A Huey on ``<data_dir>/huey.db`` with HealthSync's tasks registered.
+#: Redis connection timeouts: an unreachable Redis is an answer (503) in seconds, never a hang.
+REDIS_CONNECT_TIMEOUT = 2.0
+REDIS_SOCKET_TIMEOUT = 5.0  # above RedisHuey's 1 s blocking read
 
-    The tasks are reachable as ``huey.apply_batch`` and ``huey.maintenance``.
-    """
+
+def queue_name(settings: Settings) -> str:
+    """The site's queue name on Redis: ``queue_name``, or one derived from the data dir."""
+    if settings.queue_name:
+        return settings.queue_name
+    digest = hashlib.sha256(str(settings.data_dir.resolve()).encode()).hexdigest()[:12]
+    return f"healthsync-{digest}"
+
+
+def queue_info(settings: Settings) -> dict[str, Any]:
+    """The queue backend as ``/api/health`` names it (a password in the URL is masked)."""
+    if not settings.queue_url:
+        return {"backend": "sqlite"}
+    return {"backend": "redis", "url": redact_url(settings.queue_url), "name": queue_name(settings)}
+
+
+def redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _open_queue(settings: Settings) -> Huey:
+    if settings.queue_url:
+        from redis import ConnectionPool
+
+        pool = ConnectionPool.from_url(
+            settings.queue_url,
+            socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
+            socket_timeout=REDIS_SOCKET_TIMEOUT,
+        )
+        return RedisHuey(name=queue_name(settings), connection_pool=pool, results=False, utc=True)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    huey = SqliteHuey(
+    return SqliteHuey(
         name="healthsync",
         filename=str(settings.data_dir / "huey.db"),
         results=False,
@@ -58,6 +142,74 @@ def make_huey(settings: Settings) -> Huey:
         fsync=settings.synchronous == "FULL",
         timeout=10,
     )
+
+
+T = TypeVar("T")
+
+
+#: A periodic job's lock older than this was left by a consumer that died: it is taken over.
+LOCK_STALE_SECONDS = 3600.0
+
+
+def once_per_site(huey: Huey, name: str, period: str, job: Callable[[], T]) -> T | None:
+    """Run ``job`` unless another consumer runs it now or already ran it in
+    this ``period`` (a minute or a day, as a string); None when skipped.
+
+    The lock and the last period are keys in the queue's own storage, so
+    this holds for every consumer of one queue (one data dir, or one Redis
+    queue name)."""
+    lock, last = f"healthsync.lock.{name}", f"healthsync.last.{name}"
+    now = time.time()
+    try:
+        if not huey.put_if_empty(lock, now):
+            held = huey.get(lock, peek=True)
+            if isinstance(held, int | float) and now - held < LOCK_STALE_SECONDS:
+                log.debug("%s already running in another consumer", name)
+                return None
+            log.warning("%s: taking over a lock left since %s by a consumer that stopped", name, held)
+            huey.delete(lock)
+            if not huey.put_if_empty(lock, now):
+                return None
+        if huey.get(last, peek=True) == period:
+            huey.delete(lock)
+            return None
+    except Exception as exc:  # whatever the queue's backend raises (its Redis down): the next period runs it
+        log.warning("%s skipped: the task queue cannot be read (%s)", name, exc)
+        return None
+    try:
+        result = job()
+        huey.put(last, period)
+        return result
+    except Exception as exc:
+        # The job's own errors, and the queue lost meanwhile (a Redis down, between the two:
+        # the job itself runs on the database, and what it does is safe to do twice).
+        if _is_queue_error(exc):
+            log.warning("%s: the task queue went away while it ran (%s)", name, exc)
+            return None
+        raise
+    finally:
+        try:
+            huey.delete(lock)
+        except Exception as exc:  # the lock goes stale and is taken over
+            log.warning("%s: its lock not released: the task queue cannot be reached (%s)", name, exc)
+
+
+def _is_queue_error(exc: BaseException) -> bool:
+    """An error of the queue's storage (Redis), not of the job."""
+    try:
+        from redis import RedisError
+    except ImportError:  # pragma: no cover - redis is in requirements.txt
+        return False
+    return isinstance(exc, RedisError)
+
+
+def make_huey(settings: Settings) -> Huey:
+    """The queue ``queue_url`` names (default ``<data_dir>/huey.db``) with
+    HealthSync's tasks registered.
+
+    The tasks are reachable as ``huey.apply_batch`` and ``huey.maintenance``.
+    """
+    huey = _open_queue(settings)
 
     @huey.task(
         retries=settings.task_retries,
@@ -73,11 +225,13 @@ def make_huey(settings: Settings) -> Huey:
 
     @huey.periodic_task(crontab(minute="*"), name="maintenance")
     def maintenance() -> None:
-        asyncio.run(upkeep(settings, huey))
+        minute = clock.format_us(clock.now_us())[:16]
+        once_per_site(huey, "maintenance", minute, lambda: asyncio.run(upkeep(settings, huey)))
 
     @huey.periodic_task(crontab(minute="0", hour=str(settings.backup_hour)), name="daily_backup")
     def daily_backup() -> str | None:
-        return scheduled_backup(settings)
+        day = clock.format_us(clock.now_us())[:10]
+        return once_per_site(huey, "daily_backup", day, lambda: scheduled_backup(settings))
 
     huey.apply_batch = apply_batch  # type: ignore[attr-defined]
     huey.daily_backup = daily_backup  # type: ignore[attr-defined]

@@ -6,6 +6,9 @@ import helpers from there, never from another test module or from here).
 - ``api``: a small JSON client over ``http_server_client`` (real HTTP to the real app).
 - ``server_process``: ``python run.py`` as a subprocess on a free port.
 - ``ws``: connect real websocket subscribers to the app (``Client`` records what arrives).
+- ``redis_queue``: settings overrides for a queue of one's own on the suite's Redis
+  (``queue_url``, ``queue_name``); its keys are deleted after.
+- ``throwaway_redis``: a ``redis-server`` of the test's own, to stop and start for real.
 - ``tmpfs``: mount a real, small file system (to fill a disk for real).
 - Any ERROR log from HealthSync or Tornado fails the test unless it is marked
   ``expect_error_logs``: a 500 can never pass unnoticed.
@@ -33,6 +36,7 @@ sys.path.insert(0, str(ROOT))  # the top-level ``settings`` module
 import settings as settings_mod  # noqa: E402
 from healthsync.app import make_app  # noqa: E402
 from tests.support.http import Api  # noqa: E402
+from tests.support.redis import ThrowawayRedis, delete_queue_keys, ping, test_redis_url, unique_queue_name  # noqa: E402
 from tests.support.servers import ServerProcess, make_settings  # noqa: E402
 from tests.support.ws import Client, ws_url  # noqa: E402
 
@@ -173,3 +177,27 @@ def tmpfs(tmp_path: Path) -> Iterator[Any]:
     yield mount
     for where in reversed(mounted):
         subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.fixture
+def redis_queue() -> Iterator[dict[str, str]]:
+    """``{"queue_url": ..., "queue_name": ...}``: a queue of this test's own on the suite's
+    Redis (``HEALTHSYNC_TEST_REDIS_URL``, default 127.0.0.1:6379, db 15); its keys are deleted after."""
+    url = test_redis_url()
+    why = ping(url)
+    if why is not None:
+        pytest.fail(f"the tests need Redis at {url} ({why}): run tests/run.sh, which starts one, "
+                    "or set HEALTHSYNC_TEST_REDIS_URL")
+    name = unique_queue_name()
+    yield {"queue_url": url, "queue_name": name}
+    delete_queue_keys(url, name)
+
+
+@pytest.fixture
+def throwaway_redis() -> Iterator[ThrowawayRedis]:
+    """A started ``redis-server`` of this test's own (killed after); skips without the binary."""
+    if not ThrowawayRedis.available():
+        pytest.skip("redis-server is not installed (Debian package redis-server)")
+    server = ThrowawayRedis().start()
+    yield server
+    server.kill()

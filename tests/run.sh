@@ -2,13 +2,71 @@
 # Install what the tests need and run them: the one test command of the README.
 #   bash tests/run.sh [pytest args…]
 # Makes .venv (if missing), installs requirements.txt, installs Chromium (for the
-# browser tests in tests/dashboard/) when /usr/bin/chromium is missing, then runs pytest.
+# browser tests in tests/dashboard/) when /usr/bin/chromium is missing, makes sure a
+# Redis answers (the queue tests): the one on 127.0.0.1:6379, or else a throwaway
+# redis-server on a free port (installed with apt-get if missing, stopped at exit,
+# its URL exported as HEALTHSYNC_TEST_REDIS_URL), then runs pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 CHROMIUM=/usr/bin/chromium
+REDIS_SERVER=/usr/bin/redis-server
 
 # Playwright drives Debian's Chromium (it cannot download its own browser here).
+# root, or sudo, to install a Debian package; fails saying what to install otherwise.
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        return 1
+    fi
+}
+
+redis_answers() {  # host port
+    "$PY" - "$1" "$2" <<'PYEOF' 2>/dev/null
+import socket, sys
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1) as s:
+    s.sendall(b"PING\r\n")
+    sys.exit(0 if s.recv(16).startswith(b"+PONG") else 1)
+PYEOF
+}
+
+# The queue tests need a real Redis, left as found: they use db 15 and their own keys.
+ensure_redis() {
+    if [ -n "${HEALTHSYNC_TEST_REDIS_URL:-}" ] || redis_answers 127.0.0.1 6379; then
+        return 0
+    fi
+    if [ ! -x "$REDIS_SERVER" ]; then
+        if ! command -v apt-get >/dev/null 2>&1 ||
+            ! { echo "tests/run.sh: no Redis on 127.0.0.1:6379: installing redis-server with apt-get" >&2 &&
+                as_root apt-get update -qq &&
+                as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; } ||
+            [ ! -x "$REDIS_SERVER" ]; then
+            echo "tests/run.sh: the tests need Redis: install the redis-server package (or run one on" \
+                "127.0.0.1:6379, or set HEALTHSYNC_TEST_REDIS_URL)" >&2
+            return 1
+        fi
+    fi
+    local port
+    port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    "$REDIS_SERVER" --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+        >/dev/null 2>&1 &
+    REDIS_PID=$!
+    trap 'kill "$REDIS_PID" 2>/dev/null; wait "$REDIS_PID" 2>/dev/null' EXIT
+    for _ in $(seq 50); do
+        redis_answers 127.0.0.1 "$port" && break
+        sleep 0.1
+    done
+    if ! redis_answers 127.0.0.1 "$port"; then
+        echo "tests/run.sh: the throwaway redis-server on port $port did not start" >&2
+        return 1
+    fi
+    export HEALTHSYNC_TEST_REDIS_URL="redis://127.0.0.1:$port"
+    echo "tests/run.sh: no Redis on 127.0.0.1:6379: started a throwaway one at $HEALTHSYNC_TEST_REDIS_URL" >&2
+}
+
 ensure_chromium() {
     [ -x "$CHROMIUM" ] && return 0
     if ! command -v apt-get >/dev/null 2>&1; then
@@ -32,6 +90,7 @@ ensure_chromium() {
     fi
 }
 ensure_chromium
+ensure_redis
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi

@@ -11,6 +11,7 @@ async def test_health_reports_everything(api):
     assert body["database"]["ok"] and body["database"]["schema_version"] >= 6
     assert body["disk_free_bytes"] > 0 and body["websockets"] == 0
     assert body["worker"] == {"embedded": False, "alive": None, "queue_depth": 0}
+    assert body["queue"] == {"backend": "sqlite", "ok": True}
 
 
 @pytest.mark.expect_error_logs  # the access log reports the 503
