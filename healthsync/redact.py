@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
-from urllib.parse import unquote_plus
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 REDACTED = "REDACTED"
 
@@ -123,3 +123,15 @@ class RedactingFilter(logging.Filter):
             if has_secret(text):
                 record.exc_text = scrub(text)
         return True
+
+
+def redact_url(url: str) -> str:
+    """A service URL (``redis://user:pass@host``) with its password shown as ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from huey import Huey, RedisHuey, SqliteHuey, crontab
 from huey.api import Task
@@ -40,6 +39,7 @@ from settings import Settings
 from . import clock
 from .batches import HEARTBEAT_SECONDS, heartbeat, purge_old_batches, requeue_stale, run_claimed_batch
 from .errors import HealthSyncError
+from .redact import redact_url
 from .storage import Storage, make_storage
 
 log = logging.getLogger("healthsync.tasks")
@@ -110,17 +110,6 @@ def queue_info(settings: Settings) -> dict[str, Any]:
     if not settings.queue_url:
         return {"backend": "sqlite"}
     return {"backend": "redis", "url": redact_url(settings.queue_url), "name": queue_name(settings)}
-
-
-def redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _open_queue(settings: Settings) -> Huey:

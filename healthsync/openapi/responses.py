@@ -230,6 +230,13 @@ class HealthWorker(_Out):
     queue_depth: int = Field(description="Tasks waiting in Huey's queue (-1 when unreadable).")
 
 
+class HealthQueue(_Out):
+    backend: Literal["sqlite", "redis"]
+    url: str = Field(None, description="Redis: the queue's URL, any password shown as `***`.")
+    name: str = Field(None, description="Redis: the queue's name (one per deployment).")
+    ok: bool = Field(description="Whether the queue answered its last read.")
+
+
 class Health(_Out):
     status: Literal["ok", "degraded", "unavailable"]
     reasons: list[str] = Field(description="Why the status is not ok (empty when it is).")
@@ -240,6 +247,7 @@ class Health(_Out):
     disk_free_bytes: int = Field(description="Free space where the data lives (-1 when it cannot be read).")
     websockets: int
     worker: HealthWorker
+    queue: HealthQueue
 
 
 class ErrorDetail(_Out):

@@ -11,7 +11,8 @@ import time
 import pytest
 
 import settings as settings_mod
-from healthsync.tasks import make_huey, once_per_site, queue_info, redact_url
+from healthsync.redact import redact_url
+from healthsync.tasks import make_huey, once_per_site, queue_info
 from tests.support.http import call, patient_changes
 from tests.support.redis import queue_keys
 from tests.support.servers import RunPy, make_settings, run_cli
