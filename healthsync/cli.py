@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = token_sub.add_parser("revoke", help="revoke the live token with this name")
     _common(revoke)
     revoke.add_argument("name")
+    mig = sub.add_parser("migrate", help="bring the database's schema up to date, and nothing else")
+    _common(mig)
     back = sub.add_parser("backup", help="a consistent copy of the live database (the server keeps serving)")
     _common(back)
     back.add_argument("dest", help="a file, or a folder that gets a timestamped file")
@@ -190,6 +192,8 @@ def main(argv: Sequence[str]) -> int:
         return worker(settings)
     if args.command == "token":
         return asyncio.run(token_command(settings, args))
+    if args.command == "migrate":
+        return asyncio.run(migrate_command(settings))
     if args.command in ("backup", "restore"):
         return backup_command(settings, args)
     if args.command == "demo":
@@ -223,6 +227,24 @@ async def token_command(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     finally:
         await db.close()
+
+
+async def migrate_command(settings: Settings) -> int:
+    """``run.py migrate``: what ``serve`` and ``worker`` do on start, alone (for an
+    upgrade run before the servers start); a database newer than this code is refused."""
+    from .errors import HealthSyncError
+    from .storage import make_storage
+
+    db = make_storage(settings, worker=True)
+    try:
+        version = await db.migrate()
+    except HealthSyncError as exc:
+        print(f"healthsync: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        await db.close()
+    print(f"{settings.db_path}: schema version {version}, up to date", file=sys.stderr)
+    return 0
 
 
 def backup_command(settings: Settings, args: argparse.Namespace) -> int:

@@ -138,3 +138,10 @@ class Unreachable(HealthSyncError):
 
     status = 503
     retry_after = 5
+
+
+class SchemaTooNew(HealthSyncError):
+    """The database was written by a newer HealthSync than this one: refused,
+    never migrated backwards (503: this process cannot serve it)."""
+
+    status = 503

@@ -152,3 +152,27 @@ def test_demo_fills_a_fresh_data_dir_and_plays_live(server_process, tmp_path):
                      "--data-dir", str(data))
     assert played.returncode == 0, played.stderr
     assert len(call("GET", server.url + "/api/devices/")[1]) >= 2  # the import and at least one tablet
+
+
+def test_migrate_brings_an_old_file_forward_and_refuses_a_newer_one(tmp_path):
+    import shutil
+    import sqlite3
+
+    from healthsync.storage.sqlite.migrations import LATEST
+    from tests.support.databases import V1_FILE
+
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(V1_FILE, old / "healthsync.db")
+    result = run_cli("migrate", "--data-dir", str(old))
+    assert result.returncode == 0, result.stderr
+    assert f"schema version {LATEST}, up to date" in result.stderr
+    with sqlite3.connect(old / "healthsync.db") as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST
+    fresh = run_cli("migrate", "--data-dir", str(tmp_path / "fresh"))  # a fresh data dir is made and migrated
+    assert fresh.returncode == 0 and f"schema version {LATEST}" in fresh.stderr
+    with sqlite3.connect(old / "healthsync.db") as conn:
+        conn.execute(f"PRAGMA user_version = {LATEST + 1}")
+    newer = run_cli("migrate", "--data-dir", str(old))
+    assert newer.returncode == 1 and "newer than this HealthSync" in newer.stderr
+    assert "Traceback" not in newer.stderr

@@ -13,11 +13,11 @@ import logging
 
 import aiosqlite
 
+from ...errors import SchemaTooNew
+
+__all__ = ["LATEST", "MIGRATIONS", "SchemaTooNew", "migrate"]
+
 log = logging.getLogger("healthsync.storage")
-
-
-class SchemaTooNew(RuntimeError):
-    pass
 
 
 #: (name, script): a script is statements separated by ';' (none inside a
