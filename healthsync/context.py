@@ -91,10 +91,12 @@ class Context:
         try:
             head, _ = await self.db.head()
             await self.db.probe()
-            report["database"] = {"ok": True, "schema_version": self.db.schema_version, "head": head}
+            report["database"] = {
+                "backend": self.db.backend, "ok": True, "schema_version": self.db.schema_version, "head": head,
+            }
         except Exception as exc:  # any failure to read is "down", not a 500
             unavailable.append(f"database unreadable: {exc}")
-            report["database"] = {"ok": False, "error": str(exc)}
+            report["database"] = {"backend": self.db.backend, "ok": False, "error": str(exc)}
         if self.settings.auth_mode == "open" and not self.settings.on_loopback:
             report["warning"] = "serving patient data WITHOUT authentication on the network (--allow-open-network)"
         try:

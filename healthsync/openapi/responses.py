@@ -214,12 +214,14 @@ class TriggerResponse(_Out):
 
 
 class HealthDatabaseOk(_Out):
+    backend: str = Field(description="The database backend: `sqlite` (a clinic box).")
     ok: Literal[True]
     schema_version: int
     head: int
 
 
 class HealthDatabaseDown(_Out):
+    backend: str
     ok: Literal[False]
     error: str
 

@@ -316,6 +316,8 @@ class Snapshot(Protocol):
 class Storage(Protocol):
     """A HealthSync database: the only way the program reads or writes its data."""
 
+    #: The backend's name, as ``/api/health`` reports it (``"sqlite"``, ``"postgres"``).
+    backend: str
     #: The schema version reached by ``migrate`` (0 before ``open``).
     schema_version: int
 

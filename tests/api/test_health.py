@@ -9,6 +9,7 @@ async def test_health_reports_everything(api):
     body = (await api.get("/api/health")).json
     assert body["status"] == "ok" and body["auth"] == "open"
     assert body["database"]["ok"] and body["database"]["schema_version"] >= 6
+    assert body["database"]["backend"] == "sqlite"
     assert body["disk_free_bytes"] > 0 and body["websockets"] == 0
     assert body["worker"] == {"embedded": False, "alive": None, "queue_depth": 0}
     assert body["queue"] == {"backend": "sqlite", "ok": True}
@@ -25,6 +26,7 @@ async def test_health_is_503_when_the_database_file_is_unreadable(api, settings)
         resp = await api.get("/api/health")
         assert resp.status == 503
         assert resp.json["status"] == "unavailable" and resp.json["database"]["ok"] is False
+        assert resp.json["database"]["backend"] == "sqlite"
         assert "missing" in resp.json["database"]["error"]
     finally:
         moved.replace(settings.db_path)

@@ -94,6 +94,8 @@ _WAL_INDEX_HEADER = 136
 class Database(TokenOps, AuditOps, BatchOps, BackupOps):
     """One SQLite database file in WAL mode.  Open with :meth:`open`."""
 
+    backend = "sqlite"
+
     def __init__(
         self,
         path: Path | str,
