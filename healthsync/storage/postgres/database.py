@@ -121,20 +121,27 @@ class PostgresDatabase:
         async with self._open_lock:
             if self._pool is not None:
                 return self
-            pool = AsyncConnectionPool(
-                self.url,
-                min_size=1,
-                max_size=self.connections,
-                open=False,
-                timeout=30,
-                kwargs={"autocommit": True, "options": self._options(), "connect_timeout": CONNECT_TIMEOUT_S},
-            )
+            pool: AsyncConnectionPool | None = None
             try:
-                await pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 2)
-                async with pool.connection() as conn:
+                # One plain connection first: a server that is down fails at once
+                # (a pool would keep retrying), and the migration runs on it.
+                conn = await self._connect()
+                try:
                     self.schema_version = await migrate(conn)
+                finally:
+                    await conn.close()
+                pool = AsyncConnectionPool(
+                    self.url,
+                    min_size=1,
+                    max_size=self.connections,
+                    open=False,
+                    timeout=30,
+                    kwargs={"autocommit": True, "options": self._options(), "connect_timeout": CONNECT_TIMEOUT_S},
+                )
+                await pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 2)
             except BaseException as exc:
-                await pool.close()
+                if pool is not None:
+                    await pool.close()
                 fault = machine_fault(exc)
                 if fault is None:
                     raise
@@ -142,6 +149,11 @@ class PostgresDatabase:
                 raise fault from exc
             self._pool = pool
         return self
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        return await psycopg.AsyncConnection.connect(
+            self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, options=self._options()
+        )
 
     async def migrate(self) -> int:
         await self.open()
@@ -235,9 +247,7 @@ class PostgresDatabase:
     async def probe(self) -> int:
         """The head read on a fresh connection (not a pooled one); ``Unreachable`` on failure."""
         try:
-            conn = await psycopg.AsyncConnection.connect(
-                self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, options=self._options()
-            )
+            conn = await self._connect()
             try:
                 cur = await conn.execute("SELECT seq FROM clock WHERE id = 1")
                 row = await cur.fetchone()
