@@ -8,6 +8,8 @@ import helpers from there, never from another test module or from here).
 - ``ws``: connect real websocket subscribers to the app (``Client`` records what arrives).
 - ``redis_queue``: settings overrides for a queue of one's own on the suite's Redis
   (``queue_url``, ``queue_name``); its keys are deleted after.
+- ``postgres_database``/``postgres_url``: a PostgreSQL database of the run's own (dropped
+  at the end), with an empty schema per test.
 - ``throwaway_redis``: a ``redis-server`` of the test's own, to stop and start for real.
 - ``tmpfs``: mount a real, small file system (to fill a disk for real).
 - Any ERROR log from HealthSync or Tornado fails the test unless it is marked
@@ -35,6 +37,7 @@ sys.path.insert(0, str(ROOT))  # the top-level ``settings`` module
 
 import settings as settings_mod  # noqa: E402
 from healthsync.app import make_app  # noqa: E402
+from tests.support import postgres as pg  # noqa: E402
 from tests.support.http import Api  # noqa: E402
 from tests.support.redis import ThrowawayRedis, delete_queue_keys, ping, test_redis_url, unique_queue_name  # noqa: E402
 from tests.support.servers import ServerProcess, make_settings  # noqa: E402
@@ -177,6 +180,28 @@ def tmpfs(tmp_path: Path) -> Iterator[Any]:
     yield mount
     for where in reversed(mounted):
         subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """The URL of a database of this test run's own on the suite's PostgreSQL
+    (``HEALTHSYNC_TEST_POSTGRES_URL``, default 127.0.0.1:5432, user postgres),
+    dropped at the end of the run.  Fails, saying what to install, when none answers."""
+    why = pg.unreachable()
+    if why is not None:
+        pytest.fail(why)
+    name, url = pg.create_database()
+    try:
+        yield url
+    finally:
+        pg.drop_database(name)
+
+
+@pytest.fixture
+def postgres_url(postgres_database: str) -> str:
+    """The run's PostgreSQL database with an empty schema: this test's alone."""
+    pg.empty_schema(postgres_database)
+    return postgres_database
 
 
 @pytest.fixture

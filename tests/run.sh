@@ -5,7 +5,11 @@
 # browser tests in tests/dashboard/) when /usr/bin/chromium is missing, makes sure a
 # Redis answers (the queue tests): the one on 127.0.0.1:6379, or else a throwaway
 # redis-server on a free port (installed with apt-get if missing, stopped at exit,
-# its URL exported as HEALTHSYNC_TEST_REDIS_URL), then runs pytest.
+# its URL exported as HEALTHSYNC_TEST_REDIS_URL), makes sure a PostgreSQL answers (the
+# storage contract): the one on 127.0.0.1:5432, or else a throwaway cluster (initdb into a
+# temp dir, as user postgres when run as root; Debian's postgresql installed with apt-get
+# if missing; stopped and removed at exit, its URL exported as
+# HEALTHSYNC_TEST_POSTGRES_URL), then runs pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -54,7 +58,6 @@ ensure_redis() {
     "$REDIS_SERVER" --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
         >/dev/null 2>&1 &
     REDIS_PID=$!
-    trap 'kill "$REDIS_PID" 2>/dev/null; wait "$REDIS_PID" 2>/dev/null' EXIT
     for _ in $(seq 50); do
         redis_answers 127.0.0.1 "$port" && break
         sleep 0.1
@@ -66,6 +69,93 @@ ensure_redis() {
     export HEALTHSYNC_TEST_REDIS_URL="redis://127.0.0.1:$port"
     echo "tests/run.sh: no Redis on 127.0.0.1:6379: started a throwaway one at $HEALTHSYNC_TEST_REDIS_URL" >&2
 }
+
+port_answers() {  # host port: something accepts a TCP connection there
+    "$PY" - "$1" "$2" <<'PYEOF' 2>/dev/null
+import socket, sys
+socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1).close()
+PYEOF
+}
+
+free_port() {
+    "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+pg_bindir() {  # where initdb and pg_ctl are (Debian keeps them off PATH), or nothing
+    if command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1; then
+        dirname "$(command -v initdb)"
+    else
+        find /usr/lib/postgresql -maxdepth 3 -path '*/bin/initdb' 2>/dev/null | sort -V | tail -n 1 |
+            xargs -r dirname
+    fi
+}
+
+# The storage contract needs a real PostgreSQL; the tests make (and drop) a database of their own.
+ensure_postgres() {
+    if [ -n "${HEALTHSYNC_TEST_POSTGRES_URL:-}" ] || port_answers 127.0.0.1 5432; then
+        return 0
+    fi
+    local bin
+    bin=$(pg_bindir)
+    if [ -z "$bin" ]; then
+        if ! command -v apt-get >/dev/null 2>&1 ||
+            ! { echo "tests/run.sh: no PostgreSQL on 127.0.0.1:5432: installing postgresql with apt-get" >&2 &&
+                as_root apt-get update -qq &&
+                as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }; then
+            bin=""
+        else
+            bin=$(pg_bindir)
+        fi
+    fi
+    local why=""
+    if [ -z "$bin" ]; then
+        why="initdb is not installed"
+    elif [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
+        why="running as root and there is no user postgres to run initdb as"
+    fi
+    if [ -z "$why" ]; then
+        PG_DIR=$(mktemp -d)
+        PG_BIN=$bin
+        PG_AS=()
+        if [ "$(id -u)" -eq 0 ]; then  # initdb refuses root
+            chown postgres "$PG_DIR"
+            PG_AS=(runuser -u postgres --)
+        fi
+        local port
+        port=$(free_port)
+        if "${PG_AS[@]}" "$PG_BIN/initdb" -U postgres -A trust -D "$PG_DIR/data" >"$PG_DIR/initdb.log" 2>&1 &&
+            "${PG_AS[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 30 \
+                -o "-F -p $port -k $PG_DIR -c listen_addresses=127.0.0.1" start >/dev/null 2>&1; then
+            export HEALTHSYNC_TEST_POSTGRES_URL="postgresql://postgres@127.0.0.1:$port/postgres"
+            echo "tests/run.sh: no PostgreSQL on 127.0.0.1:5432: started a throwaway one at" \
+                "$HEALTHSYNC_TEST_POSTGRES_URL" >&2
+            return 0
+        fi
+        why="the throwaway cluster did not start: $(tail -n 3 "$PG_DIR"/*.log 2>/dev/null | tr '\n' ' ')"
+        stop_postgres
+    fi
+    echo "tests/run.sh: the tests need PostgreSQL ($why): install the postgresql package (or run one" \
+        "on 127.0.0.1:5432 with user postgres and trust, or set HEALTHSYNC_TEST_POSTGRES_URL)" >&2
+    return 1
+}
+
+stop_postgres() {
+    [ -n "${PG_DIR:-}" ] || return 0
+    if [ -f "$PG_DIR/data/postmaster.pid" ]; then
+        "${PG_AS[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
+    fi
+    rm -rf "$PG_DIR"
+    PG_DIR=""
+}
+
+cleanup() {
+    if [ -n "${REDIS_PID:-}" ]; then
+        kill "$REDIS_PID" 2>/dev/null || true
+        wait "$REDIS_PID" 2>/dev/null || true
+    fi
+    stop_postgres
+}
+trap cleanup EXIT
 
 ensure_chromium() {
     [ -x "$CHROMIUM" ] && return 0
@@ -91,6 +181,7 @@ ensure_chromium() {
 }
 ensure_chromium
 ensure_redis
+ensure_postgres
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi

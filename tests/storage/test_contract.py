@@ -1,7 +1,9 @@
 """The storage contract: what every backend of ``storage.interface.Storage`` must do.
 
 One suite, run per backend (Huey's ``tests/test_storage.py`` is the model):
-the ``storage`` fixture is parametrised by backend name, only "sqlite" today.
+the ``storage`` fixture is parametrised by backend name: "sqlite", and
+"postgres" on a database of the test run's own on a real PostgreSQL
+(``postgres_url``: an empty schema per test).
 The tests speak the interface and the services above it, never a backend's
 SQL, so a second backend passes or fails them for the same reasons.
 """
@@ -22,29 +24,36 @@ from healthsync import clock
 from healthsync.errors import Conflict, Gone, NotFound
 from healthsync.resources import Resources
 from healthsync.storage import CommitInfo, Database, DatabaseClosed, PatientRow, Storage, keyset_page
+from healthsync.storage.postgres import BackupsArePostgres, PostgresDatabase
 from healthsync.sync import download as dl
 from tests.support import ROOT
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgres"]
 
 
-def build(backend: str, where: Path) -> Storage:
+def build(backend: str, where: Path, url: str | None = None) -> Storage:
     if backend == "sqlite":
         return Database(where / "healthsync.db", readers=2)
+    if backend == "postgres":
+        assert url is not None
+        return PostgresDatabase(url, connections=3)
     raise AssertionError(backend)
 
 
-#: A second process's storage, as Python source (``{where}``: the tmp dir).
+#: A second process's storage, as Python source (``{where}``: the tmp dir, ``{url}``: the database URL).
 OTHER_PROCESS = {
     "sqlite": "from healthsync.storage import Database\ndb = Database({where!r} + '/healthsync.db', readers=1)",
+    "postgres": "from healthsync.storage.postgres import PostgresDatabase\ndb = PostgresDatabase({url!r})",
 }
 
 
 @pytest.fixture(params=BACKENDS)
 def storage(request: pytest.FixtureRequest, tmp_path: Path, io_loop: Any) -> Any:
-    db = build(request.param, tmp_path)
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    db = build(request.param, tmp_path, url)
     db.backend = request.param  # type: ignore[attr-defined]
     db.where = tmp_path  # type: ignore[attr-defined]
+    db.test_url = url  # type: ignore[attr-defined]
     io_loop.run_sync(db.open)
     yield db
     io_loop.run_sync(db.close)
@@ -69,7 +78,7 @@ def in_other_process(storage: Any, body: str) -> None:
         """
     ).format(
         root=str(ROOT),
-        make=OTHER_PROCESS[storage.backend].format(where=str(storage.where)),
+        make=OTHER_PROCESS[storage.backend].format(where=str(storage.where), url=storage.test_url),
         body=textwrap.indent(textwrap.dedent(body), " " * 8),
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
@@ -475,6 +484,12 @@ async def test_tombstones_purge_and_devices(storage):
 
 
 async def test_backup_is_a_consistent_copy(storage, tmp_path):
+    if storage.backend == "postgres":  # backups are PostgreSQL's own: the storage says so
+        with pytest.raises(BackupsArePostgres, match="pg_dump"):
+            await storage.backup(tmp_path / "copies" / "one.db")
+        with pytest.raises(BackupsArePostgres, match="pg_restore"):
+            await storage.restore(tmp_path / "copies" / "one.db")
+        return
     res = Resources(storage)
     stop = asyncio.Event()
 
