@@ -6,7 +6,9 @@ and named operations), the ``WriteTx`` that ``write`` hands out with the
 named row writes as its methods, and the ``Snapshot`` that ``read`` hands
 out with the named reads.  ``rows`` holds the row shapes they return and
 their API representations (pure, the same for every backend).  ``sqlite/``
-implements the interface on one SQLite file.  ``make_storage(settings)``
+implements the interface on one SQLite file; ``postgres/`` implements it on
+PostgreSQL (it passes the same contract suite, and is not yet selectable from
+the settings).  ``make_storage(settings)``
 builds the backend the settings name; it is the only place above the
 backends that names one, and the rest of HealthSync imports from this
 package only.
