@@ -265,8 +265,9 @@ async def upkeep(settings: Settings, huey: Huey) -> None:
 
 def scheduled_backup(settings: Settings, today: str | None = None) -> str | None:
     """Today's backup into ``backup_dir`` (one file a day), keeping the newest
-    ``backup_keep``; None when scheduled backups are off."""
-    if settings.backup_keep <= 0:
+    ``backup_keep``; None when scheduled backups are off, or on PostgreSQL
+    (whose backups are its own: ``pg_dump``, base backups)."""
+    if settings.backup_keep <= 0 or settings.on_postgres:
         return None
     folder = settings.effective_backup_dir
     folder.mkdir(parents=True, exist_ok=True)
