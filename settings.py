@@ -116,6 +116,12 @@ class Settings(BaseModel):
     batch_retention_days: float = Field(
         30, gt=0, description="Done batches and their stored payloads are purged after this."
     )
+    database_url: str = Field(
+        "",
+        description="Where the data lives.  Empty: SQLite in data_dir (healthsync.db); "
+        "postgresql://user:pass@host:port/db (or postgres://): PostgreSQL, shared by every server and worker of "
+        "the site.",
+    )
     queue_url: str = Field(
         "",
         description="Where the task queue lives.  Empty: SQLite in data_dir (huey.db); "
@@ -138,6 +144,14 @@ class Settings(BaseModel):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be empty (SQLite in data_dir) or a postgresql:// URL")
+        return value
 
     @field_validator("queue_url")
     @classmethod
@@ -177,6 +191,10 @@ class Settings(BaseModel):
     @property
     def effective_backup_dir(self) -> Path:
         return self.backup_dir if self.backup_dir is not None else self.data_dir / "backups"
+
+    @property
+    def on_postgres(self) -> bool:
+        return bool(self.database_url)
 
     @property
     def db_path(self) -> Path:

@@ -30,6 +30,9 @@ SHUTDOWN_GRACE_SECONDS = 10.0
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="folder holding the database files (default ./data)")
+    parser.add_argument(
+        "--database-url", help="the data: empty = SQLite in the data dir, or postgresql://user:pass@host:port/db"
+    )
     parser.add_argument("--queue-url", help="task queue: empty = SQLite in the data dir, or redis://host:port/n")
     parser.add_argument("--queue-name", help="the site's queue name on Redis (default: from the data dir)")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
@@ -243,8 +246,17 @@ async def migrate_command(settings: Settings) -> int:
         return 1
     finally:
         await db.close()
-    print(f"{settings.db_path}: schema version {version}, up to date", file=sys.stderr)
+    print(f"{_where(settings)}: schema version {version}, up to date", file=sys.stderr)
     return 0
+
+
+def _where(settings: Settings) -> str:
+    """The database ``settings`` name, for a message (a PostgreSQL URL without its password)."""
+    if settings.database_url:
+        from .redact import redact_url
+
+        return redact_url(settings.database_url)
+    return str(settings.db_path)
 
 
 def backup_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -281,8 +293,8 @@ def demo_command(settings: Settings, args: argparse.Namespace) -> int:
     from . import demo
 
     if args.patients > 0:
-        print(f"writing {args.patients} demo patients into {settings.db_path}", file=sys.stderr)
-        changes = demo.run_fill(settings.db_path, args.patients, args.seed)
+        print(f"writing {args.patients} demo patients into {_where(settings)}", file=sys.stderr)
+        changes = demo.run_fill(settings, args.patients, args.seed)
         print(f"wrote {changes} changes", file=sys.stderr)
     if args.live:
         try:

@@ -16,7 +16,10 @@ import random
 import sys
 import time
 import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from settings import Settings
 
 FIRST = ("Aisha Amara Ben Chen Dara Elif Farah Gabriel Hana Ivan Jonas Kemi Lena Mateo Noor Omar Priya "
          "Quinn Rosa Sami Tomas Uma Vera Wen Yusuf Zelda").split()
@@ -142,11 +145,11 @@ def live(url: str, token: str | None, devices: int, seconds: float | None, seed:
         time.sleep(rnd.uniform(0.5, 2.0))
 
 
-def run_fill(db_path: Any, patients: int, seed: int | None) -> int:
-    from .storage import Database
+def run_fill(settings: Settings, patients: int, seed: int | None) -> int:
+    from .storage import make_storage
 
     async def go() -> int:
-        db = Database(db_path, readers=1)
+        db = make_storage(settings, worker=True)
         try:
             return await fill_db(db, patients, seed)
         finally:

@@ -5,7 +5,7 @@ when ``queue_url`` names a Redis, under ``queue_name``) and registers the
 tasks: ``apply_batch`` (runs ``batches.run_claimed_batch``: the batch
 lifecycle lives in ``batches.py``), the per-minute ``maintenance`` (re-queue
 stale claims, purge tombstones and done batches past their retention) and
-the ``daily_backup``.  Tasks are plain ``def`` functions run in consumer
+the ``daily_backup`` (SQLite only: PostgreSQL's backups are its own).  Tasks are plain ``def`` functions run in consumer
 threads (or another process): each opens its own storage and runs the same
 async code with ``asyncio.run``.  Every consumer's scheduler enqueues the
 periodic jobs, so each runs under a queue lock and records the minute (or
@@ -265,8 +265,9 @@ async def upkeep(settings: Settings, huey: Huey) -> None:
 
 def scheduled_backup(settings: Settings, today: str | None = None) -> str | None:
     """Today's backup into ``backup_dir`` (one file a day), keeping the newest
-    ``backup_keep``; None when scheduled backups are off."""
-    if settings.backup_keep <= 0:
+    ``backup_keep``; None when scheduled backups are off, or on PostgreSQL
+    (whose backups are its own: ``pg_dump``, base backups)."""
+    if settings.backup_keep <= 0 or settings.on_postgres:
         return None
     folder = settings.effective_backup_dir
     folder.mkdir(parents=True, exist_ok=True)

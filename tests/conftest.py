@@ -1,7 +1,10 @@
 """Fixtures and hooks; the helpers behind them live in ``tests/support/`` (test modules
 import helpers from there, never from another test module or from here).
 
-- ``settings``: open mode on loopback, data in ``tmp_path``; no environment leaks in.
+- ``settings``: open mode on loopback, data in ``tmp_path``; no environment leaks in.  On the
+  backend of the ``backend`` fixture: SQLite unless the module or test is marked
+  ``both_backends`` (then it runs once on SQLite and once on PostgreSQL, on an empty
+  schema of its own); ``sqlite_only`` keeps one test of such a module on SQLite.
 - ``app``: ``make_app(settings)``, started and shut down (the name pytest-tornasync wants).
 - ``api``: a small JSON client over ``http_server_client`` (real HTTP to the real app).
 - ``server_process``: ``python run.py`` as a subprocess on a free port.
@@ -50,6 +53,24 @@ def pytest_report_header(config: Any) -> str:
 
 def pytest_configure(config: Any) -> None:
     config.addinivalue_line("markers", "expect_error_logs: the test expects ERROR logs")
+    config.addinivalue_line("markers", "both_backends: run the test on SQLite and on PostgreSQL")
+    config.addinivalue_line("markers", "sqlite_only: in a both_backends module, this test runs on SQLite only")
+
+
+BACKENDS = ("sqlite", "postgres")
+
+
+def pytest_generate_tests(metafunc: Any) -> None:
+    module_marks = getattr(metafunc.module, "pytestmark", [])
+    names = {m.name for m in metafunc.definition.iter_markers()}
+    names |= {m.name for m in (module_marks if isinstance(module_marks, list) else [module_marks])}
+    if "both_backends" not in names:
+        return
+    backends = ["sqlite"] if "sqlite_only" in names else list(BACKENDS)
+    if "backend" not in metafunc.fixturenames:
+        # ``api`` reaches ``app`` and ``settings`` only at run time (pytest-tornasync)
+        metafunc.fixturenames.append("backend")
+    metafunc.parametrize("backend", backends, indirect=True)
 
 
 class _ErrorCollector(logging.Handler):
@@ -106,7 +127,15 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def settings(data_dir: Path) -> settings_mod.Settings:
+def backend(request: pytest.FixtureRequest) -> str:
+    """``sqlite`` or ``postgres``: the storage ``settings`` names (see ``both_backends``)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def settings(data_dir: Path, backend: str, request: pytest.FixtureRequest) -> settings_mod.Settings:
+    if backend == "postgres":
+        return make_settings(data_dir, database_url=request.getfixturevalue("postgres_url"))
     return make_settings(data_dir)
 
 

@@ -7,9 +7,9 @@ named row writes as its methods, and the ``Snapshot`` that ``read`` hands
 out with the named reads.  ``rows`` holds the row shapes they return and
 their API representations (pure, the same for every backend).  ``sqlite/``
 implements the interface on one SQLite file; ``postgres/`` implements it on
-PostgreSQL (it passes the same contract suite, and is not yet selectable from
-the settings).  ``make_storage(settings)``
-builds the backend the settings name; it is the only place above the
+PostgreSQL (it passes the same contract suite).  ``make_storage(settings)``
+builds the backend the settings name (``database_url``: empty is SQLite in
+``data_dir``, a ``postgresql://`` URL is PostgreSQL); it is the only place above the
 backends that names one, and the rest of HealthSync imports from this
 package only.
 """
@@ -59,13 +59,18 @@ __all__ = [
 ]
 
 
-def make_storage(settings: Settings, *, worker: bool = False) -> Database:
-    """The storage ``settings`` name (not opened yet): today always SQLite in ``data_dir``.
+def make_storage(settings: Settings, *, worker: bool = False) -> Storage:
+    """The storage ``settings`` name (not opened yet): PostgreSQL when
+    ``database_url`` names one, else SQLite in ``data_dir``.
 
     ``worker``: for a task, a periodic job or a command beside the server: one
-    read connection, and checkpoints left to SQLite (only the serving process
-    takes them over, on its one long-lived storage).
+    read connection (on PostgreSQL, a pool of two), and checkpoints left to
+    SQLite (only the serving process takes them over, on its one long-lived storage).
     """
+    if settings.database_url:
+        from .postgres import PostgresDatabase
+
+        return PostgresDatabase(settings.database_url, connections=2 if worker else settings.read_connections + 2)
     if worker:
         return Database(
             settings.db_path, synchronous=settings.synchronous, readers=1, busy_timeout_ms=settings.busy_timeout_ms

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
 from tests.support.http import change, upload
+
+pytestmark = pytest.mark.both_backends
 
 
 async def make_conflict(api, device="tab-1"):

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+pytestmark = pytest.mark.both_backends
+
 UPLOAD = "/api/sync/upload/"
 QUIET = 0.3  # seconds a subscriber listens for a message that must not come
 

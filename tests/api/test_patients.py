@@ -7,6 +7,8 @@ import uuid
 
 import pytest
 
+pytestmark = pytest.mark.both_backends
+
 SEED_PATIENT_KEYS = {"id", "owner", "name", "dob", "identifiers", "fhir", "server_version", "updated_at", "deleted"}
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 SEED_BODY = {"name": "John Doe", "dob": "1990-01-01", "identifiers": {}, "fhir": {}}
@@ -201,3 +203,8 @@ async def test_bad_query_arguments(api):
         resp = await api.get(f"/api/patients/?{query}")
         assert resp.status == 400, query
         assert resp.json["details"][0]["field"] == field
+
+
+async def test_the_api_runs_on_the_backend_asked_for(api, backend):
+    health = (await api.get("/api/health")).json
+    assert health["database"]["backend"] == backend

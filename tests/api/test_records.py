@@ -6,6 +6,8 @@ import uuid
 
 import pytest
 
+pytestmark = pytest.mark.both_backends
+
 SEED_RECORD_KEYS = {"id", "patient", "resource_type", "data", "server_version", "updated_at", "deleted"}
 
 

@@ -9,6 +9,8 @@ import pytest
 
 from tests.support.http import change, upload
 
+pytestmark = pytest.mark.both_backends
+
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 DL = "/api/sync/download/"
 

@@ -10,6 +10,8 @@ import pytest
 
 from tests.support.http import UPLOAD, change, upload
 
+pytestmark = pytest.mark.both_backends
+
 
 async def test_seed_example_exact_shape(api):
     patient = await api.new_patient()
@@ -294,6 +296,7 @@ async def test_json_nested_past_the_parser_limit_is_400(api):
     assert resp.status == 400
 
 
+@pytest.mark.sqlite_only  # reads the SQLite file itself
 async def test_batch_is_stored_done(api, settings):
     resp = await upload(api, [change("create", "Patient", client_temp_id="a", payload={"name": "x"})])
     conn = sqlite3.connect(settings.db_path)

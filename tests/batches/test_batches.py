@@ -237,6 +237,8 @@ def test_scheduled_backup_keeps_the_newest(tmp_path):
     kept = sorted(p.name for p in settings.effective_backup_dir.iterdir())
     assert kept == ["healthsync-20261121.db", "healthsync-20261122.db"]
     assert scheduled_backup(make_settings(tmp_path / "data", backup_keep=0)) is None
+    # on PostgreSQL backups are pg_dump's: the daily job does nothing (never an error each day)
+    assert scheduled_backup(make_settings(tmp_path / "pg", database_url="postgresql://nobody@127.0.0.1:1/x")) is None
     huey = make_huey(settings)
     assert "daily_backup" in {t.__name__ for t in huey._registry._periodic_tasks}
 

@@ -176,3 +176,42 @@ def test_migrate_brings_an_old_file_forward_and_refuses_a_newer_one(tmp_path):
     newer = run_cli("migrate", "--data-dir", str(old))
     assert newer.returncode == 1 and "newer than this HealthSync" in newer.stderr
     assert "Traceback" not in newer.stderr
+
+
+def test_database_url_that_is_not_postgresql_fails_at_start_naming_it(tmp_path):
+    import os
+
+    env = dict(os.environ, HEALTHSYNC_DATABASE_URL="mysql://root@localhost/hs")
+    result = run_cli("--data-dir", str(tmp_path), "--port", "0", env=env)
+    assert result.returncode == 2 and "HEALTHSYNC_DATABASE_URL" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = run_cli("migrate", "--data-dir", str(tmp_path), "--database-url", "sqlite:///x.db")
+    assert result.returncode == 2 and "--database-url" in result.stderr
+
+
+def test_database_url_on_postgresql_serves_migrates_makes_tokens_and_refuses_backup(
+    server_process, tmp_path, postgres_url
+):
+    migrated = run_cli("migrate", "--data-dir", str(tmp_path / "m"), "--database-url", postgres_url)
+    assert migrated.returncode == 0, migrated.stderr
+    assert "up to date" in migrated.stderr
+    created = run_cli("token", "create", "--role", "admin", "--name", "it", "--database-url", postgres_url,
+                      "--data-dir", str(tmp_path / "t"))
+    assert created.returncode == 0, created.stderr
+    listed = run_cli("token", "list", "--database-url", postgres_url, "--data-dir", str(tmp_path / "t"))
+    assert listed.returncode == 0 and listed.stdout.startswith("it\tadmin"), listed.stderr
+
+    server = server_process("--database-url", postgres_url, "--auth", "open")
+    status, patient = call("POST", server.url + "/api/patients/", {"name": "Ada Lovelace", "dob": "1815-12-10"})
+    assert status == 201, patient
+    status, health = call("GET", server.url + "/api/health")
+    assert health["database"]["backend"] == "postgres"
+    server.close()
+    again = server_process("--database-url", postgres_url, "--auth", "open", data_dir=tmp_path / "other")
+    status, patients = call("GET", again.url + "/api/patients/")
+    assert [p["name"] for p in patients] == ["Ada Lovelace"]  # the data is in PostgreSQL, not the data dir
+
+    backup = run_cli("backup", str(tmp_path / "b"), "--database-url", postgres_url, "--data-dir", str(tmp_path))
+    assert backup.returncode == 1
+    assert "pg_dump" in backup.stderr and "Traceback" not in backup.stderr
+    assert not (tmp_path / "b").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
@@ -29,7 +30,16 @@ def server_url() -> str:
 
 
 def _with_dbname(url: str, dbname: str) -> str:
-    return psycopg.conninfo.make_conninfo(url, dbname=dbname)
+    """``url`` naming database ``dbname`` instead: a ``postgresql://`` URL (the form
+    ``database_url`` takes), whatever form the suite's server URL has."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return urlunsplit(urlsplit(url)._replace(path="/" + dbname))
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    query = "&".join(f"{k}={quote(str(v))}" for k, v in info.items() if k not in ("user", "password", "host",
+                                                                                "port", "dbname"))
+    auth = quote(str(info.get("user", ""))) + (":" + quote(str(info["password"])) if info.get("password") else "")
+    netloc = (auth + "@" if auth else "") + str(info.get("host", "")) + (f":{info['port']}" if info.get("port") else "")
+    return urlunsplit(("postgresql", netloc, "/" + dbname, query, ""))
 
 
 def unreachable() -> str | None:

@@ -4,7 +4,8 @@
 first), snapshot reads, the commit signal, tokens, audit, batches and the
 driver's faults as domain errors; ``tx`` the write transaction with the named
 writes; ``snapshot`` the read snapshot with the named reads; ``schema`` the
-migrations, under an advisory lock.  Not chosen by ``make_storage`` yet.
+migrations, under an advisory lock.  ``make_storage`` chooses it when
+``database_url`` names a PostgreSQL.
 """
 
 from .database import BackupsArePostgres, PostgresDatabase

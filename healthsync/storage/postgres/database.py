@@ -25,7 +25,7 @@ stuck writer cannot stop the site.
   dropped connection, shut down, pool timeout) ``errors.Unreachable``; a full
   disk ``errors.StorageFull``, each logged as one warning.
 
-Not chosen by ``make_storage`` yet (no ``database_url`` setting).
+``make_storage`` chooses it when the ``database_url`` setting names a PostgreSQL.
 """
 
 from __future__ import annotations
