@@ -33,6 +33,7 @@ Times are canonical UTC text (``clock.format_us``), ordered as text.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,16 @@ class CommitInfo:
 
 
 CommitHook = Callable[[CommitInfo], None]
+
+
+def call_commit_hooks(hooks: list[CommitHook], info: CommitInfo) -> None:
+    """Tell every hook of a commit, after it: one failing hook neither stops
+    the others nor undoes the write (it is logged)."""
+    for hook in hooks:
+        try:
+            hook(info)
+        except Exception:
+            logging.getLogger("healthsync.storage").exception("commit hook failed")
 
 @dataclass(frozen=True)
 class Claim:

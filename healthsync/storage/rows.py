@@ -135,6 +135,22 @@ def record_out(row: Row) -> dict[str, Any]:
     }
 
 
+def device_out(row: Row) -> dict[str, Any]:
+    """A device row (device_id, first_seen, last_seen, last_upload_at,
+    last_download_at, last_cursor, pending batches, failed batches, head seq)."""
+    return {
+        "device_id": row[0],
+        "first_seen": row[1],
+        "last_seen": row[2],
+        "last_upload_at": row[3],
+        "last_download_at": row[4],
+        "last_cursor": None if row[5] is None else str(row[5]),
+        "behind": None if row[5] is None else max(row[8] - row[5], 0),
+        "pending_batches": row[6],
+        "failed_batches": row[7],
+    }
+
+
 def conflict_out(row: Row) -> dict[str, Any]:
     return {
         "id": row[0],

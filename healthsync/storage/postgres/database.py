@@ -43,7 +43,7 @@ from psycopg import errors as pgerrors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ...errors import Busy, Conflict, HealthSyncError, NotFound, StorageFull, Unreachable
-from ..interface import ApplyStored, AuditEntry, Claim, CommitHook, CommitInfo, DatabaseClosed
+from ..interface import ApplyStored, AuditEntry, Claim, CommitHook, CommitInfo, DatabaseClosed, call_commit_hooks
 from ..rows import batch_out, keyset_page
 from .schema import migrate
 from .snapshot import Snapshot
@@ -213,12 +213,7 @@ class PostgresDatabase:
                 raise
             finally:
                 self._last_write = time.monotonic()
-        info = CommitInfo(tx.seq, tx.last_us, tx.changed, tx.events)
-        for hook in self._hooks:
-            try:
-                hook(info)
-            except Exception:
-                log.exception("commit hook failed")
+        call_commit_hooks(self._hooks, CommitInfo(tx.seq, tx.last_us, tx.changed, tx.events))
         return result
 
     # Reads ------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from ..rows import ChangeRow, PushRow, Row, batch_out
+from ..rows import ChangeRow, PushRow, Row, batch_out, device_out
 from .tx import PATIENT_COLS, RECORD_COLS
 
 
@@ -208,17 +208,4 @@ class Snapshot:
             " (SELECT count(*) FROM batches b WHERE b.device_id = d.device_id AND b.status = 'failed'),"
             " (SELECT seq FROM clock WHERE id = 1) FROM devices d ORDER BY d.last_seen DESC"
         )
-        return [
-            {
-                "device_id": r[0],
-                "first_seen": r[1],
-                "last_seen": r[2],
-                "last_upload_at": r[3],
-                "last_download_at": r[4],
-                "last_cursor": None if r[5] is None else str(r[5]),
-                "behind": None if r[5] is None else max(r[8] - r[5], 0),
-                "pending_batches": r[6],
-                "failed_batches": r[7],
-            }
-            for r in rows
-        ]
+        return [device_out(r) for r in rows]

@@ -66,7 +66,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from ...errors import Busy, HealthSyncError, StorageFull, Unreachable
-from ..interface import CommitHook, CommitInfo, DatabaseClosed
+from ..interface import CommitHook, CommitInfo, DatabaseClosed, call_commit_hooks
 from .audit import AuditOps
 from .backup import BackupOps
 from .batches import BatchOps
@@ -328,12 +328,7 @@ class Database(TokenOps, AuditOps, BatchOps, BackupOps):
             finally:
                 self._last_write = time.monotonic()
         self._after_commit()
-        info = CommitInfo(tx.seq, tx.last_us, tx.changed, tx.events)
-        for hook in self._hooks:
-            try:
-                hook(info)
-            except Exception:
-                log.exception("commit hook failed")
+        call_commit_hooks(self._hooks, CommitInfo(tx.seq, tx.last_us, tx.changed, tx.events))
         return result
 
     # Reads ------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import aiosqlite
 
-from ..rows import ChangeRow, PushRow, Row, batch_out
+from ..rows import ChangeRow, PushRow, Row, batch_out, device_out
 
 
 class Snapshot(Protocol):
@@ -269,17 +269,4 @@ async def list_devices(conn: Snapshot) -> list[dict[str, Any]]:
         " (SELECT count(*) FROM batches b WHERE b.device_id = d.device_id AND b.status = 'failed'),"
         " (SELECT seq FROM clock) FROM devices d ORDER BY d.last_seen DESC"
     )
-    return [
-        {
-            "device_id": r[0],
-            "first_seen": r[1],
-            "last_seen": r[2],
-            "last_upload_at": r[3],
-            "last_download_at": r[4],
-            "last_cursor": None if r[5] is None else str(r[5]),
-            "behind": None if r[5] is None else max(r[8] - r[5], 0),
-            "pending_batches": r[6],
-            "failed_batches": r[7],
-        }
-        for r in rows
-    ]
+    return [device_out(r) for r in rows]
