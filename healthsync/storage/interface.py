@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from ..errors import Conflict, NotFound
 from .rows import ChangeRow, PatientRow, PushRow, RecordRow, Row
 
 T = TypeVar("T")
@@ -79,6 +80,22 @@ class Claim:
     claimed_at: str | None
     worker: str | None
     heartbeat_at: str | None
+
+
+def claimable(batch_id: str, row: Row | None) -> str:
+    """The rule every backend's ``claim_batch`` applies to the batch row it
+    fetched (id, device_id, status, …): its device when it may be claimed;
+    ``NotFound``, or ``Conflict`` (with the status) unless pending or failed."""
+    if row is None:
+        raise NotFound(f"batch {batch_id} not found")
+    device_id, status = row[1], row[2]
+    if status not in ("pending", "failed"):
+        raise Conflict(
+            f"batch {batch_id} is already {status}",
+            [{"field": "batch_id", "message": f"status is {status}"}],
+            status=status,
+        )
+    return str(device_id)
 
 
 #: One audit row: (at, who, role, method, path, query, status, remote_ip).

@@ -42,8 +42,17 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ...errors import Busy, Conflict, HealthSyncError, NotFound, StorageFull, Unreachable
-from ..interface import ApplyStored, AuditEntry, Claim, CommitHook, CommitInfo, DatabaseClosed, call_commit_hooks
+from ...errors import Busy, Conflict, HealthSyncError, StorageFull, Unreachable
+from ..interface import (
+    ApplyStored,
+    AuditEntry,
+    Claim,
+    CommitHook,
+    CommitInfo,
+    DatabaseClosed,
+    call_commit_hooks,
+    claimable,
+)
 from ..rows import batch_out, keyset_page
 from .schema import migrate
 from .snapshot import Snapshot
@@ -351,16 +360,7 @@ class PostgresDatabase:
 
     async def claim_batch(self, batch_id: str, task_id: str) -> str:
         async def run(tx: WriteTx) -> str:
-            row = await tx.fetch_batch(batch_id)
-            if row is None:
-                raise NotFound(f"batch {batch_id} not found")
-            device_id, status = row[1], row[2]
-            if status not in ("pending", "failed"):
-                raise Conflict(
-                    f"batch {batch_id} is already {status}",
-                    [{"field": "batch_id", "message": f"status is {status}"}],
-                    status=status,
-                )
+            device_id = claimable(batch_id, await tx.fetch_batch(batch_id))
             await tx.run(
                 "UPDATE batches SET status = 'processing', task_id = %s, claimed_at = %s, error = NULL,"
                 " worker = NULL, heartbeat_at = NULL, attempts = attempts + 1, updated_at = %s WHERE id = %s",

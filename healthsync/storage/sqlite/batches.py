@@ -14,8 +14,7 @@ from typing import Any
 
 import orjson
 
-from ...errors import Conflict, NotFound
-from ..interface import ApplyStored, Claim
+from ..interface import ApplyStored, Claim, claimable
 from ..rows import batch_out, keyset_page
 from .engine import Engine
 from .tx import WriteTx
@@ -40,16 +39,7 @@ class BatchOps:
 
     async def claim_batch(self: Engine, batch_id: str, task_id: str) -> str:
         async def run(tx: WriteTx) -> str:
-            row = await tx.fetch_batch(batch_id)
-            if row is None:
-                raise NotFound(f"batch {batch_id} not found")
-            device_id, status = row[1], row[2]
-            if status not in ("pending", "failed"):
-                raise Conflict(
-                    f"batch {batch_id} is already {status}",
-                    [{"field": "batch_id", "message": f"status is {status}"}],
-                    status=status,
-                )
+            device_id = claimable(batch_id, await tx.fetch_batch(batch_id))
             await tx.conn.execute(
                 "UPDATE batches SET status = 'processing', task_id = ?, claimed_at = ?, error = NULL,"
                 " worker = NULL, heartbeat_at = NULL, attempts = attempts + 1, updated_at = ? WHERE id = ?",
