@@ -313,3 +313,16 @@ def _backends(url: str) -> int:
     with psycopg.connect(url) as conn:
         return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
                             " AND pid <> pg_backend_pid() AND backend_type = 'client backend'").fetchone()[0]
+
+
+def test_other_connections_to_postgres_are_warned_of(postgres_url, tmp_path):
+    """PostgreSQL has no lock a server holds: other sessions on the source are named, the copy goes on."""
+    src = tmp_path / "box"
+    assert run_cli("demo", "--patients", "2", "--seed", "2", "--data-dir", str(src)).returncode == 0
+    assert run_cli("copy-data", str(src), postgres_url).returncode == 0
+    with psycopg.connect(postgres_url) as other:
+        other.execute("SELECT 1")
+        out = run_cli("copy-data", postgres_url, str(tmp_path / "back"))
+    assert out.returncode == 0, out.stderr
+    assert "warning: " in out.stderr and "has 1 other connection(s)" in out.stderr and "stop the servers" in out.stderr
+    assert sqlite_counts(tmp_path / "back" / "healthsync.db") == sqlite_counts(src / "healthsync.db")
