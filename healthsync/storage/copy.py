@@ -148,9 +148,12 @@ def is_url(where: str) -> bool:
 
 
 class Side(Protocol):
-    """One end of the copy, open in its one transaction."""
+    """One end of the copy, open in its one transaction: what it is called in
+    messages, how many other sessions use it (PostgreSQL only: SQLite refuses
+    a data dir in use), and its tables read in each table's order."""
 
     label: str
+    others: int
 
     def count(self, table: Table) -> int: ...
 
@@ -162,6 +165,8 @@ class Side(Protocol):
 
 
 class Target(Side, Protocol):
+    """A side open for writing, inside its write lock; nothing is kept before ``commit``."""
+
     def insert(self, table: Table, rows: list[tuple[Any, ...]]) -> None: ...
 
     def set_clock(self, values: tuple[Any, ...]) -> None: ...
@@ -189,6 +194,7 @@ class SqliteSide:
 
         self.path = Path(data_dir) / DB_FILE
         self.label = data_dir
+        self.others = 0
         if not write:
             if not Path(data_dir).is_dir() or not self.path.is_file():
                 raise CopyRefused(
@@ -207,7 +213,7 @@ class SqliteSide:
                 f" {'from' if not write else 'into'} a live box would miss what it writes meanwhile)"
             )
         if write:
-            _run(_migrate_sqlite(self.path))
+            asyncio.run(_migrate_sqlite(self.path))
             self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=10)
             self.conn.execute("PRAGMA foreign_keys = ON")
             self.conn.execute("PRAGMA synchronous = FULL")
@@ -272,7 +278,7 @@ class PostgresSide:
         self.label = redact(url)
         self.others = 0
         if write:
-            _run(_migrate_postgres(url, self.label))
+            asyncio.run(_migrate_postgres(url, self.label))
         try:
             self.conn = psycopg.connect(
                 url, connect_timeout=CONNECT_TIMEOUT_S, options=f"-c lock_timeout={LOCK_TIMEOUT_MS}"
@@ -294,10 +300,10 @@ class PostgresSide:
                     found = 0 if version is None else int(version[0])
                     raise CopyRefused(_schema_message(self.label, found, LATEST, "--database-url URL"))
                 self.conn.execute("SELECT seq FROM clock WHERE id = 1").fetchone()  # the snapshot starts here
-            self.others = int(self.conn.execute(
+            self.others = self._one_int(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
                 " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
-            ).fetchone()[0])
+            )
         except psycopg.errors.LockNotAvailable as exc:
             self.close()
             raise CopyFailed(f"{self.label} is busy: another process holds its write lock; stop the servers"
@@ -306,8 +312,13 @@ class PostgresSide:
             self.close()
             raise
 
+    def _one_int(self, sql: str) -> int:
+        row = self.conn.execute(sql).fetchone()  # type: ignore[call-overload]
+        assert row is not None
+        return int(row[0])
+
     def count(self, table: Table) -> int:
-        return int(self.conn.execute(f"SELECT count(*) FROM {table.name}").fetchone()[0])  # type: ignore[index]
+        return self._one_int(f"SELECT count(*) FROM {table.name}")
 
     def rows(self, table: Table) -> Iterator[tuple[Any, ...]]:
         # A server-side cursor: the table streams in pages, never whole in memory.
@@ -363,10 +374,6 @@ def _unreachable(label: str, exc: BaseException) -> str:
     return f"cannot reach the PostgreSQL database {label}: {first}"
 
 
-def _run(coro: Any) -> Any:
-    return asyncio.run(coro)
-
-
 async def _migrate_sqlite(path: Path) -> None:
     """Make (or bring up to date) the target file with the server's own open: WAL, migrations."""
     from .sqlite import Database
@@ -402,7 +409,8 @@ async def _migrate_postgres(url: str, label: str) -> None:
         await conn.close()
 
 
-def open_side(where: str, *, write: bool) -> Any:
+def open_side(where: str, *, write: bool) -> Target:
+    """``where`` opened as a source (``write=False``: its snapshot) or a target (migrated, locked)."""
     return PostgresSide(where, write=write) if is_url(where) else SqliteSide(where, write=write)
 
 
@@ -432,7 +440,7 @@ def copy_data(source: str, target: str, progress: Callable[[str], None] = lambda
     report = Report()
     src = open_side(source, write=False)
     try:
-        if getattr(src, "others", 0):
+        if src.others:
             report.warnings.append(
                 f"{src.label} has {src.others} other connection(s): if a server still writes to it, what it"
                 " writes from now on is not copied (stop the servers first)"
@@ -440,7 +448,7 @@ def copy_data(source: str, target: str, progress: Callable[[str], None] = lambda
         tgt = open_side(target, write=True)
         try:
             _refuse_unless_empty(tgt)
-            if getattr(tgt, "others", 0):
+            if tgt.others:
                 report.warnings.append(f"{tgt.label} has {tgt.others} other connection(s); they wait for the copy")
             for message in report.warnings:
                 progress(f"warning: {message}")
@@ -473,7 +481,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _refuse_unless_empty(tgt: Any) -> None:
+def _refuse_unless_empty(tgt: Target) -> None:
     """Inside the target's write transaction: no row in any table, and the clock at 0."""
     filled = [f"{t.name} ({n})" for t in TABLES if (n := tgt.count(t))]
     if filled or int(tgt.clock()[0]) != 0:
@@ -483,7 +491,7 @@ def _refuse_unless_empty(tgt: Any) -> None:
         )
 
 
-def _copy_tables(src: Any, tgt: Any, progress: Callable[[str], None]) -> dict[str, Checksum]:
+def _copy_tables(src: Side, tgt: Target, progress: Callable[[str], None]) -> dict[str, Checksum]:
     sums: dict[str, Checksum] = {}
     for table in TABLES:
         total = src.count(table)
@@ -505,7 +513,7 @@ def _copy_tables(src: Any, tgt: Any, progress: Callable[[str], None]) -> dict[st
     return sums
 
 
-def _check(tgt: Any, sums: dict[str, Checksum], report: Report, progress: Callable[[str], None]) -> None:
+def _check(tgt: Target, sums: dict[str, Checksum], report: Report, progress: Callable[[str], None]) -> None:
     """Read the target back (inside its transaction, before the commit) and compare."""
     bad: list[str] = []
     for table in TABLES:

@@ -96,6 +96,8 @@ def build_box(server_process, data: Path) -> dict[str, Any]:
     kept = admin.new_patient("Maria Garcia")
     gone = admin.new_patient("John Smith")
     admin.new_record(kept["id"], value=120, unit="mmHg")
+    # Text that COPY and the checksum must carry as it is: tabs, newlines, backslashes, quotes, non-ASCII.
+    admin.new_record(kept["id"], resource_type="Condition", note="line 1\nline\t2 \\N \\ \"q\" 'a' Zoë 日本 🩺")
     dropped = admin.new_record(kept["id"], value=80)
     admin.new_record(gone["id"], value=1)
     admin.call("DELETE", f"/api/records/{dropped['id']}/")
