@@ -104,12 +104,22 @@ CLOCK = _table("clock", "seq last_us purged_seq purged_at", "seq last_us purged_
 
 
 def normalise(table: Table, row: Iterable[Any]) -> tuple[Any, ...]:
-    """``row`` with each value in its column's kind: int, str or None (SQLite
-    keeps whatever type a value came in with; the checksum must not care)."""
-    return tuple(
-        None if v is None else int(v) if c in table.ints else v if isinstance(v, str) else str(v)
-        for c, v in zip(table.columns, row, strict=True)
-    )
+    """``row`` with each value in its column's kind: int, str or None.
+
+    SQLite stores a value of another type when it cannot convert it (a text
+    in an integer column, a blob anywhere): such a row is not copied into a
+    different form silently, it stops the copy (``CopyFailed``, naming it).
+    """
+    out = []
+    for c, v in zip(table.columns, row, strict=True):
+        if v is None or (type(v) is int if c in table.ints else type(v) is str):
+            out.append(v)
+        elif c in table.ints and isinstance(v, float) and v.is_integer():
+            out.append(int(v))
+        else:
+            kind = "an integer" if c in table.ints else "a text"
+            raise CopyFailed(f"{table.name}: column {c} holds {str(v)[:60]!r}, not {kind}")
+    return tuple(out)
 
 
 class Checksum:
@@ -458,11 +468,12 @@ def copy_data(source: str, target: str, progress: Callable[[str], None] = lambda
             tgt.finish()
             _check(tgt, sums, report, progress)
             tgt.commit()
-        except HealthSyncError:
+        except CopyRefused:
             raise
         except Exception as exc:
+            why = exc.message if isinstance(exc, HealthSyncError) else _first_line(exc)
             raise CopyFailed(f"the copy into {tgt.label} failed and was undone (the target is left empty): "
-                             f"{_first_line(exc)}") from exc
+                             f"{why}") from exc
         finally:
             tgt.close()
     finally:
@@ -528,6 +539,6 @@ def _check(tgt: Target, sums: dict[str, Checksum], report: Report, progress: Cal
     if normalise(CLOCK, tgt.clock()) != report.clock:
         bad.append("clock")
     if bad:
-        raise CopyFailed("the check failed, nothing was kept in the target: " + "; ".join(bad))
+        raise CopyFailed("the check found differences: " + "; ".join(bad))
     progress("checked: " + ", ".join(f"{name} {n}" for name, (n, _) in report.tables.items())
              + f"; clock seq {report.clock[0]}")

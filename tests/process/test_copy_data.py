@@ -328,3 +328,35 @@ def test_other_connections_to_postgres_are_warned_of(postgres_url, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "warning: " in out.stderr and "has 1 other connection(s)" in out.stderr and "stop the servers" in out.stderr
     assert sqlite_counts(tmp_path / "back" / "healthsync.db") == sqlite_counts(src / "healthsync.db")
+
+
+def test_a_row_of_the_wrong_type_stops_the_copy(postgres_url, tmp_path):
+    """SQLite keeps a text an integer column could not convert: it is named, not copied in another form."""
+    src = tmp_path / "box"
+    assert run_cli("demo", "--patients", "3", "--seed", "3", "--data-dir", str(src)).returncode == 0
+    conn = sqlite3.connect(src / "healthsync.db")
+    conn.execute("UPDATE records SET server_version = 'two' WHERE rowid = (SELECT max(rowid) FROM records)")
+    conn.commit()
+    conn.close()
+    out = run_cli("copy-data", str(src), postgres_url)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "undone (the target is left empty): records: column server_version holds 'two', not an integer" \
+        in out.stderr
+    assert set(pg_counts(postgres_url).values()) == {0}
+
+
+def test_a_copy_that_does_not_check_is_undone(postgres_url, tmp_path):
+    """A target that changes rows as they go in (here a trigger someone left on it) fails
+    the check, and nothing is kept."""
+    src = tmp_path / "box"
+    assert run_cli("demo", "--patients", "3", "--seed", "4", "--data-dir", str(src)).returncode == 0
+    assert run_cli("migrate", "--database-url", postgres_url, "--data-dir", str(tmp_path / "unused")).returncode == 0
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE FUNCTION shout() RETURNS trigger LANGUAGE plpgsql AS"
+                     " $$ BEGIN NEW.name := upper(NEW.name); RETURN NEW; END $$")
+        conn.execute("CREATE TRIGGER shout BEFORE INSERT ON patients FOR EACH ROW EXECUTE FUNCTION shout()")
+    out = run_cli("copy-data", str(src), postgres_url)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "the check found differences: patients (source 3 rows, target 3, checksums" in out.stderr
+    assert "undone (the target is left empty)" in out.stderr and "checked:" not in out.stderr
+    assert set(pg_counts(postgres_url).values()) == {0}
