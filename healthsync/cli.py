@@ -78,6 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
     rest = sub.add_parser("restore", help="put a backup back (refused while a server uses the data dir)")
     _common(rest)
     rest.add_argument("src", help="the backup file")
+    copy = sub.add_parser(
+        "copy-data",
+        help="copy a whole database into an empty one: a SQLite data dir to PostgreSQL, or back",
+        description="Copy everything (patients, records, tombstones, conflicts, batches, temp ids, devices, "
+        "tokens, audit, the clock) from SOURCE into TARGET, each a SQLite data dir or a postgresql:// URL, "
+        "and check the copy (row counts and checksums per table).  TARGET must be new or empty; stop the "
+        "servers and workers on both first.  Huey's queue is not copied.  Exit code 0 when copied and "
+        "checked, 2 when refused (nothing done), 1 when the copy failed (the target is left empty).  "
+        "Example: `run.py copy-data /var/lib/healthsync postgresql://healthsync@db/healthsync`.",
+    )
+    copy.add_argument("source", help="a data dir (the folder holding healthsync.db) or a postgresql:// URL")
+    copy.add_argument("target", help="a new or empty data dir, or an empty (or new schema) postgresql:// URL")
+    copy.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
     demo = sub.add_parser("demo", help="fill a data dir with realistic demo data; --live plays tablets syncing")
     _common(demo)
     demo.add_argument("--patients", type=int, default=200, help="patients to create (default 200)")
@@ -201,6 +214,8 @@ def main(argv: Sequence[str]) -> int:
         return backup_command(settings, args)
     if args.command == "demo":
         return demo_command(settings, args)
+    if args.command == "copy-data":
+        return copy_data_command(args)
     raise AssertionError(args.command)
 
 
@@ -286,6 +301,29 @@ async def _backup_or_restore(settings: Settings, args: argparse.Namespace) -> in
             print(f"restored {args.src} into {settings.db_path}", file=sys.stderr)
     finally:
         await db.close()
+    return 0
+
+
+def copy_data_command(args: argparse.Namespace) -> int:
+    """``run.py copy-data SOURCE TARGET``: progress and the check on stderr; exit 0
+    copied and checked, 2 refused (nothing done), 1 failed (the target left empty)."""
+    from .errors import HealthSyncError
+    from .storage.copy import CopyRefused, copy_data, redact
+
+    def progress(line: str) -> None:
+        print(f"copy-data: {line}", file=sys.stderr, flush=True)
+
+    source, target = args.source, args.target
+    progress(f"copying {redact(source)} into {redact(target)}")
+    try:
+        copy_data(source, target, progress)
+    except CopyRefused as exc:
+        print(f"healthsync: {exc.message}", file=sys.stderr)
+        return 2
+    except HealthSyncError as exc:
+        print(f"healthsync: {exc.message}", file=sys.stderr)
+        return 1
+    progress(f"done: {redact(target)} holds a checked copy of {redact(source)}")
     return 0
 
 
