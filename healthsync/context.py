@@ -100,8 +100,12 @@ class Context:
             report["database"] = {"backend": self.db.backend, "ok": False, "error": str(exc)}
         if self.settings.auth_mode == "open" and not self.settings.on_loopback:
             report["warning"] = "serving patient data WITHOUT authentication on the network (--allow-open-network)"
+        where = self.settings.data_dir
+        if self.settings.on_postgres:  # nothing of the data lives there: the folder may not even exist
+            while not where.exists() and where != where.parent:
+                where = where.parent
         try:
-            free = shutil.disk_usage(self.settings.data_dir).free
+            free = shutil.disk_usage(where).free
         except OSError as exc:
             free = -1
             degraded.append(f"free disk space unknown: {exc}")

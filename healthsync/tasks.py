@@ -466,6 +466,7 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
         pass
     log.info("worker stopping")
     worker.stop()
+    huey.storage.close()
     log.info("worker stopped")
     return 0
 

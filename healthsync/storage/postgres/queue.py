@@ -32,6 +32,7 @@ from an executor, never on the event loop.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import psycopg
@@ -59,6 +60,8 @@ class PostgresQueueStorage(PostgresStorage):
             **_KEEPALIVES,
         }
         params.update(connection_params)
+        self._listeners: list[psycopg.Connection[Any]] = []
+        self._listeners_lock = threading.Lock()
         super().__init__(name, dsn=dsn, create_tables=False, **params)
 
     def _create_connection(self) -> psycopg.Connection[Any]:
@@ -74,6 +77,23 @@ class PostgresQueueStorage(PostgresStorage):
             conn.close()
             raise
         return conn
+
+    def _listen_conn(self) -> psycopg.Connection[Any]:
+        """Huey's per-thread ``LISTEN`` connection, also kept here so ``close``
+        closes it (Huey leaves those of finished threads to the garbage collector)."""
+        conn: psycopg.Connection[Any] = super()._listen_conn()
+        with self._listeners_lock:
+            if not any(c is conn for c in self._listeners):
+                self._listeners = [c for c in self._listeners if not c.closed] + [conn]
+        return conn
+
+    def close(self) -> bool:
+        """Close the storage's connection and every ``LISTEN`` connection it opened."""
+        with self._listeners_lock:
+            listeners, self._listeners = self._listeners, []
+        for conn in listeners:
+            self._close_quiet(conn)
+        return bool(super().close())
 
 
 class PostgresQueue(PostgresHuey):
