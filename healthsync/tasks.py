@@ -119,11 +119,19 @@ class QueueScheduler(Scheduler):
             self._next_loop = time.monotonic()  # a stall: skip an iteration, as Huey's does
             return
         try:
-            for task in self.huey.read_schedule(now):
-                self.huey.enqueue(task)
-            self._down.ok()
+            due = self.huey.read_schedule(now)
         except Exception as exc:  # whatever the queue's backend raises
             self._down.failed(exc)
+        else:
+            refused = False
+            for task in due:  # each on its own: one refused (a retry lost) is re-queued after its batch's lease
+                try:
+                    self.huey.enqueue(task)
+                except Exception as exc:
+                    refused = True
+                    self._down.failed(exc)
+            if not refused:
+                self._down.ok()
         if self.periodic and self._next_periodic <= time.monotonic():
             while self._next_periodic <= time.monotonic():
                 self._next_periodic += self.periodic_task_seconds
@@ -132,11 +140,11 @@ class QueueScheduler(Scheduler):
 
     def enqueue_periodic_tasks(self, now: Any) -> None:
         assert self._down is not None
-        try:
-            for task in self.huey.read_periodic(now):
+        for task in self.huey.read_periodic(now):
+            try:
                 self.huey.enqueue(task)
-        except Exception as exc:
-            self._down.failed(exc)
+            except Exception as exc:  # the job runs in the next period
+                self._down.failed(exc)
 
 
 class HealthSyncConsumer(Consumer):

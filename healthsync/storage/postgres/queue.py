@@ -45,8 +45,10 @@ from .schema import ADVISORY_LOCK
 QUEUE_CONNECT_TIMEOUT = 3
 #: A queue statement waiting this long on a row lock gives up (milliseconds).
 QUEUE_LOCK_TIMEOUT_MS = 10_000
-#: TCP keepalives: a peer gone silent is noticed in about 10 + 3 * 5 seconds.
-_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+#: TCP keepalives: a peer gone silent is noticed in about 10 + 3 * 5 seconds, and data it
+#: does not acknowledge gives up after 20 s (instead of the kernel's many minutes).
+_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+               "tcp_user_timeout": 20_000}
 
 
 class PostgresQueueStorage(PostgresStorage):
