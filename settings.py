@@ -124,13 +124,16 @@ class Settings(BaseModel):
     )
     queue_url: str = Field(
         "",
-        description="Where the task queue lives.  Empty: SQLite in data_dir (huey.db); "
-        "redis://[:password@]host:port/n (or rediss://): Redis, shared by every server and worker of the site.",
+        description="Where the task queue lives.  Empty: the database's own (SQLite in data_dir (huey.db), or "
+        "the PostgreSQL database of database_url); redis://[:password@]host:port/n (or rediss://): Redis; "
+        "postgresql://…: another PostgreSQL database.  Shared by every server and worker of the site.",
     )
     queue_name: str = Field(
         "",
-        description="Name of the site's queue on Redis (keys huey.*.<name>); the same on every process of one "
-        "site, different for sites sharing a Redis.  Empty: healthsync-<hash of the absolute data_dir>.",
+        description="Name of the site's queue (on Redis, keys huey.*.<name>; on PostgreSQL, the rows' queue "
+        "column); the same on every process of one site, different for sites sharing a Redis or a queue "
+        "database.  Empty: healthsync in the site's own PostgreSQL database, else "
+        "healthsync-<hash of the absolute data_dir>.",
     )
 
     @field_validator("cors_origins", mode="before")
@@ -157,8 +160,9 @@ class Settings(BaseModel):
     @classmethod
     def _queue_url(cls, value: str) -> str:
         value = value.strip()
-        if value and not value.startswith(("redis://", "rediss://")):
-            raise ValueError("must be empty (SQLite in data_dir) or a redis:// or rediss:// URL")
+        if value and not value.startswith(("redis://", "rediss://", "postgresql://", "postgres://")):
+            raise ValueError("must be empty (the database's own), a redis:// or rediss:// URL, "
+                             "or a postgresql:// URL")
         return value
 
     @model_validator(mode="after")

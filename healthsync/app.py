@@ -82,6 +82,7 @@ class HealthSyncApp(tornado.web.Application):
         if worker is not None:
             # Consumer.stop(graceful=True) joins threads: never on the event loop.
             await asyncio.get_running_loop().run_in_executor(None, worker.stop)
+        await asyncio.get_running_loop().run_in_executor(None, self.ctx.batches.close_queue)
         await self.ctx.db.close()
 
 

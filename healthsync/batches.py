@@ -73,6 +73,12 @@ class BatchService:
             self._huey = self._make_queue()
         return self._huey
 
+    def close_queue(self) -> None:
+        """Close the queue's connection, if it was opened (blocking: off the loop)."""
+        huey, self._huey = self._huey, None
+        if huey is not None:
+            huey.storage.close()
+
     async def trigger(self, batch_id: str, principal: Principal = OPEN) -> str:
         """Claim the batch and enqueue its task; the task id.
 

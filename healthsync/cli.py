@@ -33,8 +33,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--database-url", help="the data: empty = SQLite in the data dir, or postgresql://user:pass@host:port/db"
     )
-    parser.add_argument("--queue-url", help="task queue: empty = SQLite in the data dir, or redis://host:port/n")
-    parser.add_argument("--queue-name", help="the site's queue name on Redis (default: from the data dir)")
+    parser.add_argument("--queue-url", help="task queue: empty = the database's own (SQLite in the data dir, or the "
+                        "PostgreSQL database), redis://host:port/n, or postgresql://…")
+    parser.add_argument("--queue-name", help="the site's queue name (default: healthsync in the site's PostgreSQL "
+                        "database, else from the data dir)")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
     parser.add_argument("--log-format", choices=["text", "json"], help="text (default) or json lines")
 

@@ -5,9 +5,10 @@ only read it.  Event loop only: what blocks (Huey's SQLite queue, opening
 the data file afresh) runs in a thread.
 
 Health: ``unavailable`` (503) when the database cannot be read, the
-embedded consumer died, or the task queue on Redis cannot be reached; ``degraded`` (200: the box still serves reads, and
-writes until the disk is really full) when free space under ``data_dir`` is
-below ``min_free_disk_bytes``; the reasons are listed.
+embedded consumer died, or the task queue on Redis or PostgreSQL cannot
+be reached; ``degraded`` (200: the box still serves reads, and writes
+until the disk is really full) when free space under ``data_dir`` is below
+``min_free_disk_bytes``; the reasons are listed.
 """
 
 from __future__ import annotations
@@ -99,8 +100,12 @@ class Context:
             report["database"] = {"backend": self.db.backend, "ok": False, "error": str(exc)}
         if self.settings.auth_mode == "open" and not self.settings.on_loopback:
             report["warning"] = "serving patient data WITHOUT authentication on the network (--allow-open-network)"
+        where = self.settings.data_dir
+        if self.settings.on_postgres:  # nothing of the data lives there: the folder may not even exist
+            while not where.exists() and where != where.parent:
+                where = where.parent
         try:
-            free = shutil.disk_usage(self.settings.data_dir).free
+            free = shutil.disk_usage(where).free
         except OSError as exc:
             free = -1
             degraded.append(f"free disk space unknown: {exc}")
@@ -119,9 +124,9 @@ class Context:
         queue = queue_info(self.settings)
         queue["ok"] = self.queue_depth_seen >= 0
         report["queue"] = queue
-        if self.settings.queue_url and not queue["ok"]:
-            # SQLite's queue is a file beside the database (a lock on it is brief); a Redis that
-            # does not answer takes every trigger and every consumer with it.
+        if queue["backend"] != "sqlite" and not queue["ok"]:
+            # SQLite's queue is a file beside the database (a lock on it is brief); a Redis or a
+            # PostgreSQL that does not answer takes every trigger and every consumer with it.
             unavailable.append(f"the task queue cannot be reached ({queue['backend']} {queue['url']})")
         if self.worker is not None and not self.worker.alive:
             unavailable.append("the embedded worker stopped")

@@ -1,7 +1,8 @@
 """Huey wiring: the queue, its tasks, and consumers to run them.
 
-``make_huey`` builds the queue (SqliteHuey in the data dir, or RedisHuey
-when ``queue_url`` names a Redis, under ``queue_name``) and registers the
+``make_huey`` builds the queue (SqliteHuey in the data dir; on PostgreSQL,
+Huey's PostgreSQL storage in the same database; RedisHuey when ``queue_url``
+names a Redis, or another PostgreSQL, under ``queue_name``) and registers the
 tasks: ``apply_batch`` (runs ``batches.run_claimed_batch``: the batch
 lifecycle lives in ``batches.py``), the per-minute ``maintenance`` (re-queue
 stale claims, purge tombstones and done batches past their retention) and
@@ -12,9 +13,10 @@ periodic jobs, so each runs under a queue lock and records the minute (or
 day) it last ran: with several consumers on one queue it runs once per site.
 
 ``HealthSyncConsumer`` is Huey's consumer for embedding: it leaves the
-process's signal handlers alone, and its ``QueueWorker`` threads wait out a
-queue they cannot read (Redis down) with a warning a minute; ``stop``
-blocks, so call it off the loop.
+process's signal handlers alone, and its ``QueueWorker`` threads and its
+``QueueScheduler`` wait out a queue they cannot read (its Redis or
+PostgreSQL down) with a warning a minute; ``stop`` blocks, so call it off
+the loop.
 ``EmbeddedWorker`` runs one in this process, with the claims' heartbeat.
 """
 
@@ -31,7 +33,7 @@ from typing import Any, TypeVar
 
 from huey import Huey, RedisHuey, SqliteHuey, crontab
 from huey.api import Task
-from huey.consumer import Consumer, Worker
+from huey.consumer import Consumer, Scheduler, Worker
 from huey.signals import SIGNAL_COMPLETE, SIGNAL_ERROR, SIGNAL_EXECUTING
 
 from settings import Settings
@@ -51,25 +53,44 @@ QUEUE_DOWN_RETRY_SECONDS = 1.0
 QUEUE_DOWN_LOG_SECONDS = 60.0
 
 
-class QueueWorker(Worker):
-    """Huey's worker thread, but a queue it cannot read (a Redis down) is one
-    warning a minute and a retry a second, not a traceback every poll."""
+class _QueueDown:
+    """Says that the queue cannot be read once a minute, and when it can again."""
 
-    _down_logged: float | None = None
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.logged: float | None = None
+
+    def failed(self, exc: BaseException) -> None:
+        if self.logged is None or time.monotonic() - self.logged > QUEUE_DOWN_LOG_SECONDS:
+            log.warning("the task queue cannot be read (%s): %s", _one_line(exc), self.what)
+            self.logged = time.monotonic()
+
+    def ok(self) -> None:
+        if self.logged is not None:
+            log.info("the task queue can be read again")
+            self.logged = None
+
+
+def _one_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+class QueueWorker(Worker):
+    """Huey's worker thread, but a queue it cannot read (its Redis or PostgreSQL
+    down) is one warning a minute and a retry a second, not a traceback every poll."""
+
+    _down: _QueueDown | None = None
 
     def loop(self, now: Any = None) -> None:
+        if self._down is None:
+            self._down = _QueueDown(f"trying again every {QUEUE_DOWN_RETRY_SECONDS} s")
         try:
             task = self.huey.dequeue()
         except Exception as exc:  # whatever the queue's backend raises
-            if self._down_logged is None or time.monotonic() - self._down_logged > QUEUE_DOWN_LOG_SECONDS:
-                log.warning("the task queue cannot be read (%s): trying again every %s s", exc,
-                            QUEUE_DOWN_RETRY_SECONDS)
-                self._down_logged = time.monotonic()
+            self._down.failed(exc)
             self.stop_flag.wait(QUEUE_DOWN_RETRY_SECONDS)
             return
-        if self._down_logged is not None:
-            log.info("the task queue can be read again")
-            self._down_logged = None
+        self._down.ok()
         if task is None:
             if not self.huey.storage.blocking:
                 self.sleep()
@@ -82,11 +103,56 @@ class QueueWorker(Worker):
             log.exception("unhandled error in task %s", task.id)
 
 
+class QueueScheduler(Scheduler):
+    """Huey's scheduler thread, but a queue it cannot read or write is one warning
+    a minute, not a traceback a second (a periodic job missed then runs in the next
+    period: each records the period it last ran)."""
+
+    _down: _QueueDown | None = None
+
+    def loop(self, now: Any = None) -> None:
+        if self._down is None:
+            self._down = _QueueDown("scheduled and periodic tasks wait for it")
+        current = self._next_loop
+        self._next_loop += self.interval
+        if self._next_loop < time.monotonic():
+            self._next_loop = time.monotonic()  # a stall: skip an iteration, as Huey's does
+            return
+        try:
+            due = self.huey.read_schedule(now)
+        except Exception as exc:  # whatever the queue's backend raises
+            self._down.failed(exc)
+        else:
+            refused = False
+            for task in due:  # each on its own: one refused (a retry lost) is re-queued after its batch's lease
+                try:
+                    self.huey.enqueue(task)
+                except Exception as exc:
+                    refused = True
+                    self._down.failed(exc)
+            if not refused:
+                self._down.ok()
+        if self.periodic and self._next_periodic <= time.monotonic():
+            while self._next_periodic <= time.monotonic():
+                self._next_periodic += self.periodic_task_seconds
+            self.enqueue_periodic_tasks(now)
+        self.sleep_for_interval(current, self.interval)
+
+    def enqueue_periodic_tasks(self, now: Any) -> None:
+        assert self._down is not None
+        for task in self.huey.read_periodic(now):
+            try:
+                self.huey.enqueue(task)
+            except Exception as exc:  # the job runs in the next period
+                self._down.failed(exc)
+
+
 class HealthSyncConsumer(Consumer):
     """A Huey consumer that never installs signal handlers (the host owns them),
-    with ``QueueWorker`` threads."""
+    with ``QueueWorker`` threads and a ``QueueScheduler``."""
 
     worker_class = QueueWorker
+    scheduler_class = QueueScheduler
 
     def _set_signal_handlers(self) -> None:
         pass
@@ -97,22 +163,49 @@ REDIS_CONNECT_TIMEOUT = 2.0
 REDIS_SOCKET_TIMEOUT = 5.0  # above RedisHuey's 1 s blocking read
 
 
+#: The queue's name in the site's own PostgreSQL database: the database is the site.
+SITE_QUEUE_NAME = "healthsync"
+
+
+def queue_backend(settings: Settings) -> str:
+    """Where the queue lives: ``sqlite`` (the data dir), ``postgres`` or ``redis``."""
+    if settings.queue_url:
+        return "redis" if settings.queue_url.startswith(("redis://", "rediss://")) else "postgres"
+    return "postgres" if settings.on_postgres else "sqlite"
+
+
+def _in_site_database(settings: Settings) -> bool:
+    return settings.on_postgres and settings.queue_url in ("", settings.database_url)
+
+
 def queue_name(settings: Settings) -> str:
-    """The site's queue name on Redis: ``queue_name``, or one derived from the data dir."""
+    """The site's queue name: ``queue_name``; else ``healthsync`` in the site's own
+    PostgreSQL database (one site per database); else (a Redis, or another
+    PostgreSQL, that sites may share) one derived from the data dir."""
     if settings.queue_name:
         return settings.queue_name
+    if _in_site_database(settings):
+        return SITE_QUEUE_NAME
     digest = hashlib.sha256(str(settings.data_dir.resolve()).encode()).hexdigest()[:12]
     return f"healthsync-{digest}"
 
 
 def queue_info(settings: Settings) -> dict[str, Any]:
     """The queue backend as ``/api/health`` names it (a password in the URL is masked)."""
-    if not settings.queue_url:
+    backend = queue_backend(settings)
+    if backend == "sqlite":
         return {"backend": "sqlite"}
-    return {"backend": "redis", "url": redact_url(settings.queue_url), "name": queue_name(settings)}
+    url = settings.queue_url or settings.database_url
+    return {"backend": backend, "url": redact_url(url), "name": queue_name(settings)}
 
 
 def _open_queue(settings: Settings) -> Huey:
+    if queue_backend(settings) == "postgres":
+        from .storage.postgres.queue import PostgresQueue
+
+        # Nothing is opened yet: the first use connects (and creates the tables).
+        return PostgresQueue(queue_name(settings), dsn=settings.queue_url or settings.database_url,
+                             results=False, utc=True)
     if settings.queue_url:
         from redis import ConnectionPool
 
@@ -184,7 +277,11 @@ def once_per_site(huey: Huey, name: str, period: str, job: Callable[[], T]) -> T
 
 
 def _is_queue_error(exc: BaseException) -> bool:
-    """An error of the queue's storage (Redis), not of the job."""
+    """An error of the queue's storage (its Redis or PostgreSQL unreachable), not of the job."""
+    from .storage.postgres.queue import is_queue_error
+
+    if is_queue_error(exc):
+        return True
     try:
         from redis import RedisError
     except ImportError:  # pragma: no cover - redis is in requirements.txt
@@ -193,8 +290,8 @@ def _is_queue_error(exc: BaseException) -> bool:
 
 
 def make_huey(settings: Settings) -> Huey:
-    """The queue ``queue_url`` names (default ``<data_dir>/huey.db``) with
-    HealthSync's tasks registered.
+    """The queue ``queue_url`` names (default ``<data_dir>/huey.db``, or the site's
+    PostgreSQL database) with HealthSync's tasks registered.
 
     The tasks are reachable as ``huey.apply_batch`` and ``huey.maintenance``.
     """
@@ -377,6 +474,7 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
         pass
     log.info("worker stopping")
     worker.stop()
+    huey.storage.close()
     log.info("worker stopped")
     return 0
 

@@ -233,9 +233,9 @@ class HealthWorker(_Out):
 
 
 class HealthQueue(_Out):
-    backend: Literal["sqlite", "redis"]
-    url: str = Field(None, description="Redis: the queue's URL, any password shown as `***`.")
-    name: str = Field(None, description="Redis: the queue's name (one per deployment).")
+    backend: Literal["sqlite", "postgres", "redis"]
+    url: str = Field(None, description="Redis or PostgreSQL: the queue's URL, any password shown as `***`.")
+    name: str = Field(None, description="Redis or PostgreSQL: the queue's name (one per deployment).")
     ok: bool = Field(description="Whether the queue answered its last read.")
 
 
