@@ -312,6 +312,16 @@ async def test_the_commit_signal_changes_after_this_process_commits(storage):
     assert await storage.commit_signal() != before
 
 
+async def test_rate_tokens_are_taken_per_key_and_refused_with_a_wait(storage):
+    assert [await storage.take_rate_token("a", 3) for _ in range(3)] == [None, None, None]
+    assert 19 <= await storage.take_rate_token("a", 3) <= 20  # one token a 20 s
+    assert await storage.take_rate_token("b", 3) is None
+    if storage.backend == "postgres":  # every process of the site shares the buckets
+        in_other_process(storage, "assert await db.take_rate_token('c', 2) is None")
+        assert await storage.take_rate_token("c", 2) is None
+        assert await storage.take_rate_token("c", 2) == 30
+
+
 async def test_probe_and_closed(storage):
     assert await storage.probe() == 0
     await storage.close()
