@@ -67,6 +67,9 @@ from ..sync.rules import encode_cursor
 
 log = logging.getLogger("healthsync.push")
 
+#: Seconds between two polls woken by notifications, at least (see ``_poller``).
+LISTEN_MIN_GAP = 0.05
+
 CATCHING_UP, LIVE, LAGGING, CLOSED = "catching_up", "live", "lagging", "closed"
 
 
@@ -147,7 +150,7 @@ class Hub:
             asyncio.create_task(self._poller(), name="hub-poller"),
         ]
         if self.db.pushes_commits:
-            self._tasks.append(asyncio.create_task(self.db.listen(self._poke.set), name="hub-listen"))
+            self._tasks.append(asyncio.create_task(self._listener(), name="hub-listen"))
 
     async def close(self) -> None:
         """Close every subscriber with a close frame (1001, going away) and stop."""
@@ -183,19 +186,40 @@ class Hub:
         every ``listen_poll_seconds`` while it listens)."""
         while True:
             self._poke.clear()  # a signal from here on is a commit this poll may miss: poll again
+            failed = True
             try:
                 await self.poll()
+                failed = False
             except asyncio.CancelledError:
                 raise
             except HealthSyncError as exc:  # the database is busy: the next poll tries again
                 log.warning("push poller: %s; retrying", exc.message)
             except Exception:
                 log.exception("push poller failed; retrying")
-            interval = self.listen_poll_seconds if self.db.listening else self.poll_seconds
+            if self.db.listening and not failed:  # a failed poll is tried again soon, notified or not
+                interval = self.listen_poll_seconds
+                # Every commit of the site notifies: under a stream of them, one
+                # poll per LISTEN_MIN_GAP at most (each reads three times), the
+                # notifications meanwhile answered together by the next.
+                await asyncio.sleep(LISTEN_MIN_GAP)
+            else:
+                interval = self.poll_seconds
             try:
                 await asyncio.wait_for(self._poke.wait(), interval)
             except TimeoutError:
                 pass
+
+    async def _listener(self) -> None:
+        """Storage's listener, pokes the poller; restarted should it ever fail."""
+        while True:
+            try:
+                await self.db.listen(self._poke.set)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("push listener failed; restarting it")
+                await asyncio.sleep(self.poll_seconds)
 
     async def poll(self) -> bool:
         """One look for commits by other connections: True (and the new head and

@@ -414,8 +414,10 @@ class Storage(Protocol):
         """Whether ``listen`` hears commits right now (its connection is up)."""
         ...
 
-    #: How often ``listen`` re-opened a lost connection.
-    listen_reconnects: int
+    @property
+    def listen_reconnects(self) -> int:
+        """How often ``listen`` re-opened a lost connection."""
+        ...
 
     async def take_rate_token(self, key: str, per_minute: int) -> int | None:
         """Take one write from ``key``'s bucket (``per_minute`` > 0 a minute,

@@ -11,6 +11,7 @@ reaching the other process's subscriber.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import signal
@@ -19,10 +20,12 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
+from psycopg import sql
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from healthsync.storage.postgres import PostgresDatabase
+from tests.support import postgres as pg
 from tests.support.http import patient_changes
 from tests.support.servers import ServerProcess
 from tests.support.ws import Client
@@ -56,11 +59,16 @@ async def subscribe(server: ServerProcess, query: str = "cursor=0") -> Client:
     return client
 
 
+def dbname(url: str) -> str:
+    return str(psycopg.conninfo.conninfo_to_dict(url)["dbname"])
+
+
 def listener_pids(url: str) -> list[int]:
-    with psycopg.connect(url, autocommit=True) as conn:
+    """The backends listening for the database of ``url`` (asked from the server's own database)."""
+    with psycopg.connect(pg.server_url(), autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = %s",
-            (LISTENER,),
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = %s",
+            (dbname(url), LISTENER),
         ).fetchall()
     return [r[0] for r in rows]
 
@@ -75,10 +83,10 @@ async def wait_for_listeners(url: str, count: int, timeout: float = 20) -> list[
         await asyncio.sleep(0.05)
 
 
-def terminate(url: str, pids: list[int]) -> None:
+def terminate(pids: list[int]) -> None:
     """End these backends, and wait until they are gone (a backend still
     exiting would yet hear a notification)."""
-    with psycopg.connect(url, autocommit=True) as conn:
+    with psycopg.connect(pg.server_url(), autocommit=True) as conn:
         for pid in pids:
             assert conn.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,)).fetchone()[0]
 
@@ -134,7 +142,7 @@ async def test_a_killed_listener_reconnects_and_nothing_committed_meanwhile_is_l
         assert b.proc is not None
         os.kill(b.proc.pid, signal.SIGSTOP)
         try:
-            terminate(postgres_url, listener_pids(postgres_url))
+            terminate(listener_pids(postgres_url))
             status, missed, _ = await request(a, "POST", "/api/patients/", {"name": "while b was deaf"})
             assert status == 201
         finally:
@@ -151,6 +159,7 @@ async def test_a_killed_listener_reconnects_and_nothing_committed_meanwhile_is_l
         assert await metric(a, "healthsync_listen_reconnects_total") == 1
     finally:
         on_b.close()
+    assert not [line for line in a.log + b.log if " ERROR " in line]
     lost = [line for line in b.log if "LISTEN connection was lost" in line]
     assert len(lost) == 1 and " WARNING " in lost[0], b.log[-20:]
 
@@ -165,7 +174,7 @@ async def test_the_listener_signals_each_time_it_listens_again(postgres_url):
     try:
         pids = await wait_for_listeners(postgres_url, 1)
         assert signals == [True] and db.listen_reconnects == 0
-        terminate(postgres_url, pids)
+        terminate(pids)
         new = await wait_for_listeners(postgres_url, 1)
         assert new != pids
         for _ in range(200):
@@ -178,6 +187,38 @@ async def test_the_listener_signals_each_time_it_listens_again(postgres_url):
         await asyncio.gather(task, return_exceptions=True)
         await db.close()
     assert not db.listening
+
+
+async def test_a_listener_refused_for_a_while_warns_once_and_listens_again(postgres_url, caplog):
+    db = await PostgresDatabase(postgres_url).open()
+    signals: list[bool] = []
+    task = asyncio.create_task(db.listen(lambda: signals.append(db.listening)))
+    allow = "ALTER DATABASE {} ALLOW_CONNECTIONS {}"
+    try:
+        pids = await wait_for_listeners(postgres_url, 1)
+        # From the server's own database: one may not lock oneself out.
+        with psycopg.connect(pg.server_url(), autocommit=True) as conn:
+            name = sql.Identifier(dbname(postgres_url))
+            conn.execute(sql.SQL(allow.format("{}", "false")).format(name))
+            try:
+                terminate(pids)
+                await asyncio.sleep(1.5)  # several attempts, each refused
+                assert not db.listening and signals == [True]
+            finally:
+                conn.execute(sql.SQL(allow.format("{}", "true")).format(name))
+        await wait_for_listeners(postgres_url, 1)
+        for _ in range(400):
+            if len(signals) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert signals == [True, True] and db.listen_reconnects == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await db.close()
+    warnings = [r for r in caplog.records if r.name == "healthsync.push" and r.levelno >= logging.WARNING]
+    assert [r.levelname for r in warnings] == ["WARNING"], [r.getMessage() for r in warnings]
+    assert "LISTEN connection was lost" in warnings[0].getMessage()
 
 
 async def test_batch_events_cross_processes(two_servers, postgres_url):
