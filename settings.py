@@ -68,6 +68,11 @@ class Settings(BaseModel):
     push_poll_seconds: float = Field(
         0.2, gt=0, le=10, description="How often the push hub looks for commits by other processes."
     )
+    push_listen_poll_seconds: float = Field(
+        5.0, gt=0, le=3600,
+        description="On PostgreSQL, how often the push hub also looks for commits while it LISTENs "
+        "(NOTIFY wakes it at once; this is the safety net).  While the LISTEN connection is down: push_poll_seconds.",
+    )
     push_max_buffer_bytes: int = Field(
         1 << 20, ge=4096, description="Unsent bytes a websocket may hold before it is paused and caught up."
     )

@@ -128,6 +128,10 @@ def _register_gauges(ctx: Context) -> None:
         "Live frames skipped for paused (slow) subscribers, caught up later by reads",
         lambda: ctx.hub.stats["frames_dropped"],
     )
+    if ctx.db.pushes_commits:
+        m.counter("healthsync_listen_reconnects_total",
+                  "Times the LISTEN connection (push across processes) was lost and re-opened",
+                  lambda: ctx.db.listen_reconnects)
     m.gauge("healthsync_change_head", "Newest change sequence number", lambda: ctx.hub.head_seq)
     # Read off the loop by the metrics handler just before rendering (Huey's queue is blocking SQLite).
     m.gauge("healthsync_batch_queue_depth", "Tasks waiting in Huey's queue", lambda: ctx.queue_depth_seen)
@@ -144,12 +148,13 @@ def make_app(settings: Settings) -> HealthSyncApp:
         batches=BatchService(db, lambda: make_huey(settings)),
         tokens=Tokens(db),
         audit=AuditTrail(db),
-        limiter=RateLimiter(settings.write_rate_limit),
+        limiter=RateLimiter(settings.write_rate_limit, db),
         hub=Hub(
             db,
             page_size=settings.page_limit_default,
             max_buffer=settings.push_max_buffer_bytes,
             poll_seconds=settings.push_poll_seconds,
+            listen_poll_seconds=settings.push_listen_poll_seconds,
         ),
     )
     def after_commit(info: CommitInfo) -> None:

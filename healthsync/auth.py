@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -156,24 +155,20 @@ class Tokens:
 
 
 class RateLimiter:
-    """Writes per key per minute (a token bucket); 0 turns it off.  Event loop only."""
+    """Writes per key per minute (a token bucket per key, kept by storage); 0 turns it off.
 
-    def __init__(self, per_minute: int, clock: Any = time.monotonic) -> None:
+    On PostgreSQL the buckets are shared by every process of the site, so the
+    limit holds for the whole site; on SQLite the one process keeps them.
+    """
+
+    def __init__(self, per_minute: int, db: Storage) -> None:
         self.per_minute = per_minute
-        self.clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self.db = db
 
-    def check(self, key: str) -> None:
+    async def check(self, key: str) -> None:
+        """``RateLimited`` (429, ``Retry-After``) past the limit; storage's 503 when it cannot be asked."""
         if self.per_minute <= 0:
             return
-        now = self.clock()
-        rate = self.per_minute / 60.0
-        tokens, last = self._buckets.get(key, (float(self.per_minute), now))
-        tokens = min(float(self.per_minute), tokens + (now - last) * rate)
-        if tokens < 1.0:
-            retry_after = max(1, int((1.0 - tokens) / rate + 0.999))
-            self._buckets[key] = (tokens, now)
-            raise RateLimited(f"too many writes: at most {self.per_minute} a minute", retry_after)
-        self._buckets[key] = (tokens - 1.0, now)
-        if len(self._buckets) > 10_000:  # forget idle keys so the table stays small
-            self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 120}
+        wait = await self.db.take_rate_token(key, self.per_minute)
+        if wait is not None:
+            raise RateLimited(f"too many writes: at most {self.per_minute} a minute", wait)

@@ -23,6 +23,14 @@ once drained it is caught up again from its cursor, by reads, like a new
 subscriber.  Memory per subscriber stays near the bound, and nobody else
 waits for it.
 
+Other processes' commits: the poller reads storage's ``commit_signal`` every
+``poll_seconds``.  Where storage pushes commits (PostgreSQL: LISTEN/NOTIFY,
+``Storage.listen``), a notification wakes the poller at once, and while the
+listener is up the poller otherwise looks only every
+``listen_poll_seconds`` (a safety net), so idle processes leave the database
+alone; while it is down the poller is back to ``poll_seconds``, and when it
+returns it polls once, so nothing committed meanwhile is missed.
+
 Batch events (``type: "batch"``) come from storage's ``batch_events_since``,
 read on the same commit signal, so a batch applied by any process is
 reported.  A subscriber with a ``device_id`` gets its device's batches, one
@@ -58,6 +66,9 @@ from ..sync import download as dl
 from ..sync.rules import encode_cursor
 
 log = logging.getLogger("healthsync.push")
+
+#: Seconds between two polls woken by notifications, at least (see ``_poller``).
+LISTEN_MIN_GAP = 0.05
 
 CATCHING_UP, LIVE, LAGGING, CLOSED = "catching_up", "live", "lagging", "closed"
 
@@ -105,11 +116,13 @@ class Hub:
         page_size: int = 1000,
         max_buffer: int = 1 << 20,
         poll_seconds: float = 0.2,
+        listen_poll_seconds: float = 5.0,
     ) -> None:
         self.db = db
         self.page_size = page_size
         self.max_buffer = max_buffer
         self.poll_seconds = poll_seconds
+        self.listen_poll_seconds = listen_poll_seconds
         self.live_seq = 0  # everything up to here has been broadcast
         self.live_time = clock.format_us(0)
         self.head_seq = 0  # the newest commit the hub has heard of
@@ -117,6 +130,7 @@ class Hub:
         self.subs: set[Subscription] = set()
         self._groups: dict[tuple[str | None, str | None], set[Subscription]] = {}
         self._wake = asyncio.Event()
+        self._poke = asyncio.Event()  # set by storage's listener: poll now
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._batch_mark: tuple[str, set[tuple[str, str]]] = ("", set())
@@ -135,6 +149,8 @@ class Hub:
             asyncio.create_task(self._broadcaster(), name="hub-broadcast"),
             asyncio.create_task(self._poller(), name="hub-poller"),
         ]
+        if self.db.pushes_commits:
+            self._tasks.append(asyncio.create_task(self._listener(), name="hub-listen"))
 
     async def close(self) -> None:
         """Close every subscriber with a close frame (1001, going away) and stop."""
@@ -165,17 +181,45 @@ class Hub:
             self._wake.set()
 
     async def _poller(self) -> None:
-        """Notice commits by other connections and processes, every ``poll_seconds``."""
+        """Notice commits by other connections and processes: every
+        ``poll_seconds``, or at once when storage's listener says so (then
+        every ``listen_poll_seconds`` while it listens)."""
         while True:
+            self._poke.clear()  # a signal from here on is a commit this poll may miss: poll again
+            failed = True
             try:
                 await self.poll()
+                failed = False
             except asyncio.CancelledError:
                 raise
             except HealthSyncError as exc:  # the database is busy: the next poll tries again
                 log.warning("push poller: %s; retrying", exc.message)
             except Exception:
                 log.exception("push poller failed; retrying")
-            await asyncio.sleep(self.poll_seconds)
+            if self.db.listening and not failed:  # a failed poll is tried again soon, notified or not
+                interval = self.listen_poll_seconds
+                # Every commit of the site notifies: under a stream of them, one
+                # poll per LISTEN_MIN_GAP at most (each reads three times), the
+                # notifications meanwhile answered together by the next.
+                await asyncio.sleep(LISTEN_MIN_GAP)
+            else:
+                interval = self.poll_seconds
+            try:
+                await asyncio.wait_for(self._poke.wait(), interval)
+            except TimeoutError:
+                pass
+
+    async def _listener(self) -> None:
+        """Storage's listener, pokes the poller; restarted should it ever fail."""
+        while True:
+            try:
+                await self.db.listen(self._poke.set)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("push listener failed; restarting it")
+                await asyncio.sleep(self.poll_seconds)
 
     async def poll(self) -> bool:
         """One look for commits by other connections: True (and the new head and

@@ -22,7 +22,15 @@ The promises every backend keeps:
   and the named reads of ``Snapshot``, never a statement; rows come back in
   the shapes of ``storage.rows``.
 - **A commit signal.**  ``commit_signal()`` changes whenever any process
-  commits (SQLite: ``PRAGMA data_version``; PostgreSQL: ``LISTEN``).
+  commits (SQLite: ``PRAGMA data_version``; PostgreSQL: a counter in the
+  clock row).  Where ``pushes_commits`` is true (PostgreSQL: ``NOTIFY`` sent
+  by every write, ``LISTEN`` on a connection of its own), ``listen`` also
+  calls back on every commit as it happens, so the push hub need not poll
+  often.
+- **The write rate limit.**  ``take_rate_token`` keeps one bucket per key
+  for everyone who shares the database: the whole site on PostgreSQL (a
+  table, one statement per take), the one process of the box on SQLite
+  (memory).
 - **Domain errors only.**  A driver's exception never leaves storage: a lock
   held too long is ``errors.Busy``, a full disk ``errors.StorageFull``, a
   closed storage ``DatabaseClosed``; rules of the data are ``NotFound`` and
@@ -386,6 +394,37 @@ class Storage(Protocol):
     async def commit_signal(self) -> int:
         """A value that changes whenever any process commits.  Compare it only
         with earlier values from the same storage object."""
+        ...
+
+    #: Whether ``listen`` hears every commit of every process as it happens
+    #: (PostgreSQL's LISTEN/NOTIFY); False where only polling ``commit_signal``
+    #: notices other processes' commits (SQLite).
+    pushes_commits: bool
+
+    async def listen(self, on_signal: Callable[[], None]) -> None:
+        """Call ``on_signal()`` after each commit of any process, and once each
+        time listening starts or resumes (whatever committed unheard is then
+        read by the caller, as after a poll).  Runs until cancelled; a lost
+        connection is re-opened with backoff (``listen_reconnects`` counts it).
+        Returns at once where ``pushes_commits`` is False."""
+        ...
+
+    @property
+    def listening(self) -> bool:
+        """Whether ``listen`` hears commits right now (its connection is up)."""
+        ...
+
+    @property
+    def listen_reconnects(self) -> int:
+        """How often ``listen`` re-opened a lost connection."""
+        ...
+
+    async def take_rate_token(self, key: str, per_minute: int) -> int | None:
+        """Take one write from ``key``'s bucket (``per_minute`` > 0 a minute,
+        refilled evenly, up to ``per_minute`` at once): None when taken,
+        else the whole seconds until one is free (at least 1).  Shared by
+        every process of the database where it has several (PostgreSQL);
+        ``Unreachable`` when the database cannot be asked."""
         ...
 
     def idle_for(self) -> float:

@@ -200,7 +200,7 @@ class BaseHandler(RedactedLogs):
             return  # Tornado answers 405
         require(principal, permission)
         if permission in RATE_LIMITED:
-            self.ctx.limiter.check(principal.name or f"ip:{self.request.remote_ip}")
+            await self.ctx.limiter.check(principal.name or f"ip:{self.request.remote_ip}")
 
     def credentials(self) -> str | None:
         return bearer(self.request.headers.get("Authorization"))

@@ -14,6 +14,8 @@ from tornado.websocket import websocket_connect
 
 from healthsync.auth import RateLimiter, Tokens, hash_token
 from healthsync.errors import RateLimited
+from healthsync.storage import Database
+from healthsync.storage.buckets import MemoryBuckets
 from tests.support.servers import make_settings
 from tests.support.ws import ws_url
 
@@ -193,18 +195,28 @@ async def test_ws_token_never_lands_in_the_audit(http_server_client, api, tokens
     assert not any(tokens["dashboard"] in (e["query"] or "") for e in entries)
 
 
-def test_rate_limiter_refills():
+def test_rate_buckets_refill():
     now = [0.0]
-    limiter = RateLimiter(2, clock=lambda: now[0])
-    limiter.check("a")
-    limiter.check("a")
-    with pytest.raises(RateLimited) as err:
-        limiter.check("a")
-    assert err.value.retry_after == 30
-    limiter.check("b")  # per key
+    buckets = MemoryBuckets(clock=lambda: now[0])
+    assert buckets.take("a", 2) is None
+    assert buckets.take("a", 2) is None
+    assert buckets.take("a", 2) == 30
+    assert buckets.take("b", 2) is None  # per key
     now[0] += 30
-    limiter.check("a")
-    assert RateLimiter(0).check("a") is None
+    assert buckets.take("a", 2) is None
+
+
+async def test_rate_limiter_raises_429_with_retry_after(tmp_path):
+    db = await Database(tmp_path / "hs.db").open()
+    try:
+        limiter = RateLimiter(1, db)
+        await limiter.check("a")
+        with pytest.raises(RateLimited) as err:
+            await limiter.check("a")
+        assert err.value.status == 429 and err.value.retry_after == 60
+        assert await RateLimiter(0, db).check("a") is None
+    finally:
+        await db.close()
 
 
 # A device token acts as its own device only ------------------------------------------

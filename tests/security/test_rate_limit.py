@@ -1,15 +1,21 @@
-"""write_rate_limit: 429 with Retry-After, per token (per address in open mode)."""
+"""write_rate_limit: 429 with Retry-After, per token (per address in open mode),
+for the whole site on PostgreSQL however many processes serve it."""
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 
+from tests.support.http import Response
 from tests.support.servers import make_settings
+
+pytestmark = pytest.mark.both_backends
 
 
 @pytest.fixture
-def settings(data_dir):
-    return make_settings(data_dir, write_rate_limit=3)
+def settings(data_dir, backend, request):
+    extra = {"database_url": request.getfixturevalue("postgres_url")} if backend == "postgres" else {}
+    return make_settings(data_dir, write_rate_limit=3, **extra)
 
 
 async def test_writes_past_the_limit_get_429(api):
@@ -19,3 +25,26 @@ async def test_writes_past_the_limit_get_429(api):
     assert resp.status == 429 and int(resp.headers["Retry-After"]) >= 1
     assert resp.json["error"] and resp.json["details"] == []
     assert len((await api.get("/api/patients/")).json) == 3  # reads are not limited
+
+
+async def test_a_database_that_cannot_be_asked_is_503_not_500(app, api, backend, settings):
+    if backend != "postgres":
+        pytest.skip("SQLite's buckets are in memory: there is nothing to be unreachable")
+    # Nothing else may touch the database meanwhile: the hub (its poller and
+    # listener) stops, and no request has run yet (no audit write pending).
+    await app.ctx.hub.close()
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    # The rate check is this request's first use of the database, on a connection that is gone.
+    resp: Response = await api.post("/api/patients/", {"name": "B"})
+    assert resp.status == 503, resp.json
+    assert resp.json["error"] and int(resp.headers["Retry-After"]) >= 1
+    for _ in range(10):  # the pool replaces its connections that went with it
+        resp = await api.post("/api/patients/", {"name": "C"})
+        if resp.status != 503:
+            break
+    assert resp.status == 201
+    assert [p["name"] for p in (await api.get("/api/patients/")).json] == ["C"]

@@ -312,6 +312,40 @@ async def test_the_commit_signal_changes_after_this_process_commits(storage):
     assert await storage.commit_signal() != before
 
 
+async def test_listen_hears_another_process_commit_where_the_backend_pushes_commits(storage):
+    heard: list[int] = []
+    task = asyncio.ensure_future(storage.listen(lambda: heard.append(1)))
+    try:
+        if not storage.pushes_commits:  # SQLite: the hub polls; listen has nothing to do
+            await asyncio.wait_for(task, 5)
+            assert heard == [] and not storage.listening and storage.listen_reconnects == 0
+            return
+        for _ in range(200):
+            if storage.listening and heard:
+                break
+            await asyncio.sleep(0.05)
+        assert storage.listening and heard == [1]  # "look now" once it listens
+        in_other_process(storage, "await db.create_token('elsewhere', 'device', 'h' * 64)")
+        for _ in range(200):
+            if len(heard) > 1:
+                break
+            await asyncio.sleep(0.05)
+        assert heard == [1, 1] and storage.listen_reconnects == 0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_rate_tokens_are_taken_per_key_and_refused_with_a_wait(storage):
+    assert [await storage.take_rate_token("a", 3) for _ in range(3)] == [None, None, None]
+    assert 19 <= await storage.take_rate_token("a", 3) <= 20  # one token a 20 s
+    assert await storage.take_rate_token("b", 3) is None
+    if storage.backend == "postgres":  # every process of the site shares the buckets
+        in_other_process(storage, "assert await db.take_rate_token('c', 2) is None")
+        assert await storage.take_rate_token("c", 2) is None
+        assert await storage.take_rate_token("c", 2) == 30
+
+
 async def test_probe_and_closed(storage):
     assert await storage.probe() == 0
     await storage.close()

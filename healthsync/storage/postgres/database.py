@@ -16,8 +16,13 @@ stuck writer cannot stop the site.
   transaction, so the head and the rows agree.
 - **Commit signal**: every write also counts itself in the clock row
   (``commits``); ``commit_signal`` reads that counter, which changes whenever
-  any process commits.  (``LISTEN``/``NOTIFY`` comes with the push across
-  processes.)
+  any process commits.  The same statement sends ``NOTIFY`` (delivered on
+  commit, in commit order), and ``listen`` hears it on a connection of its
+  own (``listen.Listener``): the push hub learns of every process's commits
+  at once, and polls only as a safety net.
+- **Rate limit**: ``take_rate_token`` keeps the write rate limit's buckets in
+  ``rate_buckets``, one autocommit statement per take (never under the clock
+  lock: it does not wait for writes), shared by every process of the site.
 - **Backups** are PostgreSQL's own (``pg_dump``, base backups):
   ``backup``/``restore`` raise ``BackupsArePostgres`` saying so.
 - **Faults**: a lock held past ``lock_timeout``, a serialization failure or a
@@ -43,6 +48,7 @@ from psycopg import errors as pgerrors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ...errors import Busy, Conflict, HealthSyncError, StorageFull, Unreachable
+from ..buckets import IDLE_SECONDS, retry_after
 from ..interface import (
     ApplyStored,
     AuditEntry,
@@ -54,6 +60,7 @@ from ..interface import (
     claimable,
 )
 from ..rows import batch_out, keyset_page
+from .listen import CHANNEL, Listener
 from .schema import migrate
 from .snapshot import Snapshot
 from .tx import WriteTx
@@ -70,6 +77,27 @@ _CLOCK_LOCK = (
     "SELECT seq, last_us, floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
     " FROM clock WHERE id = 1 FOR UPDATE"
 )
+# One round trip: the clock row written back, counted (the commit signal) and NOTIFY sent.
+_CLOCK_WRITE = (
+    "WITH c AS (UPDATE clock SET seq = %s, last_us = %s, commits = commits + 1 WHERE id = 1 RETURNING seq)"
+    f" SELECT pg_notify('{CHANNEL}', seq::text) FROM c"
+)
+# The token bucket rule of ``storage.buckets``, applied in one statement to the
+# key's row (its row lock serializes takers of the same key only); the time is
+# the database server's, the same for every process.
+_TAKE_RATE_TOKEN = """
+WITH t AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS at)
+INSERT INTO rate_buckets AS b (key, tokens, at, taken)
+SELECT %(key)s, %(cap)s - 1, t.at, true FROM t
+ON CONFLICT (key) DO UPDATE SET
+    tokens = least(%(cap)s, b.tokens + greatest(0, excluded.at - b.at) * %(cap)s / 60.0)
+        - CASE WHEN least(%(cap)s, b.tokens + greatest(0, excluded.at - b.at) * %(cap)s / 60.0) >= 1
+               THEN 1 ELSE 0 END,
+    taken = least(%(cap)s, b.tokens + greatest(0, excluded.at - b.at) * %(cap)s / 60.0) >= 1,
+    at = excluded.at
+RETURNING taken, tokens
+"""
+_FORGET_RATE_BUCKETS = "DELETE FROM rate_buckets WHERE at < extract(epoch FROM clock_timestamp())::float8 - %s"
 _AUDIT_KEYS = ("id", "at", "who", "role", "method", "path", "query", "status", "remote_ip")
 
 
@@ -91,6 +119,7 @@ class PostgresDatabase:
     """One PostgreSQL database.  Open with :meth:`open`."""
 
     backend = "postgres"
+    pushes_commits = True
 
     def __init__(
         self,
@@ -111,6 +140,8 @@ class PostgresDatabase:
         self._open_lock = asyncio.Lock()
         self._closed = False
         self._last_write = time.monotonic()
+        self._listener: Listener | None = None
+        self._buckets_swept = time.monotonic()
 
     def __repr__(self) -> str:
         return f"PostgresDatabase({_redacted(self.url)})"
@@ -210,10 +241,7 @@ class PostgresDatabase:
                     assert row is not None
                     tx = WriteTx(conn, row[0], row[1], row[2])
                     result = await fn(tx)
-                    await conn.execute(
-                        "UPDATE clock SET seq = %s, last_us = %s, commits = commits + 1 WHERE id = 1",
-                        (tx.seq, tx.last_us),
-                    )
+                    await conn.execute(_CLOCK_WRITE, (tx.seq, tx.last_us))
             except BaseException as exc:
                 fault = machine_fault(exc)
                 if fault is not None:
@@ -244,6 +272,40 @@ class PostgresDatabase:
     async def commit_signal(self) -> int:
         """The clock row's commit counter: it changes whenever any process commits."""
         return await self.read(_commits)
+
+    async def listen(self, on_signal: Callable[[], None]) -> None:
+        """Call ``on_signal`` on every commit's NOTIFY (and on each (re)connect) until cancelled."""
+        listener = Listener(self.url, on_signal,
+                            connect_kwargs={"connect_timeout": CONNECT_TIMEOUT_S, "options": self._options()})
+        self._listener = listener
+        await listener.run()
+
+    @property
+    def listening(self) -> bool:
+        return self._listener is not None and self._listener.listening
+
+    @property
+    def listen_reconnects(self) -> int:
+        return 0 if self._listener is None else self._listener.reconnects
+
+    async def take_rate_token(self, key: str, per_minute: int) -> int | None:
+        """Take a write from ``key``'s bucket in ``rate_buckets``, for the whole site."""
+        pool = await self._ready()
+        try:
+            async with pool.connection() as conn:  # autocommit: the statement is its own transaction
+                cur = await conn.execute(_TAKE_RATE_TOKEN, {"key": key, "cap": float(per_minute)})
+                row = await cur.fetchone()
+                if time.monotonic() - self._buckets_swept > IDLE_SECONDS:
+                    self._buckets_swept = time.monotonic()
+                    await conn.execute(_FORGET_RATE_BUCKETS, (IDLE_SECONDS,))
+        except (psycopg.Error, OSError) as exc:
+            fault = machine_fault(exc)
+            if fault is None:
+                raise
+            log.warning("rate limit not checked: %s (%s)", fault.message, exc)
+            raise fault from exc
+        assert row is not None
+        return None if row[0] else retry_after(float(row[1]), per_minute)
 
     async def head(self) -> tuple[int, int]:
         return await self.read(Snapshot.head)

@@ -14,6 +14,8 @@ The tables are SQLite's at its latest step, with PostgreSQL's types:
 - flags (``deleted``, ``resolved``) ``smallint`` 0/1, as the row shapes give them;
 - ``pk``, a ``bigint`` identity, is the page key SQLite's ``rowid`` is.
 The clock row also counts commits (``commits``): the commit signal.
+``rate_buckets`` (unlogged) holds the write rate limit's buckets, one row
+per token, shared by every process.
 """
 
 from __future__ import annotations
@@ -153,6 +155,20 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
                BEGIN RAISE EXCEPTION 'the audit trail is append-only'; END $$""",
             """CREATE TRIGGER audit_append_only BEFORE UPDATE ON audit
                FOR EACH ROW EXECUTE FUNCTION audit_append_only()""",
+        ],
+    ),
+    (
+        "write rate limit buckets shared by every process",
+        [
+            # Unlogged: a bucket is full again within a minute, so losing them
+            # in a crash (or on a standby) forgets nothing worth keeping, and
+            # no write-ahead log is written for every request.
+            """CREATE UNLOGGED TABLE rate_buckets (
+                key text PRIMARY KEY,
+                tokens double precision NOT NULL,
+                at double precision NOT NULL,
+                taken boolean NOT NULL
+            )""",
         ],
     ),
 ]

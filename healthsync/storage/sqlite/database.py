@@ -66,6 +66,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from ...errors import Busy, HealthSyncError, StorageFull, Unreachable
+from ..buckets import MemoryBuckets
 from ..interface import CommitHook, CommitInfo, DatabaseClosed, call_commit_hooks
 from .audit import AuditOps
 from .backup import BackupOps
@@ -95,6 +96,10 @@ class Database(TokenOps, AuditOps, BatchOps, BackupOps):
     """One SQLite database file in WAL mode.  Open with :meth:`open`."""
 
     backend = "sqlite"
+    #: Other processes' commits are noticed by polling ``commit_signal`` (cheap here).
+    pushes_commits = False
+    listening = False
+    listen_reconnects = 0
 
     def __init__(
         self,
@@ -119,6 +124,7 @@ class Database(TokenOps, AuditOps, BatchOps, BackupOps):
         self._write_lock = asyncio.Lock()
         self._open_lock = asyncio.Lock()
         self._hooks: list[CommitHook] = []
+        self._rate_buckets = MemoryBuckets()  # one process serves a box: its buckets are the site's
         self._closed = False
         self.schema_version = 0
         self._shm: int | None = None  # file descriptor of the WAL index, when checkpoints are ours
@@ -386,6 +392,13 @@ class Database(TokenOps, AuditOps, BatchOps, BackupOps):
             await conn.close()
         else:
             self._version_conn = conn
+
+    async def listen(self, on_signal: Callable[[], None]) -> None:
+        """Nothing to listen to on SQLite: the hub polls ``commit_signal``."""
+
+    async def take_rate_token(self, key: str, per_minute: int) -> int | None:
+        """Take a write from ``key``'s bucket, kept in this process's memory."""
+        return self._rate_buckets.take(key, per_minute)
 
     async def head(self) -> tuple[int, int]:
         """(seq, updated_at in µs) of the newest commit."""
