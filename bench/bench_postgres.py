@@ -15,8 +15,8 @@ in the same run, printed side by side:
 1. upload: 10,000 Patient creates, then 10,000 renames of them, in one
    ``POST /api/sync/upload/`` each, to a database already holding 100,000
    patients, against raw psycopg writing the same rows in one transaction
-   that locks and advances the clock row: ``COPY`` for the creates, one
-   ``UPDATE … FROM unnest(…)`` for the updates.
+   that locks and advances the clock row: ``COPY`` for the creates, ``COPY``
+   into a temporary table and one ``UPDATE … FROM`` it for the updates.
 2. download: 100,000 changes (a quarter patients, the rest Observations) in
    pages of 5,000 through ``GET /api/sync/download/``, against a raw keyset
    fetch of the same pages with psycopg, encoded with orjson.
@@ -85,11 +85,13 @@ SCALE_AIM = 1.6
 _PATIENT_COLS = "id, owner, name, dob, identifiers, fhir, server_version, updated_at, deleted, seq, created_at"
 _COPY_PATIENTS = f"COPY patients ({_PATIENT_COLS}) FROM STDIN"
 _COPY_TEMP_IDS = "COPY temp_ids (device_id, client_temp_id, server_id, resource_type) FROM STDIN"
+_UPDATE_TEMP = (
+    "CREATE TEMP TABLE u (id text, name text, dob text, identifiers text, fhir text, v integer, at text,"
+    " d smallint, seq bigint) ON COMMIT DROP"
+)
 _UPDATE_PATIENTS = (
     "UPDATE patients AS p SET name = u.name, dob = u.dob, identifiers = u.identifiers, fhir = u.fhir,"
-    " server_version = u.v, updated_at = u.at, deleted = u.d, seq = u.seq"
-    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::int[], %s::text[],"
-    " %s::smallint[], %s::bigint[]) AS u(id, name, dob, identifiers, fhir, v, at, d, seq) WHERE p.id = u.id"
+    " server_version = u.v, updated_at = u.at, deleted = u.d, seq = u.seq FROM u WHERE p.id = u.id"
 )
 _INSERT_BATCH = (
     "INSERT INTO batches (id, device_id, status, change_count, response, created_at, finished_at, updated_at)"
@@ -205,8 +207,10 @@ def baseline_upload(url: str, payloads: list[dict[str, Any]], bookkeeping: bool)
     """(create seconds, update seconds): the same rows by raw psycopg, one transaction each.
 
     Rows (ids, JSON text, stamps) are made before the clock starts.  Timed:
-    BEGIN, lock the clock row, ``COPY`` the creates (``write_row``) or one
-    ``UPDATE … FROM unnest(arrays)`` for the updates, the clock row, COMMIT.
+    BEGIN, lock the clock row, ``COPY`` the creates (``write_row``), or for the
+    updates ``COPY`` the new values into a temporary table and one
+    ``UPDATE … FROM`` it (about 1.7x faster here than one ``UPDATE … FROM
+    unnest(arrays)``), the clock row, COMMIT.
     With ``bookkeeping`` the transaction also writes the batch row (a response
     of the server's size) and, for the creates, one ``temp_ids`` row each.
     """
@@ -237,18 +241,21 @@ def baseline_upload(url: str, payloads: list[dict[str, Any]], bookkeeping: bool)
 
         create_s = _timed_tx(conn, stamps, write_creates)
 
-        cols: list[list[Any]] = [[] for _ in range(9)]
+        updates = []
         for row, p in zip(creates, payloads, strict=True):
             seq, stamp = stamps.next()
-            for col, value in zip(cols, (row[0], renamed(p), row[3], row[4], None, 2, stamp, 0, seq), strict=True):
-                col.append(value)
+            updates.append((row[0], renamed(p), row[3], row[4], None, 2, stamp, 0, seq))
         update_response = orjson.dumps({"results": [
-            {"server_id": sid, "status": "updated", "server_version": 2} for sid in cols[0]]}).decode()
+            {"server_id": u[0], "status": "updated", "server_version": 2} for u in updates]}).decode()
 
         def write_updates(cur: psycopg.Cursor[Any]) -> None:
-            cur.execute(_UPDATE_PATIENTS, cols)
+            cur.execute(_UPDATE_TEMP)
+            with cur.copy("COPY u FROM STDIN") as cp:
+                for row in updates:
+                    cp.write_row(row)
+            cur.execute(_UPDATE_PATIENTS)
             if bookkeeping:
-                cur.execute(_INSERT_BATCH, (new_id(), DEVICE, len(cols[0]), update_response, now, now, now))
+                cur.execute(_INSERT_BATCH, (new_id(), DEVICE, len(updates), update_response, now, now, now))
 
         update_s = _timed_tx(conn, stamps, write_updates)
     return create_s, update_s
