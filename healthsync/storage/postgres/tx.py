@@ -63,13 +63,26 @@ class WriteTx:
         self.changed = 0
         self.events: list[dict[str, Any]] = []
         self._now = now_us
+        self._second = -1  # the second of the last stamp, and its text up to the fraction
+        self._second_text = ""
 
     def stamp(self) -> tuple[int, str]:
-        """Next (seq, updated_at) for one changed row: both strictly increasing."""
+        """Next (seq, updated_at) for one changed row: both strictly increasing.
+
+        ``clock.step`` and ``clock.format_us``, inlined (as on SQLite): an
+        upload stamps 10,000 rows in a row, almost all within one second.
+        """
         self.seq += 1
-        self.last_us = clock.step(self.last_us, self._now)
+        us = self.last_us + 1
+        if us < self._now:
+            us = self._now
+        self.last_us = us
         self.changed += 1
-        return self.seq, clock.format_us(self.last_us)
+        second, micro = divmod(us, 1_000_000)
+        if second != self._second:
+            self._second = second
+            self._second_text = clock.format_us(us)[:-7]
+        return self.seq, f"{self._second_text}{micro:06d}Z"
 
     def now(self) -> str:
         """The transaction's wall-clock time (the database's), canonical."""
