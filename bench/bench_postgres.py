@@ -414,27 +414,47 @@ def _download_all(server: Server, errors: list[str]) -> None:
         client.close()
 
 
-def concurrent_download(servers: list[Server], clients: int) -> float:
-    """Seconds for ``clients`` full downloads at once, client i on server i mod len(servers)."""
+def box_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far (``/proc/stat``), every core summed."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = v[3] + v[4]  # idle, iowait
+    return (sum(v[:8]) - idle) / tick, sum(v[:8]) / tick
+
+
+@dataclass
+class Scale:
+    seconds: float
+    server_cores: float  # CPU seconds of the serving processes / wall seconds
+    box_cores: float  # CPU seconds of the whole machine (PostgreSQL, clients, others) / wall seconds
+
+
+def concurrent_download(servers: list[Server], clients: int) -> Scale:
+    """``clients`` full downloads at once, client i on server i mod len(servers)."""
     errors: list[str] = []
     threads = [threading.Thread(target=_download_all, args=(servers[i % len(servers)], errors))
                for i in range(clients)]
     with quiet_gc(off=False):
+        cpu0 = sum(bench_push.cpu_seconds(s.pid) for s in servers)
+        busy0 = box_busy()[0]
         t0 = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - t0
+        cpu = sum(bench_push.cpu_seconds(s.pid) for s in servers) - cpu0
+        busy = box_busy()[0] - busy0
     if errors:
         raise SystemExit(f"scale-out download failed: {errors[0]}")
-    return elapsed
+    return Scale(elapsed, cpu / elapsed, busy / elapsed)
 
 
-def bench_scale(url: str, runs: int, clients: int, base: Path, server_args: list[str]) -> list[tuple[float, float]]:
-    """Per run (one-process seconds, two-process seconds) for ``clients`` concurrent full downloads."""
+def bench_scale(url: str, runs: int, clients: int, base: Path, server_args: list[str]) -> list[tuple[Scale, Scale]]:
+    """Per run (one process, two processes) for ``clients`` concurrent full downloads."""
     work = Path(tempfile.mkdtemp(prefix="scale-", dir=base))
-    out: list[tuple[float, float]] = []
+    out: list[tuple[Scale, Scale]] = []
     try:
         with PgServer(work / "a", url, server_args) as a, PgServer(work / "b", url, server_args) as b:
             concurrent_download([a, b], 2)  # warm both processes' pools and the page cache
@@ -448,8 +468,10 @@ def bench_scale(url: str, runs: int, clients: int, base: Path, server_args: list
                 out.append((one, two))
                 total = clients * DOWNLOAD_TOTAL
                 print(f"  scale-out run {run}/{runs}: {clients} clients x {DOWNLOAD_TOTAL:,} changes: one process"
-                      f" {one:.2f}s ({total / one:,.0f}/s), two {two:.2f}s ({total / two:,.0f}/s): {one / two:.2f}x",
-                      flush=True)
+                      f" {one.seconds:.2f}s ({total / one.seconds:,.0f}/s, server {one.server_cores:.2f} cores,"
+                      f" machine {one.box_cores:.2f}), two {two.seconds:.2f}s ({total / two.seconds:,.0f}/s,"
+                      f" servers {two.server_cores:.2f} cores, machine {two.box_cores:.2f}):"
+                      f" {one.seconds / two.seconds:.2f}x", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
@@ -619,18 +641,26 @@ def main(argv: list[str] | None = None) -> int:
                   f" changes in pages of {PAGE:,}, from one server process, then spread over two", flush=True)
             runs = bench_scale(dl_url, args.runs, args.clients, base, args.server_arg)
             total = args.clients * DOWNLOAD_TOTAL
-            out += [f"**Scale-out download, {args.clients} concurrent clients x {DOWNLOAD_TOTAL:,} changes**", "",
-                    "| run | one process s | changes/s | two processes s | changes/s | two / one |",
-                    "|---|---:|---:|---:|---:|---:|"]
+            out += [f"**Scale-out download, {args.clients} concurrent clients x {DOWNLOAD_TOTAL:,} changes**"
+                    " (cores: CPU seconds per wall second, of the serving processes and of the whole machine)", "",
+                    "| run | one process s | changes/s | server cores | machine cores | two processes s | changes/s |"
+                    " servers cores | machine cores | two / one |",
+                    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+            def cells(x: Scale) -> str:
+                return f"{x.seconds:.2f} | {total / x.seconds:,.0f} | {x.server_cores:.2f} | {x.box_cores:.2f}"
+
             for i, (one, two) in enumerate(runs, 1):
-                out.append(f"| {i} | {one:.2f} | {total / one:,.0f} | {two:.2f} | {total / two:,.0f} |"
-                           f" {one / two:.2f}x |")
-            one_m, two_m = median([r[0] for r in runs]), median([r[1] for r in runs])
-            ratio = median([r[0] / r[1] for r in runs])
-            out += [f"| **median** | {one_m:.2f} | {total / one_m:,.0f} | {two_m:.2f} | {total / two_m:,.0f} |"
-                    f" {ratio:.2f}x |", ""]
-            verdicts.append(f"| scale-out download | {total / two_m:,.0f}/s (two) | {total / one_m:,.0f}/s (one) |"
-                            f" {ratio:.2f}x | {SCALE_AIM:g}x aim | {verdict(ratio, SCALE_AIM, None, False)} |")
+                out.append(f"| {i} | {cells(one)} | {cells(two)} | {one.seconds / two.seconds:.2f}x |")
+            med_one = Scale(median([r[0].seconds for r in runs]), median([r[0].server_cores for r in runs]),
+                            median([r[0].box_cores for r in runs]))
+            med_two = Scale(median([r[1].seconds for r in runs]), median([r[1].server_cores for r in runs]),
+                            median([r[1].box_cores for r in runs]))
+            ratio = median([r[0].seconds / r[1].seconds for r in runs])
+            out += [f"| **median** | {cells(med_one)} | {cells(med_two)} | {ratio:.2f}x |", ""]
+            verdicts.append(f"| scale-out download | {total / med_two.seconds:,.0f}/s (two) |"
+                            f" {total / med_one.seconds:,.0f}/s (one) | {ratio:.2f}x | {SCALE_AIM:g}x aim |"
+                            f" {verdict(ratio, SCALE_AIM, None, False)} |")
         if dl_url is not None:
             dbs.drop(dl_url)
         if "fanout" in sections:
