@@ -328,6 +328,42 @@ async def test_many_rows_written_in_bulk_come_back_as_written(storage):
     assert seqs == sorted(seqs) and len(seqs) == 2 * n and seqs[-1] == (await storage.head())[0] == 5 * n + 1
 
 
+async def test_a_bulk_write_that_fails_half_way_leaves_nothing(storage):
+    """A large batch whose rows are written, then one that breaks a constraint
+    (a duplicate id), or an error after the writes: all or nothing, and the
+    storage writes again afterwards."""
+
+    def rows(tx, ids):
+        out = []
+        for i in ids:
+            seq, at = tx.stamp()
+            out.append(PatientRow(i, None, "N", None, "{}", None, 1, at, 0, seq, at))
+        return out
+
+    async def duplicate(tx):
+        await tx.write_patients(rows(tx, [f"p{i}" for i in range(600)] + ["p7"]), [])
+
+    async def after_writes(tx):
+        new = rows(tx, [f"p{i}" for i in range(600)])
+        await tx.write_patients(new, [])
+        for row in new:
+            row.name, row.version = "M", 2
+            row.seq, row.updated_at = tx.stamp()
+        await tx.write_patients([], new)
+        await tx.insert_temp_ids([("dev", f"t{i}", f"p{i}", "Patient") for i in range(600)])
+        raise RuntimeError("boom")
+
+    with pytest.raises(Exception, match="(?i)unique|duplicate|p7"):
+        await storage.write(duplicate)
+    with pytest.raises(RuntimeError):
+        await storage.write(after_writes)
+    assert await storage.head() == (0, 0)
+    assert await storage.read(lambda snap: snap.list_patients(include_deleted=True, limit=None, after=0)) == []
+    assert await storage.write(lambda tx: tx.load_temp_ids("dev", {"t1"})) == {}
+    await storage.write(lambda tx: tx.write_patients(rows(tx, ["p1"]), []))
+    assert (await storage.read(lambda snap: snap.get_patient("p1")))[0] == "p1"
+
+
 async def _tombstone(tx, patient_id):
     return await tx.tombstone_patient(await tx.fetch_patient(patient_id))
 
