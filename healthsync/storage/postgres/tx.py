@@ -10,8 +10,7 @@ Every write that changes a patient or record stamps it: a new ``seq`` and
 ``updated_at``, and ``server_version`` + 1.  Bulk loads take the ids as one
 array parameter (``= ANY(%s)``).  Bulk writes are one statement each, never
 a statement per row: new rows go in with ``COPY``, changed rows with one
-``UPDATE … FROM unnest(arrays)`` (measured on 10,000 rows: about 200 ms and
-300 ms, against about 370 ms for a pipelined ``executemany``).  ``conn``
+``UPDATE … FROM`` a temporary table or ``unnest(arrays)`` (below).  ``conn``
 is for this backend's own modules only.
 """
 
@@ -30,7 +29,9 @@ RECORD_COLS = "id, patient, resource_type, data, server_version, updated_at, del
 # Bulk updates: the new values of the changed rows go in as one set of rows,
 # joined to the table by one ``UPDATE … FROM``.  A few rows come as one array
 # per column (``unnest``); many are copied into a temporary table first
-# (``COPY``), which measured about twice as fast as ``unnest`` for 10,000 rows.
+# (``COPY``): for 10,000 rows that measured about 1.7x as fast as ``unnest``
+# and 1.2x as fast as ``executemany`` (bench/README.md).  Either way a small
+# batch joins through the primary key's index.
 BULK_COPY_ROWS = 500
 
 _PATIENT_CHANGES = (
