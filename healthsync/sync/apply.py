@@ -15,6 +15,11 @@ nothing) answers ``updated`` with the item's unchanged version and writes
 nothing: no ``seq`` is spent on it, so no device downloads it again and no
 other device's ``base_version`` goes stale.
 
+What no row can change is worked out before the write's lock when the
+caller can: ``prepare`` checks each create's payload and renders it as the
+text it is stored as, so the transaction (which holds the one writer lock of
+the site) only routes, stamps and writes it.
+
 The same code serves synchronous uploads and the Huey task (``tasks.py``).
 """
 
@@ -64,6 +69,50 @@ def _validate(model: type[BaseModel], value: dict[str, Any]) -> Any:
 
 def _dump(value: Any) -> str:
     return orjson.dumps(value).decode()
+
+
+def _patient_values(check: PatientCheck, payload: dict[str, Any]) -> PatientValues:
+    """A patient payload's values: ``PatientCheck``'s verdict when it is
+    sure, else ``PatientIn``'s, which rejects with its errors."""
+    checked = check.one(payload)
+    if checked is None:
+        checked = patient_values(_validate(PatientIn, payload))
+    return checked
+
+
+def _record_data(payload: dict[str, Any], base: dict[str, Any] | None) -> dict[str, Any]:
+    """A record's data: the payload less its routing keys, merged into ``base`` if given."""
+    patch = {k: v for k, v in payload.items() if k not in ROUTING_KEYS}
+    data = patch if base is None else merge_patch(base, patch)
+    if too_deep(data):
+        raise _Rejected(f"payload is nested deeper than {MAX_JSON_DEPTH} levels")
+    return data
+
+
+#: A create worked out ahead (``prepare``): a patient's (name, dob, identifiers
+#: text, fhir text), a record's data text, or the rejection of its payload.
+Ready = tuple[str, str | None, str, str | None] | str | _Rejected
+
+
+def _ready(check: PatientCheck, ch: ChangeFields) -> Ready | None:
+    if ch["operation"] != "create":
+        return None
+    try:
+        if ch["resource_type"] == "Patient":
+            name, dob, identifiers, fhir = _patient_values(check, ch["payload"])
+            return name, dob, _dump(identifiers), None if fhir is None else _dump(fhir)
+        return _dump(_record_data(ch["payload"], None))
+    except _Rejected as exc:
+        return exc
+
+
+def prepare(request: Upload) -> list[Ready | None]:
+    """Each create's payload checked and rendered as stored text (or its
+    rejection), None for the other changes: what ``apply_upload`` would work
+    out for them, done before the write so the writer lock is held shorter.
+    Nothing here depends on a stored row."""
+    check = PatientCheck(clock.today_utc())
+    return [_ready(check, ch) for ch in request.changes]
 
 
 # Byte maps that set the version (4) and RFC 4122 variant bits of a UUID's bytes 6 and 8.
@@ -162,10 +211,11 @@ class _Apply:
 
     # Deciding ------------------------------------------------------------------
 
-    def apply(self, ch: ChangeFields) -> dict[str, Any]:
+    def apply(self, ch: ChangeFields, ready: Ready | None = None) -> dict[str, Any]:
+        """One change's result; ``ready``: its create worked out ahead (``prepare``)."""
         try:
             if ch["operation"] == "create":
-                return self._create(ch)
+                return self._create(ch, ready)
             return self._update_or_delete(ch)
         except _Rejected as exc:
             out: dict[str, Any] = {}
@@ -184,7 +234,7 @@ class _Apply:
             if problem:
                 raise _Rejected(f"resource_type: {problem}")
 
-    def _create(self, ch: ChangeFields) -> dict[str, Any]:
+    def _create(self, ch: ChangeFields, ready: Ready | None) -> dict[str, Any]:
         temp_id = ch.get("client_temp_id")
         assert temp_id is not None
         resource_type = ch["resource_type"]
@@ -197,19 +247,26 @@ class _Apply:
             return {"client_temp_id": temp_id, "status": "created", "server_id": server_id, "server_version": version}
         new_id = next(self._ids)
         if resource_type == "Patient":
-            name, dob, identifiers, fhir = self._patient(ch["payload"])
+            texts = _ready(self.check, ch) if ready is None else ready
+            if isinstance(texts, _Rejected):
+                raise texts
+            assert isinstance(texts, tuple)
+            name, dob, ident_text, fhir_text = texts
             seq, stamp = self.tx.stamp()
-            patient_row = PatientRow(new_id, self.owner, name, dob, _dump(identifiers),
-                                     None if fhir is None else _dump(fhir), 1, stamp, 0, seq, self.created_at)
+            patient_row = PatientRow(new_id, self.owner, name, dob, ident_text, fhir_text, 1, stamp, 0, seq,
+                                     self.created_at)
             self.patients[new_id] = patient_row
             self.new_patients.append(patient_row)
         else:
             patient = self._route(ch["payload"])
             if patient is None:
                 raise _Rejected("payload needs patient_id (a server id) or patient_temp_id")
-            data = self._data(ch["payload"], None)
+            text = _ready(self.check, ch) if ready is None else ready
+            if isinstance(text, _Rejected):
+                raise text
+            assert isinstance(text, str)
             seq, stamp = self.tx.stamp()
-            record_row = RecordRow(new_id, patient, resource_type, _dump(data), 1, stamp, 0, seq, self.created_at)
+            record_row = RecordRow(new_id, patient, resource_type, text, 1, stamp, 0, seq, self.created_at)
             self.records[new_id] = record_row
             self.records_of.setdefault(patient, set()).add(new_id)
             self.new_records.append(record_row)
@@ -220,12 +277,7 @@ class _Apply:
         return {"client_temp_id": temp_id, "status": "created", "server_id": new_id, "server_version": version}
 
     def _patient(self, payload: dict[str, Any]) -> PatientValues:
-        """A patient payload's values: ``PatientCheck``'s verdict when it is
-        sure, else ``PatientIn``'s, which rejects with its errors."""
-        checked = self.check.one(payload)
-        if checked is None:
-            checked = patient_values(_validate(PatientIn, payload))
-        return checked
+        return _patient_values(self.check, payload)
 
     def _route(self, payload: dict[str, Any]) -> str | None:
         """The live patient a record payload names, None if it names none."""
@@ -253,12 +305,7 @@ class _Apply:
         return pid
 
     def _data(self, payload: dict[str, Any], base: dict[str, Any] | None) -> dict[str, Any]:
-        """A record's data: the payload less its routing keys, merged into ``base`` if given."""
-        patch = {k: v for k, v in payload.items() if k not in ROUTING_KEYS}
-        data = patch if base is None else merge_patch(base, patch)
-        if too_deep(data):
-            raise _Rejected(f"payload is nested deeper than {MAX_JSON_DEPTH} levels")
-        return data
+        return _record_data(payload, base)
 
     def _update_or_delete(self, ch: ChangeFields) -> dict[str, Any]:
         server_id = ch.get("server_id")
@@ -411,8 +458,11 @@ class _Apply:
         await self.tx.insert_conflicts(self.conflict_rows)
 
 
-async def apply_upload(tx: WriteTx, request: Upload, batch_id: str, owner: str | None = None) -> dict[str, Any]:
+async def apply_upload(
+    tx: WriteTx, request: Upload, batch_id: str, owner: str | None = None, ready: list[Ready | None] | None = None
+) -> dict[str, Any]:
     """Apply ``request``'s changes inside ``tx``; return the upload response.
+    ``ready``: ``prepare(request)``, if the caller made it before the write.
 
     The caller has checked that ``batch_id`` is not applied yet.  The new
     items' ``temp_ids`` rows are written in the same transaction, so a
@@ -420,7 +470,10 @@ async def apply_upload(tx: WriteTx, request: Upload, batch_id: str, owner: str |
     """
     work = _Apply(tx, request.device_id, batch_id, owner)
     await work.preload(request.changes)
-    results = [work.apply(ch) for ch in request.changes]
+    if ready is None:
+        results = [work.apply(ch) for ch in request.changes]
+    else:
+        results = [work.apply(ch, r) for ch, r in zip(request.changes, ready, strict=True)]
     await work.flush()
     tx.emit({"type": "applied", "changes": len(results), "conflicts": len(work.conflicts)})
     return {
@@ -440,8 +493,11 @@ def _accepted(batch_id: str, status: str, error: str | None = None) -> dict[str,
     return body
 
 
-async def upload(tx: WriteTx, request: Upload, owner: str | None = None) -> tuple[int, Any]:
-    """A synchronous upload inside ``tx``: (status, response body).
+async def upload(
+    tx: WriteTx, request: Upload, owner: str | None = None, ready: list[Ready | None] | None = None
+) -> tuple[int, Any]:
+    """A synchronous upload inside ``tx``: (status, response body); ``ready`` as
+    ``apply_upload`` takes it.
 
     A ``batch_id`` already stored is a retry: it applies and stores nothing
     and gets the batch's answer, whatever its ``async``: once ``done`` the
@@ -469,7 +525,7 @@ async def upload(tx: WriteTx, request: Upload, owner: str | None = None) -> tupl
             batch_id, request.device_id, "pending", len(request.changes), request=_dump(body)
         )
         return 202, _accepted(batch_id, "pending")
-    response = await apply_upload(tx, request, batch_id, owner)
+    response = await apply_upload(tx, request, batch_id, owner, ready)
     text = _dump(response)
     await tx.insert_batch(batch_id, request.device_id, "done", len(request.changes), response=text)
     return 200, orjson.Fragment(text)

@@ -18,8 +18,12 @@ class SyncService:
         self.db = db
 
     async def upload(self, request: Upload, owner: str | None = None) -> tuple[int, Any]:
-        """Apply (or, with ``async``, store) a parsed upload: (status, body)."""
-        return await self.db.write(lambda tx: apply.upload(tx, request, owner))
+        """Apply (or, with ``async``, store) a parsed upload: (status, body).
+
+        The creates' payloads are checked and rendered before the write
+        (``apply.prepare``): the write holds the site's one writer lock."""
+        ready = None if request.async_ else apply.prepare(request)
+        return await self.db.write(lambda tx: apply.upload(tx, request, owner, ready))
 
     async def download(self, *, device_id: str | None = None, **kw: Any) -> download.Page:
         """A download page; with ``device_id``, remember how far that device has read."""

@@ -23,7 +23,7 @@ import pytest
 from healthsync import clock
 from healthsync.errors import Conflict, Gone, NotFound
 from healthsync.resources import Resources
-from healthsync.storage import CommitInfo, Database, DatabaseClosed, PatientRow, Storage, keyset_page
+from healthsync.storage import CommitInfo, Database, DatabaseClosed, PatientRow, RecordRow, Storage, keyset_page
 from healthsync.storage.postgres import BackupsArePostgres, PostgresDatabase
 from healthsync.sync import download as dl
 from tests.support import ROOT
@@ -270,6 +270,102 @@ async def test_rows_loaded_in_bulk_are_written_back_as_they_are(storage):
     p1 = await storage.read(lambda snap: snap.get_patient("p1"))
     assert p1[1:3] == ("alice", "Q") and p1[6] == 2
     assert [row[0] for row in await storage.read(lambda snap: snap.changes_after(after_seq=3, limit=10))] == [4]
+
+
+async def test_many_rows_written_in_bulk_come_back_as_written(storage):
+    """Large batches (a backend may write them another way than small ones: PostgreSQL
+    copies them) keep every value, awkward text and NULLs included."""
+    n = 700
+    odd = 'tab\there, new\nline, back\\slash, quote " and \u00e9\u4e2d, \\N'
+
+    def doc(i: int) -> str:
+        return orjson.dumps({"i": i, "text": odd if i % 2 else None}).decode()
+
+    async def create(tx):
+        patients, records, temp = [], [], []
+        for i in range(n):
+            seq, at = tx.stamp()
+            patients.append(PatientRow(f"p{i}", None if i % 3 else "alice", f"{odd} {i}",
+                                       None if i % 2 else "2000-01-01", doc(i), None if i % 2 else doc(-i),
+                                       1, at, 0, seq, at))
+            temp.append(("dev", f"t{i}", f"p{i}", "Patient"))
+        for i in range(n):
+            seq, at = tx.stamp()
+            records.append(RecordRow(f"r{i}", "p0", "Observation", doc(i), 1, at, 0, seq, at))
+        await tx.write_patients(patients, [])
+        await tx.write_records(records, [])
+        await tx.insert_temp_ids(temp)
+
+    await storage.write(create)
+
+    async def change(tx):
+        patients = await tx.load_patients({f"p{i}" for i in range(n)})
+        records = await tx.load_records({f"r{i}" for i in range(n)})
+        assert len(patients) == n and len(records) == n
+        assert patients["p1"].name == f"{odd} 1" and patients["p1"].owner is None and patients["p1"].fhir is None
+        assert records["r1"].data == doc(1)
+        for i, row in enumerate(patients.values()):
+            row.name, row.dob, row.fhir, row.version = f"new {odd} {i}", None, doc(i), row.version + 1
+            row.seq, row.updated_at = tx.stamp()
+        for row in records.values():
+            row.patient, row.data, row.version = "p1", doc(-1), row.version + 1
+            row.seq, row.updated_at = tx.stamp()
+        await tx.write_patients([], list(patients.values()))
+        await tx.write_records([], list(records.values()))
+        return patients, records, await tx.load_temp_ids("dev", {f"t{i}" for i in range(n)})
+
+    patients, records, temp = await storage.write(change)
+    assert temp == {f"t{i}": (f"p{i}", "Patient") for i in range(n)}
+    for i in (0, 1, n - 1):
+        assert await storage.read(lambda snap, i=i: snap.get_patient(f"p{i}")) == patients[f"p{i}"].stored()
+        assert await storage.read(lambda snap, i=i: snap.get_record(f"r{i}")) == records[f"r{i}"].stored()
+
+    gone, hit = await storage.write(lambda tx: _tombstone(tx, "p1"))
+    assert hit == n and gone[8] == 1
+    rows = await storage.read(lambda snap: snap.list_records(include_deleted=True, limit=None, after=0, patient="p1"))
+    assert len(rows) == n and all(r[6] == 1 and r[4] == 3 for r in rows)
+    seqs = [r[0] for r in await storage.read(lambda snap: snap.changes_after(after_seq=0, limit=10 * n))]
+    assert seqs == sorted(seqs) and len(seqs) == 2 * n and seqs[-1] == (await storage.head())[0] == 5 * n + 1
+
+
+async def test_a_bulk_write_that_fails_half_way_leaves_nothing(storage):
+    """A large batch whose rows are written, then one that breaks a constraint
+    (a duplicate id), or an error after the writes: all or nothing, and the
+    storage writes again afterwards."""
+
+    def rows(tx, ids):
+        out = []
+        for i in ids:
+            seq, at = tx.stamp()
+            out.append(PatientRow(i, None, "N", None, "{}", None, 1, at, 0, seq, at))
+        return out
+
+    async def duplicate(tx):
+        await tx.write_patients(rows(tx, [f"p{i}" for i in range(600)] + ["p7"]), [])
+
+    async def after_writes(tx):
+        new = rows(tx, [f"p{i}" for i in range(600)])
+        await tx.write_patients(new, [])
+        for row in new:
+            row.name, row.version = "M", 2
+            row.seq, row.updated_at = tx.stamp()
+        await tx.write_patients([], new)
+        await tx.insert_temp_ids([("dev", f"t{i}", f"p{i}", "Patient") for i in range(600)])
+        raise RuntimeError("boom")
+
+    with pytest.raises(Exception, match="(?i)unique|duplicate|p7"):
+        await storage.write(duplicate)
+    with pytest.raises(RuntimeError):
+        await storage.write(after_writes)
+    assert await storage.head() == (0, 0)
+    assert await storage.read(lambda snap: snap.list_patients(include_deleted=True, limit=None, after=0)) == []
+    assert await storage.write(lambda tx: tx.load_temp_ids("dev", {"t1"})) == {}
+    await storage.write(lambda tx: tx.write_patients(rows(tx, ["p1"]), []))
+    assert (await storage.read(lambda snap: snap.get_patient("p1")))[0] == "p1"
+
+
+async def _tombstone(tx, patient_id):
+    return await tx.tombstone_patient(await tx.fetch_patient(patient_id))
 
 
 # Snapshots and the commit signal ---------------------------------------------------

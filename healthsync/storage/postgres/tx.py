@@ -8,9 +8,10 @@ sequence; the wall clock of a stamp is the database server's
 
 Every write that changes a patient or record stamps it: a new ``seq`` and
 ``updated_at``, and ``server_version`` + 1.  Bulk loads take the ids as one
-array parameter (``= ANY(%s)``); bulk writes use ``executemany`` (psycopg
-pipelines it: one round trip, not one per row).  ``conn`` is for this
-backend's own modules only.
+array parameter (``= ANY(%s)``).  Bulk writes are one statement each, never
+a statement per row: new rows go in with ``COPY``, changed rows with one
+``UPDATE … FROM`` a temporary table or ``unnest(arrays)`` (below).  ``conn``
+is for this backend's own modules only.
 """
 
 from __future__ import annotations
@@ -25,6 +26,33 @@ from ..rows import PatientRow, RecordRow, Row
 PATIENT_COLS = "id, owner, name, dob, identifiers, fhir, server_version, updated_at, deleted"
 RECORD_COLS = "id, patient, resource_type, data, server_version, updated_at, deleted"
 
+# Bulk updates: the new values of the changed rows go in as one set of rows,
+# joined to the table by one ``UPDATE … FROM``.  A few rows come as one array
+# per column (``unnest``); many are copied into a temporary table first
+# (``COPY``): for 10,000 rows that measured about 1.7x as fast as ``unnest``
+# and 1.2x as fast as ``executemany`` (bench/README.md).  Either way a small
+# batch joins through the primary key's index.
+BULK_COPY_ROWS = 500
+
+_PATIENT_CHANGES = (
+    "id text, name text, dob text, identifiers text, fhir text, version integer, updated_at text,"
+    " deleted smallint, seq bigint"
+)
+_PATIENT_SET = (
+    "name = u.name, dob = u.dob, identifiers = u.identifiers, fhir = u.fhir, server_version = u.version,"
+    " updated_at = u.updated_at, deleted = u.deleted, seq = u.seq"
+)
+_RECORD_CHANGES = (
+    "id text, patient text, resource_type text, data text, version integer, updated_at text, deleted smallint,"
+    " seq bigint"
+)
+_RECORD_SET = (
+    "patient = u.patient, resource_type = u.resource_type, data = u.data, server_version = u.version,"
+    " updated_at = u.updated_at, deleted = u.deleted, seq = u.seq"
+)
+_TOMBSTONE_CHANGES = "id text, version integer, updated_at text, seq bigint"
+_TOMBSTONE_SET = "deleted = 1, server_version = u.version, updated_at = u.updated_at, seq = u.seq"
+
 
 class WriteTx:
     """The state of one write transaction, given to the write function."""
@@ -36,13 +64,26 @@ class WriteTx:
         self.changed = 0
         self.events: list[dict[str, Any]] = []
         self._now = now_us
+        self._second = -1  # the second of the last stamp, and its text up to the fraction
+        self._second_text = ""
 
     def stamp(self) -> tuple[int, str]:
-        """Next (seq, updated_at) for one changed row: both strictly increasing."""
+        """Next (seq, updated_at) for one changed row: both strictly increasing.
+
+        ``clock.step`` and ``clock.format_us``, inlined (as on SQLite): an
+        upload stamps 10,000 rows in a row, almost all within one second.
+        """
         self.seq += 1
-        self.last_us = clock.step(self.last_us, self._now)
+        us = self.last_us + 1
+        if us < self._now:
+            us = self._now
+        self.last_us = us
         self.changed += 1
-        return self.seq, clock.format_us(self.last_us)
+        second, micro = divmod(us, 1_000_000)
+        if second != self._second:
+            self._second = second
+            self._second_text = clock.format_us(us)[:-7]
+        return self.seq, f"{self._second_text}{micro:06d}Z"
 
     def now(self) -> str:
         """The transaction's wall-clock time (the database's), canonical."""
@@ -116,13 +157,11 @@ class WriteTx:
         return (*current[:6], version, stamp, 1), len(rows)
 
     async def tombstone_records(self, items: list[tuple[str, int]]) -> None:
-        params: list[tuple[Any, ...]] = []
+        rows: list[tuple[Any, ...]] = []
         for record_id, version in items:
             seq, stamp = self.stamp()
-            params.append((version + 1, stamp, seq, record_id))
-        await self.many(
-            "UPDATE records SET deleted = 1, server_version = %s, updated_at = %s, seq = %s WHERE id = %s", params
-        )
+            rows.append((record_id, version + 1, stamp, seq))
+        await self.update_from("records", _TOMBSTONE_CHANGES, _TOMBSTONE_SET, rows)
 
     async def insert_record(self, record_id: str, patient: str, resource_type: str, data: str) -> Row:
         seq, stamp = self.stamp()
@@ -176,44 +215,65 @@ class WriteTx:
         )
         return {r[0]: (r[1], r[2]) for r in rows}
 
+    async def copy_in(self, table: str, columns: str, rows: list[Any]) -> None:
+        """Insert ``rows`` (tuples in the order of ``columns``) with one ``COPY``:
+        the fastest bulk insert PostgreSQL has, constraints and triggers checked
+        as by ``INSERT``."""
+        if rows:
+            async with self.conn.cursor() as cur, cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                for row in rows:
+                    await copy.write_row(row)
+
+    async def update_from(self, table: str, changes: str, assignments: str, rows: list[tuple[Any, ...]]) -> None:
+        """Update the rows of ``table`` named by the first value of each of ``rows``
+        (tuples typed by ``changes``, ``"id text, name text, …"``) as ``assignments``
+        (``"name = u.name, …"``) say, in one ``UPDATE … FROM``."""
+        if not rows:
+            return
+        if len(rows) < BULK_COPY_ROWS:
+            names = ", ".join(c.split()[0] for c in changes.split(", "))
+            arrays = ", ".join(f"%s::{c.split()[1]}[]" for c in changes.split(", "))
+            await self.run(
+                f"UPDATE {table} AS t SET {assignments} FROM unnest({arrays}) AS u({names}) WHERE t.id = u.id",
+                [list(col) for col in zip(*rows, strict=True)],
+            )
+            return
+        await self.run(f"CREATE TEMP TABLE bulk_changes ({changes}) ON COMMIT DROP")
+        await self.copy_in("bulk_changes", ", ".join(c.split()[0] for c in changes.split(", ")), rows)
+        await self.run(f"UPDATE {table} AS t SET {assignments} FROM bulk_changes AS u WHERE t.id = u.id")
+        await self.run("DROP TABLE bulk_changes")
+
     async def write_patients(self, new: list[PatientRow], changed: list[PatientRow]) -> None:
-        await self.many(
-            "INSERT INTO patients (id, owner, name, dob, identifiers, fhir, server_version,"
-            " updated_at, deleted, seq, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        await self.copy_in(
+            "patients",
+            "id, owner, name, dob, identifiers, fhir, server_version, updated_at, deleted, seq, created_at",
             [(r.id, r.owner, r.name, r.dob, r.identifiers, r.fhir, r.version, r.updated_at, r.deleted, r.seq,
               r.created_at) for r in new],
         )
-        await self.many(
-            "UPDATE patients SET name = %s, dob = %s, identifiers = %s, fhir = %s, server_version = %s,"
-            " updated_at = %s, deleted = %s, seq = %s WHERE id = %s",
-            [(r.name, r.dob, r.identifiers, r.fhir, r.version, r.updated_at, r.deleted, r.seq, r.id)
-             for r in changed],
-        )
+        if changed:
+            await self.update_from("patients", _PATIENT_CHANGES, _PATIENT_SET, [
+                (r.id, r.name, r.dob, r.identifiers, r.fhir, r.version, r.updated_at, r.deleted, r.seq)
+                for r in changed])
 
     async def write_records(self, new: list[RecordRow], changed: list[RecordRow]) -> None:
-        await self.many(
-            "INSERT INTO records (id, patient, resource_type, data, server_version, updated_at,"
-            " deleted, seq, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        await self.copy_in(
+            "records",
+            "id, patient, resource_type, data, server_version, updated_at, deleted, seq, created_at",
             [(r.id, r.patient, r.resource_type, r.data, r.version, r.updated_at, r.deleted, r.seq, r.created_at)
              for r in new],
         )
-        await self.many(
-            "UPDATE records SET patient = %s, resource_type = %s, data = %s, server_version = %s,"
-            " updated_at = %s, deleted = %s, seq = %s WHERE id = %s",
-            [(r.patient, r.resource_type, r.data, r.version, r.updated_at, r.deleted, r.seq, r.id)
-             for r in changed],
-        )
+        if changed:
+            await self.update_from("records", _RECORD_CHANGES, _RECORD_SET, [
+                (r.id, r.patient, r.resource_type, r.data, r.version, r.updated_at, r.deleted, r.seq)
+                for r in changed])
 
     async def insert_temp_ids(self, rows: list[tuple[str, str, str, str]]) -> None:
-        await self.many(
-            "INSERT INTO temp_ids (device_id, client_temp_id, server_id, resource_type) VALUES (%s, %s, %s, %s)",
-            rows,
-        )
+        await self.copy_in("temp_ids", "device_id, client_temp_id, server_id, resource_type", rows)
 
     async def insert_conflicts(self, rows: list[tuple[Any, ...]]) -> None:
-        await self.many(
-            "INSERT INTO conflicts (id, batch_id, device_id, server_id, resource_type, reason, change,"
-            " server_copy, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        await self.copy_in(
+            "conflicts",
+            "id, batch_id, device_id, server_id, resource_type, reason, change, server_copy, created_at",
             rows,
         )
 
