@@ -100,7 +100,12 @@ class Context:
         if self.settings.auth_mode == "open" and not self.settings.on_loopback:
             report["warning"] = "serving patient data WITHOUT authentication on the network (--allow-open-network)"
         try:
-            free = shutil.disk_usage(self.settings.data_dir).free
+            # On PostgreSQL nothing may have made the data folder yet (only a SQLite queue
+            # lives there): the disk it will be made on is the one that counts.
+            folder = self.settings.data_dir
+            while not folder.exists() and folder.parent != folder:
+                folder = folder.parent
+            free = shutil.disk_usage(folder).free
         except OSError as exc:
             free = -1
             degraded.append(f"free disk space unknown: {exc}")

@@ -53,3 +53,14 @@ def fill_database(db_path: Path, megabytes: int) -> int:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
     return seq
+
+
+def latest_schema(backend: str) -> int:
+    """The schema version a freshly migrated database of ``backend`` reports."""
+    if backend == "postgres":
+        from healthsync.storage.postgres.schema import LATEST as PG_LATEST
+
+        return PG_LATEST
+    from healthsync.storage.sqlite.migrations import LATEST
+
+    return LATEST
