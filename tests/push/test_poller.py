@@ -26,13 +26,12 @@ from tornado.websocket import websocket_connect
 from healthsync.push.hub import Hub
 from healthsync.storage import Database
 from tests.support import ROOT
-from tests.support.servers import make_settings
 from tests.support.ws import Client
 
 
 @pytest.fixture
-def settings(data_dir):
-    return make_settings(data_dir, read_connections=32, push_poll_seconds=0.1)
+def settings(settings_with):
+    return settings_with(read_connections=32, push_poll_seconds=0.1)
 
 
 WRITER = textwrap.dedent(
@@ -41,9 +40,10 @@ WRITER = textwrap.dedent(
     sys.path.insert(0, {root!r})
     from healthsync.resources import Resources
     from healthsync.storage import Database
+    from healthsync.storage.postgres import PostgresDatabase
 
     async def main():
-        db = Database({path!r})
+        db = await (PostgresDatabase({url!r}) if {url!r} else Database({path!r})).open()
         resources = Resources(db)
         for line in sys.stdin:
             await resources.create_patient({{"name": line.strip()}})
@@ -64,7 +64,7 @@ class Writer:
     @classmethod
     async def start(cls, db_path) -> Writer:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", WRITER.format(root=str(ROOT), path=str(db_path)),
+            sys.executable, "-c", WRITER.format(root=str(ROOT), path=str(db_path), url=""),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
         return cls(proc)
 
@@ -130,6 +130,7 @@ async def test_no_change_is_announced_while_nothing_commits(tmp_path):
                 assert await hub.poll() is False, f"nothing committed since commit {n}b, yet a change"
 
 
+@pytest.mark.both_backends  # the tests above are about SQLite's data_version; this one is about push
 async def test_each_commit_by_another_process_is_pushed_promptly(app, api, http_server_client, settings):
     await api.new_patient()
     url = http_server_client.get_url("/api/sync/ws?cursor=0").replace("http://", "ws://")
@@ -137,7 +138,7 @@ async def test_each_commit_by_another_process_is_pushed_promptly(app, api, http_
     assert (await client.next())["type"] == "hello"
     await client.changes_until(1)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", WRITER.format(root=str(ROOT), path=str(settings.db_path)),
+        sys.executable, "-c", WRITER.format(root=str(ROOT), path=str(settings.db_path), url=settings.database_url),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
     assert proc.stdin is not None and proc.stdout is not None
     waits = []
