@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.servers import make_settings
+pytestmark = pytest.mark.both_backends
 
 
 @pytest.fixture
-def settings(data_dir):
-    return make_settings(data_dir, write_rate_limit=3)
+def settings(settings_with):
+    return settings_with(write_rate_limit=3)
 
 
 async def test_writes_past_the_limit_get_429(api):
