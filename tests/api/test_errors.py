@@ -21,6 +21,7 @@ def assert_error_shape(resp) -> None:
     assert b"Traceback" not in resp.body
 
 
+@pytest.mark.sqlite_only  # routing and parsing, before any storage: kept to one backend for time
 @pytest.mark.parametrize(
     "method, path, status",
     [
@@ -42,6 +43,7 @@ async def test_error_shape_everywhere(api, method, path, status):
         assert "GET" in resp.headers["Allow"]
 
 
+@pytest.mark.sqlite_only  # parsing, before any storage: kept to one backend for time
 @pytest.mark.parametrize(
     "raw, ctype, status",
     [

@@ -101,7 +101,7 @@ def test_patients_are_listed_counted_paged_and_searchable(server_process, dash):
 
 
 # Representative of the dashboard on PostgreSQL (the page sees the same API either way;
-# the rest stay on SQLite to keep Chromium's time down): live push and a conflict resolved.
+# the rest stay on SQLite to keep Chromium's time down): live push.
 @pytest.mark.both_backends
 def test_changes_posted_through_the_api_appear_without_reload(server_process, dash):
     srv = server_process()
@@ -230,7 +230,6 @@ def make_conflicts(api: Api, device: str = "tablet-3") -> tuple[dict, dict]:
     return ana, obs
 
 
-@pytest.mark.both_backends
 def test_a_conflict_is_resolved_from_the_page(server_process, dash):
     srv = server_process()
     api = Api(srv.url)

@@ -1,7 +1,8 @@
 """``python run.py`` as a real subprocess: ready line, signals, restart, settings.
 
-The tests of what is kept (a restart, the demo data) run on both backends; the rest are
-about the command line itself, the same whatever the backend, and run on SQLite only
+The demo data runs on both backends, and a restart on PostgreSQL is checked by
+test_database_url_on_postgresql_serves_migrates_makes_tokens_and_refuses_backup; the rest
+are about the command line itself, the same whatever the backend, and run on SQLite only
 (the SQLite file migrations are SQLite's own)."""
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ def test_ready_line_is_logged_at_any_log_level(server_process):
     assert server.stop() == 0
 
 
-@pytest.mark.both_backends
 def test_restart_keeps_everything(server_process, tmp_path):
     data = tmp_path / "data"
     first = server_process(data_dir=data)
