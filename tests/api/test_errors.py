@@ -7,6 +7,7 @@ import uuid
 import pytest
 
 from tests.support.databases import latest_schema
+from tests.support.http import change, upload
 from tests.support.servers import make_settings
 
 pytestmark = pytest.mark.both_backends
@@ -155,3 +156,22 @@ async def test_a_request_after_shutdown_closed_the_database_is_503_not_500(api, 
     assert resp.headers["Retry-After"] == "1"
     assert_error_shape(resp)
     assert "shutting down" in resp.json["error"]
+
+
+async def test_a_nul_character_is_stored_or_refused_never_a_500(api, backend):
+    """SQLite keeps U+0000 in text as given; PostgreSQL cannot store it: a 400 naming it there,
+    and nothing written (an upload holding one is refused whole)."""
+    created = await api.post("/api/patients/", {"name": "a\x00b"})
+    uploaded = await upload(api, [change("create", "Patient", client_temp_id="ok", payload={"name": "Fine"}),
+                                  change("create", "Patient", client_temp_id="t\x00", payload={"name": "x"})])
+    read = await api.get("/api/sync/download/?cursor=0&device_id=tab%00")
+    if backend == "sqlite":
+        assert created.status == 201 and created.json["name"] == "a\x00b"
+        assert uploaded.status == 200 and read.status == 200
+        return
+    for resp in (created, uploaded, read):
+        assert resp.status == 400, resp.body
+        assert_error_shape(resp)
+        assert "NUL character" in resp.json["error"]
+    assert (await api.get("/api/patients/")).json == []
+    assert (await api.get("/api/sync/download/?cursor=0")).json["changes"] == []
