@@ -6,8 +6,9 @@ one that did not counts one.  Compared across pooled readers, the same value
 can hide a commit and different values announce one that never happened.
 The first two tests drive the hub's poll by hand on a pool of two readers
 (handed out in turn), in sequences that failed every time while the poller
-read from the pool; the last runs the real server with 32 readers and times
-how soon each commit by another process reaches a websocket subscriber.
+read from the pool (SQLite's own, so SQLite only); the third runs the real server
+with 32 readers and times how soon each commit by another process reaches a
+websocket subscriber (on both backends).
 """
 
 from __future__ import annotations
