@@ -5,6 +5,8 @@ import helpers from there, never from another test module or from here).
   backend of the ``backend`` fixture: SQLite unless the module or test is marked
   ``both_backends`` (then it runs once on SQLite and once on PostgreSQL, on an empty
   schema of its own); ``sqlite_only`` keeps one test of such a module on SQLite.
+  ``settings_with(**overrides)`` builds settings on the same backend (a module's own
+  ``settings`` fixture uses it); ``database_url`` is the backend's setting ("" on SQLite).
 - ``app``: ``make_app(settings)``, started and shut down (the name pytest-tornasync wants).
 - ``api``: a small JSON client over ``http_server_client`` (real HTTP to the real app).
 - ``server_process``: ``python run.py`` as a subprocess on a free port.
@@ -133,10 +135,27 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def settings(data_dir: Path, backend: str, request: pytest.FixtureRequest) -> settings_mod.Settings:
-    if backend == "postgres":
-        return make_settings(data_dir, database_url=request.getfixturevalue("postgres_url"))
-    return make_settings(data_dir)
+def database_url(backend: str, request: pytest.FixtureRequest) -> str:
+    """The ``database_url`` setting of the test's backend: empty (SQLite in the data dir) or
+    the test's own PostgreSQL schema."""
+    return str(request.getfixturevalue("postgres_url")) if backend == "postgres" else ""
+
+
+@pytest.fixture
+def settings_with(data_dir: Path, database_url: str) -> Callable[..., settings_mod.Settings]:
+    """A factory: ``settings_with(**overrides)`` (optionally ``data_dir=``) gives test settings
+    on the test's backend; what a module's own ``settings`` fixture builds on."""
+
+    def make(data_dir: Path = data_dir, **overrides: Any) -> settings_mod.Settings:
+        overrides.setdefault("database_url", database_url)
+        return make_settings(data_dir, **overrides)
+
+    return make
+
+
+@pytest.fixture
+def settings(settings_with: Callable[..., settings_mod.Settings]) -> settings_mod.Settings:
+    return settings_with()
 
 
 @pytest.fixture
@@ -171,12 +190,13 @@ def ws(http_server_client: Any) -> Iterator[Callable[..., Awaitable[Client]]]:
 
 
 @pytest.fixture
-def server_process(tmp_path: Path) -> Iterator[Any]:
-    """A factory: ``server_process(*args)`` starts ``run.py``; all are stopped after."""
+def server_process(tmp_path: Path, database_url: str) -> Iterator[Any]:
+    """A factory: ``server_process(*args)`` starts ``run.py`` on the test's backend
+    (``--database-url`` on PostgreSQL); all are stopped after."""
     started: list[ServerProcess] = []
 
     def start(*args: str, data_dir: Path | None = None, env: dict[str, str] | None = None) -> ServerProcess:
-        proc = ServerProcess(data_dir or tmp_path / "data", *args, env=env).start()
+        proc = ServerProcess(data_dir or tmp_path / "data", *args, env=env, database_url=database_url).start()
         started.append(proc)
         return proc
 

@@ -70,7 +70,10 @@ def make_storage(settings: Settings, *, worker: bool = False) -> Storage:
     if settings.database_url:
         from .postgres import PostgresDatabase
 
-        return PostgresDatabase(settings.database_url, connections=2 if worker else settings.read_connections + 2)
+        # busy_timeout_ms is how long a write waits for another's lock, on either backend
+        # (PostgreSQL's lock_timeout; its 0 would mean "forever", so 1 ms at least).
+        return PostgresDatabase(settings.database_url, connections=2 if worker else settings.read_connections + 2,
+                                lock_timeout_ms=max(1, settings.busy_timeout_ms))
     if worker:
         return Database(
             settings.db_path, synchronous=settings.synchronous, readers=1, busy_timeout_ms=settings.busy_timeout_ms

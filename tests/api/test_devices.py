@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.support.http import change, upload
+
+pytestmark = pytest.mark.both_backends
 
 
 async def test_devices_view(api):

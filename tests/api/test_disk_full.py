@@ -2,7 +2,8 @@
 
 Writes answer 507 and leave nothing behind, reads and health go on (health
 ``degraded``), and once the filler is deleted the same server writes again.
-Needs root to mount the tmpfs (CI runs as root); skipped otherwise.
+Needs root to mount the tmpfs (CI runs as root); skipped otherwise.  SQLite only: the
+database file is what fills the disk here (PostgreSQL's disk is the database server's).
 """
 
 from __future__ import annotations

@@ -1,7 +1,11 @@
 """Faults of the machine, created for real: a second process holding the database's
 lock, Huey's queue file locked (a full disk: test_disk_full.py).  The client always
 gets JSON that says what to do (503/507 with ``Retry-After``), nothing is half
-written, and the server recovers by itself."""
+written, and the server recovers by itself.
+
+The write lock held by another process runs on both backends (on PostgreSQL another
+session holds the clock row); the tests of Huey's SQLite queue file and of SQLite's
+own error codes are SQLite's."""
 
 from __future__ import annotations
 
@@ -19,10 +23,11 @@ from healthsync.batches import is_transient, run_claimed_batch
 from healthsync.errors import Busy
 from healthsync.push.hub import Hub
 from healthsync.storage import Database
-from tests.support.faults import LockHolder
+from tests.support.faults import LockHolder, write_lock_holder
 from tests.support.http import assert_refused, upload_body
-from tests.support.servers import make_settings
 from tests.support.ws import ws_url
+
+pytestmark = pytest.mark.both_backends
 
 
 async def ws_messages(http_server_client: Any, query: str, count: int) -> list[dict[str, Any]]:
@@ -37,18 +42,18 @@ async def ws_messages(http_server_client: Any, query: str, count: int) -> list[d
 
 
 @pytest.fixture
-def settings(data_dir):
-    return make_settings(data_dir, busy_timeout_ms=200)
+def settings(settings_with):
+    return settings_with(busy_timeout_ms=200)
 
 
 async def test_a_write_lock_held_by_another_process_is_503_then_all_works(api, settings, http_server_client):
     p = await api.new_patient(name="Before")
     batch_id = str(uuid.uuid4())
-    with LockHolder(settings.db_path) as lock:
+    with write_lock_holder(settings) as lock:
         assert_refused(await api.post("/api/patients/", {"name": "Locked out"}), 503, "busy")
         assert_refused(await api.patch(f"/api/patients/{p['id']}/", {"name": "Locked out"}), 503, "busy")
         assert_refused(await api.post("/api/sync/upload/", upload_body(batch_id)), 503, "busy")
-        # Readers are never blocked by a writer (WAL): lists, download and a
+        # Readers are never blocked by a writer (WAL; snapshots on PostgreSQL): lists, download and a
         # websocket's catch-up go on while the lock is held.
         assert [x["name"] for x in (await api.get("/api/patients/")).json] == ["Before"]
         assert (await api.get("/api/sync/download/?cursor=0")).status == 200
@@ -67,7 +72,7 @@ async def test_the_batch_task_meets_the_lock_and_is_retried_not_failed(api, sett
     body = {**upload_body(str(uuid.uuid4())), "async": True}
     batch_id = (await api.post("/api/sync/upload/", body)).json["batch_id"]
     task_id = (await api.post(f"/api/sync/trigger/{batch_id}/")).json["task_id"]  # no consumer: run it here
-    with LockHolder(settings.db_path):
+    with write_lock_holder(settings):
         with pytest.raises(Busy) as info:
             await run_claimed_batch(settings, batch_id, task_id, final=False)
         assert is_transient(info.value)  # Huey retries it, with backoff
@@ -77,6 +82,7 @@ async def test_the_batch_task_meets_the_lock_and_is_retried_not_failed(api, sett
 
 
 @pytest.mark.slow
+@pytest.mark.sqlite_only  # Huey's SQLite file locked (on PostgreSQL too, for now: once is enough)
 async def test_a_trigger_the_queue_refuses_leaves_the_batch_pending(app, api, settings):
     body = {**upload_body(str(uuid.uuid4())), "async": True}
     batch_id = (await api.post("/api/sync/upload/", body)).json["batch_id"]
@@ -93,6 +99,7 @@ async def test_a_trigger_the_queue_refuses_leaves_the_batch_pending(app, api, se
     assert len((await api.get("/api/patients/")).json) == 3
 
 
+@pytest.mark.sqlite_only  # the hub's side, the same on both: the refusal is injected into SQLite's storage
 async def test_a_refused_catch_up_read_is_an_error_message_and_a_close_with_reason(tmp_path):
     # In WAL mode another process cannot block a read (the test above shows it),
     # so the refusal is injected at the storage boundary: what the hub must do
@@ -149,6 +156,7 @@ async def test_a_refused_catch_up_read_is_an_error_message_and_a_close_with_reas
 # Blocking calls stay off the event loop -----------------------------------------------------------
 
 
+@pytest.mark.sqlite_only  # Huey's SQLite file locked (on PostgreSQL too, for now: once is enough)
 @pytest.mark.parametrize("path", ["/api/health", "/metrics"])
 async def test_a_locked_queue_file_does_not_stall_the_server(app, api, path):
     assert app.ctx.batches.huey is not None  # Huey's file exists (created on first use), and nobody holds it open
@@ -171,6 +179,7 @@ async def test_a_locked_queue_file_does_not_stall_the_server(app, api, path):
         assert resp.json["worker"]["queue_depth"] == 0 and resp.json["status"] == "ok"
 
 
+@pytest.mark.sqlite_only  # SQLite's own error codes (PostgreSQL's: tests/storage/test_postgres.py)
 def test_sqlite_reports_the_lock_as_busy(tmp_path):
     """What the storage layer translates: the driver's code, not only its words."""
     from healthsync.storage.sqlite import machine_fault
@@ -186,3 +195,4 @@ def test_sqlite_reports_the_lock_as_busy(tmp_path):
             conn.close()
     fault = machine_fault(info.value)
     assert isinstance(fault, Busy) and fault.status == 503 and fault.retry_after == 1
+

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from tests.support.http import change, upload
+
+pytestmark = pytest.mark.both_backends
 
 
 def value(text: str, line_start: str) -> float:

@@ -14,8 +14,11 @@ import uuid
 from typing import Any
 
 import jsonschema_rs
+import pytest
 
 from healthsync.openapi import build_schema
+
+pytestmark = pytest.mark.both_backends
 
 METHODS = ("get", "post", "put", "patch", "delete")
 UNDOCUMENTED = {"/api/sync/ws", "/api/docs", "/metrics"}  # a websocket, an HTML page, Prometheus text

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import sqlite3
 import uuid
 
 import pytest
@@ -296,14 +295,11 @@ async def test_json_nested_past_the_parser_limit_is_400(api):
     assert resp.status == 400
 
 
-@pytest.mark.sqlite_only  # reads the SQLite file itself
-async def test_batch_is_stored_done(api, settings):
+async def test_batch_is_stored_done(api):
     resp = await upload(api, [change("create", "Patient", client_temp_id="a", payload={"name": "x"})])
-    conn = sqlite3.connect(settings.db_path)
-    row = conn.execute("SELECT status, change_count, device_id FROM batches WHERE id = ?",
-                       (resp.json["batch_id"],)).fetchone()
-    conn.close()
-    assert row == ("done", 1, "device123")
+    stored = (await api.get(f"/api/sync/batches/{resp.json['batch_id']}/")).json
+    assert (stored["status"], stored["change_count"], stored["device_id"]) == ("done", 1, "device123")
+    assert stored["results"] == resp.json["results"]
 
 
 async def test_record_created_and_tombstoned_in_one_batch_is_written_once_as_it_ends(api):

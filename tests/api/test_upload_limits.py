@@ -9,12 +9,13 @@ import orjson
 import pytest
 
 from tests.support.http import change, post_chunked, upload
-from tests.support.servers import make_settings
+
+pytestmark = pytest.mark.both_backends
 
 
 @pytest.fixture
-def settings(data_dir):
-    return make_settings(data_dir, max_body_bytes=64 * 1024)
+def settings(settings_with):
+    return settings_with(max_body_bytes=64 * 1024)
 
 
 async def test_huge_payload_is_413(api):

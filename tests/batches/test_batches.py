@@ -12,15 +12,23 @@ import orjson
 import pytest
 
 from healthsync.batches import claim, purge_old_batches, requeue_stale, run_claimed_batch
-from healthsync.storage import Database
+from healthsync.storage import Database, make_storage
 from healthsync.tasks import make_huey
+from tests.support.databases import execute
 from tests.support.http import patient_changes
 from tests.support.servers import make_settings
 
+# On PostgreSQL the queue is whatever make_huey gives (SQLite in the data dir for now).
+pytestmark = pytest.mark.both_backends
+
 
 @pytest.fixture
-def settings(data_dir):
-    return make_settings(data_dir, embedded_worker=True, task_retry_delay=0.2, busy_timeout_ms=200)
+def settings(settings_with):
+    return settings_with(embedded_worker=True, task_retry_delay=0.2, busy_timeout_ms=200)
+
+
+async def patient_count(db) -> int:
+    return len(await db.read(lambda snap: snap.list_patients(include_deleted=False, limit=None, after=0)))
 
 
 async def wait_status(api, batch_id: str, wanted: str, timeout: float = 30) -> dict:
@@ -108,9 +116,7 @@ async def test_client_batch_id_for_async_upload_is_idempotent(api):
 async def test_failing_batch_ends_failed_and_can_be_triggered_again(api, settings):
     resp = await api.post("/api/sync/upload/", {"device_id": "d", "changes": patient_changes(1), "async": True})
     batch_id = resp.json["batch_id"]
-    conn = sqlite3.connect(settings.db_path)
-    conn.execute("UPDATE batches SET request = '{\"device_id\": \"d\", \"changes\": 5}' WHERE id = ?", (batch_id,))
-    conn.commit()
+    execute(settings, "UPDATE batches SET request = '{\"device_id\": \"d\", \"changes\": 5}' WHERE id = ?", batch_id)
     await api.post(f"/api/sync/trigger/{batch_id}/")
     failed = await wait_status(api, batch_id, "failed")
     assert "changes" in failed["error"]
@@ -121,15 +127,14 @@ async def test_failing_batch_ends_failed_and_can_be_triggered_again(api, setting
     assert retry.status == 202
     assert retry.json == {"batch_id": batch_id, "status": "failed", "error": failed["error"]}
     # mend the stored request (as an operator could) and trigger again
-    conn.execute("UPDATE batches SET request = ? WHERE id = ?",
-                 (orjson.dumps({"device_id": "d", "changes": patient_changes(1)}).decode(), batch_id))
-    conn.commit()
-    conn.close()
+    execute(settings, "UPDATE batches SET request = ? WHERE id = ?",
+            orjson.dumps({"device_id": "d", "changes": patient_changes(1)}).decode(), batch_id)
     assert (await api.post(f"/api/sync/trigger/{batch_id}/")).status == 202
     done = await wait_status(api, batch_id, "done")
     assert done["attempts"] == 2 and len((await api.get("/api/patients/")).json) == 1
 
 
+@pytest.mark.sqlite_only  # SQLite's write lock held by another connection
 async def test_busy_database_is_retried_with_backoff(api, settings):
     resp = await api.post("/api/sync/upload/", {"device_id": "d", "changes": patient_changes(5), "async": True})
     batch_id = resp.json["batch_id"]
@@ -144,11 +149,11 @@ async def test_busy_database_is_retried_with_backoff(api, settings):
     assert len(done["results"]) == 5
 
 
-async def test_requeue_after_a_dead_worker_applies_exactly_once(tmp_path):
+async def test_requeue_after_a_dead_worker_applies_exactly_once(settings_with):
     # No consumer here: drive the claims by hand, as two workers would.
-    settings = make_settings(tmp_path / "data", batch_lease_seconds=0.2)
+    settings = settings_with(batch_lease_seconds=0.2)
     huey = make_huey(settings)
-    db = Database(settings.db_path)
+    db = await make_storage(settings).open()
     try:
         from healthsync.sync.envelope import parse_upload
         from healthsync.sync.service import SyncService
@@ -160,13 +165,13 @@ async def test_requeue_after_a_dead_worker_applies_exactly_once(tmp_path):
         assert await requeue_stale(db, huey, 60) == []  # lease not over yet
         await asyncio.sleep(0.3)
         assert await requeue_stale(db, huey, 0.2) == [batch_id]
-        new_task = (await db.fetchone("SELECT task_id FROM batches WHERE id = ?", (batch_id,)))[0]
+        new_task = (await db.get_batch(batch_id))["task_id"]
         assert new_task != dead_task
         # the stale task wakes up late: the claim is not its own, it applies nothing
         assert await run_claimed_batch(settings, batch_id, dead_task, final=True) == "skipped"
         assert await run_claimed_batch(settings, batch_id, new_task, final=True) == "done"
         assert await run_claimed_batch(settings, batch_id, new_task, final=True) == "skipped"
-        assert (await db.fetchone("SELECT count(*) FROM patients"))[0] == 50
+        assert await patient_count(db) == 50
         # retention: a done batch older than the retention is purged
         assert await purge_old_batches(db, 1) == 0
         await asyncio.sleep(0.01)
@@ -176,39 +181,38 @@ async def test_requeue_after_a_dead_worker_applies_exactly_once(tmp_path):
         huey.storage.close()
 
 
-def test_huey_task_logic_in_immediate_mode(tmp_path):
-    settings = make_settings(tmp_path / "data")
+def test_huey_task_logic_in_immediate_mode(settings_with):
+    settings = settings_with()
     huey = make_huey(settings)
     huey.immediate = True
-    db_path = settings.db_path
 
     async def store() -> str:
         from healthsync.sync.envelope import parse_upload
         from healthsync.sync.service import SyncService
 
-        db = Database(db_path)
+        db = await make_storage(settings).open()
         try:
             req = parse_upload({"device_id": "d", "changes": patient_changes(3), "async": True}, 10_000)
             _, body = await SyncService(db).upload(req)
-            await claim_without_enqueue(db, body["batch_id"], "manual-task")
+            # claimed without being queued
+            assert await db.claim_batch(body["batch_id"], "manual-task") == "d"
             return body["batch_id"]
         finally:
             await db.close()
 
-    async def claim_without_enqueue(db, batch_id, task_id):
-        async def run(tx):
-            await tx.conn.execute("UPDATE batches SET status='processing', task_id=? WHERE id=?", (task_id, batch_id))
-        await db.write(run)
+    async def status(batch_id: str) -> tuple[str, int]:
+        db = await make_storage(settings).open()
+        try:
+            return (await db.get_batch(batch_id))["status"], await patient_count(db)
+        finally:
+            await db.close()
 
     batch_id = asyncio.run(store())
     # immediate mode runs the task inline; its own id does not hold the claim
     result = threading.Thread(target=lambda: huey.apply_batch(batch_id))
     result.start()
     result.join()
-    conn = sqlite3.connect(db_path)
-    assert conn.execute("SELECT status FROM batches").fetchone()[0] == "processing"
-    assert conn.execute("SELECT count(*) FROM patients").fetchone()[0] == 0
-    conn.close()
+    assert asyncio.run(status(batch_id)) == ("processing", 0)
 
 
 async def test_task_runs_are_counted_in_metrics(api):
@@ -225,6 +229,7 @@ async def test_task_runs_are_counted_in_metrics(api):
     assert 'healthsync_task_seconds_total{task="apply_batch"}' in text
 
 
+@pytest.mark.sqlite_only  # backups of the SQLite file (VACUUM INTO); on PostgreSQL the job is a no-op, checked here
 def test_scheduled_backup_keeps_the_newest(tmp_path):
     from healthsync.tasks import scheduled_backup
 
@@ -244,6 +249,7 @@ def test_scheduled_backup_keeps_the_newest(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.sqlite_only  # SQLite's write lock held by another connection
 async def test_busy_retries_wait_longer_each_time(tmp_path):
     """A batch whose database stays locked is retried after 0.5 s, then 1 s, then 2 s
     (``task_retry_delay`` doubling), by a real consumer; it applies once the lock goes."""
@@ -299,7 +305,7 @@ async def test_busy_retries_wait_longer_each_time(tmp_path):
     assert gaps[2] > gaps[0], gaps
 
 
-async def test_requeue_by_the_worker_named_in_the_claim(tmp_path):
+async def test_requeue_by_the_worker_named_in_the_claim(settings_with):
     """A claim is given up at once when its worker is gone (a pid of this machine now
     held by another process, or another machine's worker silent too long), never when
     its worker runs, and the lease (60 s here) is not waited for."""
@@ -310,9 +316,9 @@ async def test_requeue_by_the_worker_named_in_the_claim(tmp_path):
     from healthsync.sync.envelope import parse_upload
     from healthsync.sync.service import SyncService
 
-    settings = make_settings(tmp_path / "data")
+    settings = settings_with()
     huey = make_huey(settings)
-    db = Database(settings.db_path)
+    db = await make_storage(settings).open()
     long_ago = clock.format_us(clock.now_us() - 600 * 1_000_000)
     now = clock.format_us(clock.now_us())
     claims = {
@@ -328,14 +334,15 @@ async def test_requeue_by_the_worker_named_in_the_claim(tmp_path):
             req = parse_upload({"device_id": "d", "changes": patient_changes(1, name), "async": True}, 10)
             ids[name] = (await SyncService(db).upload(req))[1]["batch_id"]
             await claim(db, huey, ids[name])
-            await db.write(lambda tx, w=worker, b=beat, i=ids[name]: tx.conn.execute(
-                "UPDATE batches SET worker = ?, heartbeat_at = ? WHERE id = ?", (w, b, i)))
+            await asyncio.to_thread(execute, settings, "UPDATE batches SET worker = ?, heartbeat_at = ? WHERE id = ?",
+                                    worker, beat, ids[name])
         requeued = await requeue_stale(db, huey, 60)
         assert sorted(requeued) == sorted([ids["pid reused"], ids["other host, silent"]])
         # the heartbeat of this process's running claims
         with batches._running(ids["alive, silent"]):
             assert await batches.heartbeat(db) == 2
-        beats = await db.fetchall("SELECT heartbeat_at FROM batches WHERE worker = ?", (batches.this_process(),))
+        beats = await asyncio.to_thread(execute, settings, "SELECT heartbeat_at FROM batches WHERE worker = ?",
+                                        batches.this_process())
         assert [b > now for (b,) in beats] == [True, True]
         assert await requeue_stale(db, huey, 60) == []
     finally:

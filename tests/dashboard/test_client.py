@@ -2,7 +2,9 @@
 
 Each test opens a page on the server's origin (the dashboard's HTML, with its
 own script stubbed out so that only the client runs) and drives the client through ``page.evaluate`` with a dynamic
-``import()`` of the module the server serves.
+``import()`` of the module the server serves.  On SQLite only, to keep Chromium's time
+down: the client sees the same API on either backend (tests/dashboard/test_dashboard.py
+runs live push in the browser on PostgreSQL too).
 """
 
 from __future__ import annotations

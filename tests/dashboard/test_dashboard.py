@@ -100,6 +100,9 @@ def test_patients_are_listed_counted_paged_and_searchable(server_process, dash):
     expect(page.locator("#patient-detail .tl-item")).to_have_count(3)
 
 
+# Representative of the dashboard on PostgreSQL (the page sees the same API either way;
+# the rest stay on SQLite to keep Chromium's time down): live push.
+@pytest.mark.both_backends
 def test_changes_posted_through_the_api_appear_without_reload(server_process, dash):
     srv = server_process()
     api = Api(srv.url)

@@ -1,4 +1,7 @@
-"""``run.py backup`` during a write load, and ``run.py restore``."""
+"""``run.py backup`` during a write load, and ``run.py restore``.
+
+SQLite only: these are copies of the SQLite file (``VACUUM INTO``); on PostgreSQL the
+commands refuse and point to ``pg_dump`` (tests/process/test_cli.py checks that)."""
 
 from __future__ import annotations
 

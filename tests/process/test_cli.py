@@ -1,4 +1,9 @@
-"""``python run.py`` as a real subprocess: ready line, signals, restart, settings."""
+"""``python run.py`` as a real subprocess: ready line, signals, restart, settings.
+
+The demo data runs on both backends, and a restart on PostgreSQL is checked by
+test_database_url_on_postgresql_serves_migrates_makes_tokens_and_refuses_backup; the rest
+are about the command line itself, the same whatever the backend, and run on SQLite only
+(the SQLite file migrations are SQLite's own)."""
 
 from __future__ import annotations
 
@@ -137,9 +142,11 @@ def test_json_access_log_names_the_token_never_patient_data(server_process):
     assert any("listening on http://" in x["message"] for x in lines)
 
 
-def test_demo_fills_a_fresh_data_dir_and_plays_live(server_process, tmp_path):
+@pytest.mark.both_backends
+def test_demo_fills_a_fresh_data_dir_and_plays_live(server_process, tmp_path, database_url):
     data = tmp_path / "demo"
-    result = run_cli("demo", "--patients", "120", "--seed", "7", "--data-dir", str(data))
+    on_backend = ["--database-url", database_url] if database_url else []
+    result = run_cli("demo", "--patients", "120", "--seed", "7", "--data-dir", str(data), *on_backend)
     assert result.returncode == 0, result.stderr
     assert "120/120 patients" in result.stderr
     server = server_process(data_dir=data)
@@ -149,7 +156,7 @@ def test_demo_fills_a_fresh_data_dir_and_plays_live(server_process, tmp_path):
     codings = {r["data"]["code"]["coding"][0]["system"] for r in records}
     assert codings == {"http://loinc.org"} and all("unit" in r["data"]["valueQuantity"] for r in records)
     played = run_cli("demo", "--patients", "0", "--live", "--url", server.url, "--seconds", "2",
-                     "--data-dir", str(data))
+                     "--data-dir", str(data), *on_backend)
     assert played.returncode == 0, played.stderr
     assert len(call("GET", server.url + "/api/devices/")[1]) >= 2  # the import and at least one tablet
 

@@ -11,16 +11,17 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import sqlite3
 import time
 import uuid
 from typing import Any
 
 import pytest
 
+from tests.support.databases import execute
 from tests.support.http import call
+from tests.support.servers import make_settings
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.both_backends]
 
 N = 3_000
 
@@ -51,8 +52,9 @@ def wait_for_line(server: Any, text: str, timeout: float = 30) -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_an_upload_in_flight_at_the_signal_completes(server_process, tmp_path, sig):
+def test_an_upload_in_flight_at_the_signal_completes(server_process, tmp_path, sig, database_url):
     data = tmp_path / "data"
+    settings = make_settings(data, database_url=database_url)
     server = server_process(data_dir=data)
     batch_id = str(uuid.uuid4())
     changes = [{"operation": "create", "resource_type": "Patient", "client_temp_id": f"t{i}",
@@ -81,11 +83,7 @@ def test_an_upload_in_flight_at_the_signal_completes(server_process, tmp_path, s
     assert "stopped" in "".join(server.log)
     assert not any("still running at shutdown" in line for line in server.log)
 
-    conn = sqlite3.connect(data / "healthsync.db")
-    try:
-        assert conn.execute("SELECT count(*) FROM patients").fetchone()[0] == N
-    finally:
-        conn.close()
+    assert execute(settings, "SELECT count(*) FROM patients")[0][0] == N
     # After a restart the batch is all there, and its retry creates nothing twice.
     again = server_process(data_dir=data)
     first, last = results[0]["server_id"], results[-1]["server_id"]
@@ -94,8 +92,4 @@ def test_an_upload_in_flight_at_the_signal_completes(server_process, tmp_path, s
     status, retry = call("POST", again.url + "/api/sync/upload/", json.loads(body))
     assert status == 200 and [r["server_id"] for r in retry["results"]] == [r["server_id"] for r in results]
     assert again.stop() == 0
-    conn = sqlite3.connect(data / "healthsync.db")
-    try:
-        assert conn.execute("SELECT count(*) FROM patients").fetchone()[0] == N
-    finally:
-        conn.close()
+    assert execute(settings, "SELECT count(*) FROM patients")[0][0] == N

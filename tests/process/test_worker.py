@@ -1,10 +1,14 @@
-"""``run.py worker`` as its own process beside ``run.py --no-worker``."""
+"""``run.py worker`` as its own process beside ``run.py --no-worker``.
+
+The tests of a worker's claims (killed mid-batch, taking over a dead worker's batch,
+its changes pushed) run on both backends; the throughput, clean-stop and 40,000-change
+kill tests run on SQLite only, to keep the suite's time down (their backend part is
+covered by the others)."""
 
 from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -13,15 +17,16 @@ import time
 import pytest
 
 from tests.support import ROOT
+from tests.support.databases import execute
 from tests.support.http import call
-from tests.support.servers import RunPy
+from tests.support.servers import RunPy, make_settings
 
 pytestmark = pytest.mark.slow
 
 
-def Worker(data_dir, env=None) -> RunPy:
-    """``run.py worker`` on ``data_dir``, started (its ready line seen)."""
-    return RunPy(data_dir, "worker", env=env).start()
+def Worker(data_dir, env=None, database_url: str = "") -> RunPy:
+    """``run.py worker`` on ``data_dir`` (and ``database_url``), started (its ready line seen)."""
+    return RunPy(data_dir, "worker", env=env, database_url=database_url).start()
 
 
 def upload_async(url: str, n: int, device: str = "tablet-7") -> str:
@@ -80,12 +85,14 @@ def test_worker_and_server_stop_cleanly(server_process, tmp_path, sig):
     assert server.stop(sig) == 0
 
 
-def test_worker_killed_mid_batch_is_finished_exactly_once(server_process, tmp_path):
+# SQLite only, for time (40,000 changes): on PostgreSQL, the kill mid-batch and the
+# exactly-once are checked by test_a_worker_killed_mid_batch_is_replaced_within_seconds_not_the_lease.
+def test_worker_killed_mid_batch_is_finished_exactly_once(server_process, tmp_path, database_url):
     data = tmp_path / "data"
     env = {"HEALTHSYNC_BATCH_LEASE_SECONDS": "1"}
     server = server_process("--no-worker", data_dir=data, env=env)
     # calibrate: how long does a 10,000-change batch take on this machine?
-    worker = Worker(data, env)
+    worker = Worker(data, env, database_url)
     started = time.monotonic()
     first = upload_async(server.url, 10_000, "calibrate")
     call("POST", f"{server.url}/api/sync/trigger/{first}/")
@@ -98,7 +105,7 @@ def test_worker_killed_mid_batch_is_finished_exactly_once(server_process, tmp_pa
         time.sleep(took * fraction)
         worker.kill()
         time.sleep(1.2)  # past the lease
-        worker = Worker(data, env)  # on start it re-queues what the dead one left
+        worker = Worker(data, env, database_url)  # on start it re-queues what the dead one left
         done = wait_done(server.url, batch_id)
         assert done["status"] == "done"
         status, patients = call("GET", f"{server.url}/api/patients/")
@@ -109,7 +116,8 @@ def test_worker_killed_mid_batch_is_finished_exactly_once(server_process, tmp_pa
     assert json.dumps(server.log).count("Traceback") == 0
 
 
-def test_changes_applied_by_a_worker_process_are_pushed(server_process, tmp_path):
+@pytest.mark.both_backends
+def test_changes_applied_by_a_worker_process_are_pushed(server_process, tmp_path, database_url):
     import asyncio
 
     import orjson
@@ -117,7 +125,7 @@ def test_changes_applied_by_a_worker_process_are_pushed(server_process, tmp_path
 
     data = tmp_path / "data"
     server = server_process("--no-worker", data_dir=data)
-    worker = Worker(data)
+    worker = Worker(data, database_url=database_url)
 
     async def run():
         conn = await websocket_connect(server.url.replace("http://", "ws://") + "/api/sync/ws?cursor=0&device_id=tab-9")
@@ -142,39 +150,37 @@ def test_changes_applied_by_a_worker_process_are_pushed(server_process, tmp_path
 # A real process that claims a batch as its worker (as a task does), then exits.
 CLAIM_AND_EXIT = textwrap.dedent(
     """
-    import sqlite3, sys
+    import sys
     from healthsync import clock
     from healthsync.batches import this_process
-    db, batch_id = sys.argv[1:]
-    conn = sqlite3.connect(db, isolation_level=None)
+    from tests.support.databases import execute
+    from tests.support.servers import make_settings
+    data, database_url, batch_id = sys.argv[1:]
     now = clock.format_us(clock.now_us())
-    conn.execute(
-        "UPDATE batches SET status = 'processing', task_id = 'lost-task', claimed_at = ?, worker = ?,"
-        " heartbeat_at = ?, attempts = attempts + 1 WHERE id = ?", (now, this_process(), now, batch_id))
-    conn.close()
+    execute(make_settings(data, database_url=database_url),
+            "UPDATE batches SET status = 'processing', task_id = 'lost-task', claimed_at = ?, worker = ?,"
+            " heartbeat_at = ?, attempts = attempts + 1 WHERE id = ?", now, this_process(), now, batch_id)
     """
 )
 
 
-def batch_row(data, batch_id: str) -> tuple:
-    conn = sqlite3.connect(f"file:{data / 'healthsync.db'}?mode=ro", uri=True)
-    try:
-        return conn.execute("SELECT status, worker, attempts FROM batches WHERE id = ?", (batch_id,)).fetchone()
-    finally:
-        conn.close()
+def batch_row(settings, batch_id: str) -> tuple:
+    return execute(settings, "SELECT status, worker, attempts FROM batches WHERE id = ?", batch_id)[0]
 
 
-def test_a_starting_worker_takes_over_at_once_a_batch_whose_worker_exited(server_process, tmp_path):
+@pytest.mark.both_backends
+def test_a_starting_worker_takes_over_at_once_a_batch_whose_worker_exited(server_process, tmp_path, database_url):
     data = tmp_path / "data"
+    settings = make_settings(data, database_url=database_url)
     env = {"HEALTHSYNC_BATCH_LEASE_SECONDS": "60"}
     server = server_process("--no-worker", data_dir=data, env=env)
     batch_id = upload_async(server.url, 50)
-    subprocess.run([sys.executable, "-c", CLAIM_AND_EXIT, str(data / "healthsync.db"), batch_id],
+    subprocess.run([sys.executable, "-c", CLAIM_AND_EXIT, str(data), database_url, batch_id],
                    cwd=ROOT, check=True)
-    status, worker, _ = batch_row(data, batch_id)
+    status, worker, _ = batch_row(settings, batch_id)
     assert status == "processing" and worker.split(":")[1].isdigit()  # held by a pid that is gone
     started = time.monotonic()
-    new = Worker(data, env)
+    new = Worker(data, env, database_url)
     done = wait_done(server.url, batch_id, timeout=20)  # the lease (60 s) would be far later
     assert done["status"] == "done" and done["attempts"] == 2
     assert time.monotonic() - started < 20
@@ -184,21 +190,23 @@ def test_a_starting_worker_takes_over_at_once_a_batch_whose_worker_exited(server
     assert new.stop() == 0
 
 
-def test_a_worker_killed_mid_batch_is_replaced_within_seconds_not_the_lease(server_process, tmp_path):
+@pytest.mark.both_backends
+def test_a_worker_killed_mid_batch_is_replaced_within_seconds_not_the_lease(server_process, tmp_path, database_url):
     data = tmp_path / "data"
+    settings = make_settings(data, database_url=database_url)
     env = {"HEALTHSYNC_BATCH_LEASE_SECONDS": "60"}
     server = server_process("--no-worker", data_dir=data, env=env)
-    worker = Worker(data, env)
+    worker = Worker(data, env, database_url)
     batch_id = upload_async(server.url, 10_000)
     call("POST", f"{server.url}/api/sync/trigger/{batch_id}/")
     deadline = time.monotonic() + 30
-    while batch_row(data, batch_id)[1] is None and time.monotonic() < deadline:
+    while batch_row(settings, batch_id)[1] is None and time.monotonic() < deadline:
         time.sleep(0.01)
     worker.kill()  # SIGKILL while it applies the batch it has named itself in
-    status, owner, _ = batch_row(data, batch_id)
+    status, owner, _ = batch_row(settings, batch_id)
     assert status == "processing" and owner is not None, "the batch finished before the kill"
     started = time.monotonic()
-    worker = Worker(data, env)  # a restart, well inside the lease
+    worker = Worker(data, env, database_url)  # a restart, well inside the lease
     done = wait_done(server.url, batch_id, timeout=20)
     assert done["status"] == "done" and len(done["results"]) == 10_000
     assert time.monotonic() - started < 20

@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 
 from tests.support.http import patient_changes
-from tests.support.servers import make_settings
+
+pytestmark = pytest.mark.both_backends
 
 
 @pytest.fixture
-def settings(data_dir):
-    return make_settings(data_dir, embedded_worker=True, push_poll_seconds=0.05)
+def settings(settings_with):
+    return settings_with(embedded_worker=True, push_poll_seconds=0.05)
 
 
 async def test_batch_event_reaches_its_device_and_dashboards_only(api, ws):

@@ -6,8 +6,9 @@ one that did not counts one.  Compared across pooled readers, the same value
 can hide a commit and different values announce one that never happened.
 The first two tests drive the hub's poll by hand on a pool of two readers
 (handed out in turn), in sequences that failed every time while the poller
-read from the pool; the last runs the real server with 32 readers and times
-how soon each commit by another process reaches a websocket subscriber.
+read from the pool (SQLite's own, so SQLite only); the third runs the real server
+with 32 readers and times how soon each commit by another process reaches a
+websocket subscriber (on both backends).
 """
 
 from __future__ import annotations
@@ -26,13 +27,12 @@ from tornado.websocket import websocket_connect
 from healthsync.push.hub import Hub
 from healthsync.storage import Database
 from tests.support import ROOT
-from tests.support.servers import make_settings
 from tests.support.ws import Client
 
 
 @pytest.fixture
-def settings(data_dir):
-    return make_settings(data_dir, read_connections=32, push_poll_seconds=0.1)
+def settings(settings_with):
+    return settings_with(read_connections=32, push_poll_seconds=0.1)
 
 
 WRITER = textwrap.dedent(
@@ -41,9 +41,10 @@ WRITER = textwrap.dedent(
     sys.path.insert(0, {root!r})
     from healthsync.resources import Resources
     from healthsync.storage import Database
+    from healthsync.storage.postgres import PostgresDatabase
 
     async def main():
-        db = Database({path!r})
+        db = await (PostgresDatabase({url!r}) if {url!r} else Database({path!r})).open()
         resources = Resources(db)
         for line in sys.stdin:
             await resources.create_patient({{"name": line.strip()}})
@@ -64,7 +65,7 @@ class Writer:
     @classmethod
     async def start(cls, db_path) -> Writer:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", WRITER.format(root=str(ROOT), path=str(db_path)),
+            sys.executable, "-c", WRITER.format(root=str(ROOT), path=str(db_path), url=""),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
         return cls(proc)
 
@@ -130,6 +131,7 @@ async def test_no_change_is_announced_while_nothing_commits(tmp_path):
                 assert await hub.poll() is False, f"nothing committed since commit {n}b, yet a change"
 
 
+@pytest.mark.both_backends  # the tests above are about SQLite's data_version; this one is about push
 async def test_each_commit_by_another_process_is_pushed_promptly(app, api, http_server_client, settings):
     await api.new_patient()
     url = http_server_client.get_url("/api/sync/ws?cursor=0").replace("http://", "ws://")
@@ -137,7 +139,7 @@ async def test_each_commit_by_another_process_is_pushed_promptly(app, api, http_
     assert (await client.next())["type"] == "hello"
     await client.changes_until(1)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", WRITER.format(root=str(ROOT), path=str(settings.db_path)),
+        sys.executable, "-c", WRITER.format(root=str(ROOT), path=str(settings.db_path), url=settings.database_url),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
     assert proc.stdin is not None and proc.stdout is not None
     waits = []

@@ -14,8 +14,10 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from tests.support import ROOT
-from tests.support.servers import make_settings
+from tests.support.databases import execute
 from tests.support.ws import Client
+
+pytestmark = pytest.mark.both_backends
 
 
 async def test_catch_up_then_live(api, ws):
@@ -135,10 +137,8 @@ async def test_refusals_before_the_upgrade_are_json(api, method, headers, status
 
 @pytest.mark.expect_error_logs
 async def test_a_fault_before_the_upgrade_is_a_json_500(app, http_server_client, settings):
-    import sqlite3
-
-    with sqlite3.connect(settings.db_path) as other:  # the schema lost its clock: every handshake fails
-        other.execute("ALTER TABLE clock RENAME TO clock_gone")
+    # the schema lost its clock: every handshake fails
+    await asyncio.to_thread(execute, settings, "ALTER TABLE clock RENAME TO clock_gone")
     url = http_server_client.get_url("/api/sync/ws?cursor=0").replace("http://", "ws://")
     with pytest.raises(HTTPClientError) as err:
         await websocket_connect(url)
@@ -207,11 +207,12 @@ async def test_guarantee_under_concurrent_writes(api, ws):
 
 
 @pytest.fixture
-def settings(data_dir):
-    return make_settings(data_dir, push_max_buffer_bytes=64 * 1024)
+def settings(settings_with):
+    return settings_with(push_max_buffer_bytes=64 * 1024)
 
 
 @pytest.mark.slow
+@pytest.mark.sqlite_only  # 24 MB through the hub's buffers, the same on both; kept to one backend for time
 async def test_slow_subscriber_does_not_hold_back_others(app, api, ws):
     hub = app.ctx.hub
     slow = await ws("cursor=0")  # connects, then stops reading
@@ -249,9 +250,10 @@ CHILD = textwrap.dedent(
     sys.path.insert(0, {root!r})
     from healthsync.resources import Resources
     from healthsync.storage import Database
+    from healthsync.storage.postgres import PostgresDatabase
 
     async def main():
-        db = Database({path!r})
+        db = await (PostgresDatabase({url!r}) if {url!r} else Database({path!r})).open()
         await Resources(db).create_patient({{"name": "from another process"}})
         await db.close()
 
@@ -264,7 +266,7 @@ async def test_changes_from_another_process_are_pushed(api, ws, settings):
     await api.new_patient()
     client = await ws("cursor=1")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", CHILD.format(root=str(ROOT), path=str(settings.db_path)))
+        sys.executable, "-c", CHILD.format(root=str(ROOT), path=str(settings.db_path), url=settings.database_url))
     assert await proc.wait() == 0
     entries = await client.changes_until(1, timeout=10)
     assert entries[0]["data"]["name"] == "from another process"

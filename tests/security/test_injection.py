@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+pytestmark = pytest.mark.both_backends
+
 ATTACKS = ["' OR '1'='1", "x'; DROP TABLE patients; --", '" OR 1=1 --', "1) UNION SELECT * FROM tokens --",
            "%27%20OR%201%3D1", "Robert'); DELETE FROM records;--"]
 

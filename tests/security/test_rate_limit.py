@@ -7,15 +7,13 @@ import psycopg
 import pytest
 
 from tests.support.http import Response
-from tests.support.servers import make_settings
 
 pytestmark = pytest.mark.both_backends
 
 
 @pytest.fixture
-def settings(data_dir, backend, request):
-    extra = {"database_url": request.getfixturevalue("postgres_url")} if backend == "postgres" else {}
-    return make_settings(data_dir, write_rate_limit=3, **extra)
+def settings(settings_with):
+    return settings_with(write_rate_limit=3)
 
 
 async def test_writes_past_the_limit_get_429(api):

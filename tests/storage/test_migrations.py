@@ -1,4 +1,6 @@
-"""Migrations: numbered, transactional, forward from older files."""
+"""Migrations: numbered, transactional, forward from older files.
+
+SQLite's own (older SQLite files); PostgreSQL's migrations: tests/storage/test_postgres.py."""
 
 from __future__ import annotations
 

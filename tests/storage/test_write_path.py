@@ -1,4 +1,8 @@
-"""The one write path: seq and updated_at, atomicity, two processes on one file."""
+"""The one write path: seq and updated_at, atomicity, two processes on one file.
+
+SQLite's write path (pragmas, WAL checkpoints, the file shared by two processes); the same
+guarantees on PostgreSQL: tests/storage/test_contract.py, test_postgres.py and
+tests/sync/test_guarantee.py."""
 
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ test module (nor from a conftest); ``tests/conftest.py`` turns some into fixture
   ``ServerProcess``, ``run_cli``).
 - ``ws``: a websocket subscriber that records what it receives (``Client``).
 - ``faults``: faults of the machine made for real (another process's lock, a full disk).
-- ``databases``: database files to start from (schema version 1, a large filled one).
+- ``databases``: database files to start from (schema version 1, a large filled one), the
+  latest schema version of a backend, and one SQL statement run straight on either backend.
 - ``postgres``: the suite's PostgreSQL (a database of the run's own, an empty schema per test).
 - ``redis``: the suite's Redis (a queue of one's own on it) and a throwaway ``redis-server``.
 - ``dashboard``: seeding a server for the browser tests over plain HTTP.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -53,3 +54,31 @@ def fill_database(db_path: Path, megabytes: int) -> int:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
     return seq
+
+
+def latest_schema(backend: str) -> int:
+    """The schema version a freshly migrated database of ``backend`` reports."""
+    if backend == "postgres":
+        from healthsync.storage.postgres.schema import LATEST as PG_LATEST
+
+        return PG_LATEST
+    from healthsync.storage.sqlite.migrations import LATEST
+
+    return LATEST
+
+
+def execute(settings: Any, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """One SQL statement (``?`` placeholders) run straight on the database ``settings`` name,
+    SQLite or PostgreSQL, committed; its rows, if any.  For what no API does: corrupting a
+    stored request, ageing a claim's heartbeat."""
+    if settings.database_url:
+        import psycopg
+
+        with psycopg.connect(settings.database_url, autocommit=True, connect_timeout=5) as pg_conn:
+            cur = pg_conn.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
+            return cur.fetchall() if cur.description else []
+    conn = sqlite3.connect(settings.db_path, isolation_level=None)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()

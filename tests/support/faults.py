@@ -1,5 +1,5 @@
-"""Faults of the machine, made for real: another process holding an SQLite file's lock,
-a full disk."""
+"""Faults of the machine, made for real: another process holding an SQLite file's lock
+(or another session holding PostgreSQL's clock row), a full disk."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 _HOLD_LOCK = """
 import sqlite3, sys
@@ -63,6 +64,37 @@ class LockHolder:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class ClockRowHolder:
+    """Another PostgreSQL session holding the clock row (``FOR UPDATE``, the lock every
+    HealthSync write takes first, in every process) until ``release()``: PostgreSQL's
+    twin of ``LockHolder``."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.conn: Any = None
+
+    def __enter__(self) -> ClockRowHolder:
+        import psycopg
+
+        self.conn = psycopg.connect(self.url, connect_timeout=5)  # not autocommit: the transaction stays open
+        self.conn.execute("SELECT seq FROM clock WHERE id = 1 FOR UPDATE")
+        return self
+
+    def release(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.rollback()
+            conn.close()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def write_lock_holder(settings: Any) -> LockHolder | ClockRowHolder:
+    """What holds the write lock of the database ``settings`` name, on its backend."""
+    return ClockRowHolder(settings.database_url) if settings.database_url else LockHolder(settings.db_path)
 
 
 def fill_disk(folder: Path) -> Path:

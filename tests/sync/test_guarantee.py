@@ -1,7 +1,7 @@
 """The download guarantee: a client following ``cursor`` or ``server_time``
 never misses a committed change, never gets one twice in a row, and sees
 every item in commit order — under concurrent writers, one of them another
-OS process writing the same file."""
+OS process writing the same file (or the same PostgreSQL database)."""
 
 from __future__ import annotations
 
@@ -14,15 +14,20 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given
+from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from healthsync.errors import NotFound
 from healthsync.resources import Resources
 from healthsync.storage import Database
+from healthsync.storage.postgres import PostgresDatabase
 from healthsync.sync import download as dl
 from tests.support import ROOT
+from tests.support import postgres as pg
+from tests.support.databases import execute
+
+pytestmark = pytest.mark.both_backends
 
 
 class Follower:
@@ -63,11 +68,12 @@ CHILD = textwrap.dedent(
     import asyncio, random, sys
     sys.path.insert(0, {root!r})
     from healthsync.storage import Database
+    from healthsync.storage.postgres import PostgresDatabase
     from healthsync.sync.envelope import parse_upload
     from healthsync.sync.service import SyncService
 
     async def main():
-        db = Database({path!r})
+        db = await (PostgresDatabase({url!r}) if {url!r} else Database({path!r})).open()
         sync = SyncService(db)
         rnd = random.Random({seed})
         mine = []
@@ -167,7 +173,8 @@ async def test_followers_see_everything_under_concurrent_writers(api, settings):
     seed = random.randrange(1 << 30)
     print("seed", seed)
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD.format(root=str(ROOT), path=str(settings.db_path), seed=seed, batches=60)]
+        [sys.executable, "-c", CHILD.format(root=str(ROOT), path=str(settings.db_path), url=settings.database_url,
+                                            seed=seed, batches=60)]
     )
     done = asyncio.Event()
     followers = [Follower("cursor"), Follower("since"), Follower("cursor")]
@@ -184,20 +191,10 @@ async def test_followers_see_everything_under_concurrent_writers(api, settings):
     done.set()
     await asyncio.gather(*readers)
     final = await final_state(api)
-    head = await settings_head(settings)
+    head = (await asyncio.to_thread(execute, settings, "SELECT seq FROM clock"))[0][0]
     assert head >= 5000, f"only {head} changes were made"
     for f in followers:
         f.check(final)
-
-
-async def settings_head(settings) -> int:
-    import sqlite3
-
-    conn = sqlite3.connect(settings.db_path)
-    try:
-        return conn.execute("SELECT seq FROM clock").fetchone()[0]
-    finally:
-        conn.close()
 
 
 # A property test of the same guarantee on the storage layer: any interleaving
@@ -215,15 +212,28 @@ ops = st.lists(
 )
 
 
-@hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(schedule=ops)
-def test_any_interleaving_of_writes_and_reads(io_loop, tmp_path_factory, schedule):
-    path = tmp_path_factory.mktemp("prop") / "h.db"
-    io_loop.run_sync(lambda: _interleaving(path, schedule))
+def test_any_interleaving_of_writes_and_reads(io_loop, tmp_path_factory, backend, request):
+    if backend == "postgres":
+        url = request.getfixturevalue("postgres_database")
+
+        def run(schedule):
+            pg.empty_schema(url)  # each example starts empty, as each SQLite file does
+            io_loop.run_sync(lambda: _interleaving(PostgresDatabase(url, connections=2), schedule))
+
+        examples = 20  # each costs a migration of an empty schema: fewer, for time
+    else:
+
+        def run(schedule):
+            path = tmp_path_factory.mktemp("prop") / "h.db"
+            io_loop.run_sync(lambda: _interleaving(Database(path), schedule))
+
+        examples = 40
+
+    given(schedule=ops)(hsettings(max_examples=examples, deadline=None)(run))()
 
 
-async def _interleaving(path, schedule) -> None:
-    db = Database(path)
+async def _interleaving(db, schedule) -> None:
+    await db.open()
     res = Resources(db)
     followers = [Follower("cursor"), Follower("since")]
     items: list[str] = []

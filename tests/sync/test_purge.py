@@ -12,6 +12,8 @@ from tornado.websocket import websocket_connect
 from healthsync.tasks import purge_tombstones
 from tests.support.ws import ws_url
 
+pytestmark = pytest.mark.both_backends
+
 
 async def test_purge_then_resync(api, app, http_server_client):
     keep = await api.new_patient(name="Keep")

@@ -14,11 +14,15 @@ from typing import Any
 
 import aiosqlite
 import orjson
+import pytest
 
 from healthsync.batches import purge_old_batches
 from healthsync.storage import Database
 from healthsync.storage.sqlite.migrations import LATEST, migrate
 from healthsync.tasks import purge_tombstones
+from tests.support.databases import execute
+
+pytestmark = pytest.mark.both_backends
 
 UPLOAD = "/api/sync/upload/"
 
@@ -27,14 +31,8 @@ def create(temp: str, payload: dict[str, Any], rtype: str = "Patient") -> dict[s
     return {"operation": "create", "resource_type": rtype, "client_temp_id": temp, "payload": payload}
 
 
-def temp_rows(db_path: Any) -> list[tuple[str, ...]]:
-    conn = sqlite3.connect(db_path)
-    try:
-        return conn.execute(
-            "SELECT device_id, client_temp_id, server_id, resource_type FROM temp_ids ORDER BY 1, 2"
-        ).fetchall()
-    finally:
-        conn.close()
+def temp_rows(settings: Any) -> list[tuple[str, ...]]:
+    return sorted(execute(settings, "SELECT device_id, client_temp_id, server_id, resource_type FROM temp_ids"))
 
 
 async def test_rows_are_there_when_the_upload_answers(api, app, settings):
@@ -44,7 +42,7 @@ async def test_rows_are_there_when_the_upload_answers(api, app, settings):
     ]})
     assert resp.status == 200
     ids = {r["client_temp_id"]: r.get("server_id") for r in resp.json["results"]}
-    assert temp_rows(settings.db_path) == sorted([("tab", "o", ids["o"], "Observation"),
+    assert temp_rows(settings) == sorted([("tab", "o", ids["o"], "Observation"),
                                                    ("tab", "p", ids["p"], "Patient")])
 
 
@@ -91,6 +89,7 @@ async def test_a_retry_after_batch_retention_finds_its_create(api, app, settings
     assert len((await api.get("/api/patients/")).json) == 1
 
 
+@pytest.mark.sqlite_only  # a migration of an older SQLite file
 async def test_the_migration_writes_the_rows_a_marked_batch_still_owes(tmp_path):
     """A server stopped between an upload's answer and its put-off rows (an older HealthSync) left
     the batch marked; the step that drops the mark writes them from its response."""
@@ -119,9 +118,10 @@ async def test_the_migration_writes_the_rows_a_marked_batch_still_owes(tmp_path)
 
     db = await Database(path, readers=1).open()
     await db.close()
-    assert temp_rows(path) == [("tab", "p", "p-id", "Patient")]
     conn2 = sqlite3.connect(path)
     try:
+        rows = conn2.execute("SELECT device_id, client_temp_id, server_id, resource_type FROM temp_ids").fetchall()
+        assert rows == [("tab", "p", "p-id", "Patient")]
         assert "temp_pending" not in {r[1] for r in conn2.execute("PRAGMA table_info(batches)")}
     finally:
         conn2.close()

@@ -23,12 +23,17 @@ so the comparison still shows which result refers to which row.
 
 from __future__ import annotations
 
+import asyncio
 import re
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
+
+from tests.support.databases import execute
+
+pytestmark = pytest.mark.both_backends
 
 UPLOAD = "/api/sync/upload/"
 EXPECTED = Path(__file__).resolve().parent.parent / "data" / "upload_outcomes.json"
@@ -126,7 +131,7 @@ PATIENT_UPDATES: list[Any] = [
 ]
 
 
-async def _scenario(api: Any, db_path: Path) -> dict[str, Any]:
+async def _scenario(api: Any, settings: Any) -> dict[str, Any]:
     norm = Normalizer()
     out: dict[str, Any] = {}
     base = []
@@ -181,14 +186,11 @@ async def _scenario(api: Any, db_path: Path) -> dict[str, Any]:
                                                                     client_updated_at="2020-01-01T00:00:00Z")]}
     resp = await api.post(UPLOAD, pending)
     out["async"] = {"status": resp.status, "body": norm(resp.json)}
-    conn = sqlite3.connect(db_path)
-    try:
-        stored = conn.execute("SELECT request FROM batches WHERE id = ?", (pending["batch_id"],)).fetchone()[0]
-        temp_ids = conn.execute(
-            "SELECT device_id, client_temp_id, resource_type FROM temp_ids ORDER BY device_id, client_temp_id"
-        ).fetchall()
-    finally:
-        conn.close()
+    stored = (await asyncio.to_thread(execute, settings, "SELECT request FROM batches WHERE id = ?",
+                                      pending["batch_id"]))[0][0]
+    # sorted here, bytewise on either backend (PostgreSQL's ORDER BY follows the database's collation)
+    temp_ids = sorted(await asyncio.to_thread(execute, settings,
+                                              "SELECT device_id, client_temp_id, resource_type FROM temp_ids"))
     out["async"]["stored_request"] = norm(stored)
     out["temp_ids"] = [list(r) for r in temp_ids]
 
@@ -213,7 +215,7 @@ async def _scenario(api: Any, db_path: Path) -> dict[str, Any]:
 
 
 async def test_upload_outcomes_are_exactly_as_pinned(api, app, settings):
-    got = orjson.loads(orjson.dumps(await _scenario(api, settings.db_path)))
+    got = orjson.loads(orjson.dumps(await _scenario(api, settings)))
     expected = orjson.loads(EXPECTED.read_bytes())
     for key in expected:
         assert got[key] == expected[key], key

@@ -47,7 +47,7 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ...errors import Busy, Conflict, HealthSyncError, StorageFull, Unreachable
+from ...errors import Busy, Conflict, HealthSyncError, Invalid, StorageFull, Unreachable
 from ..buckets import IDLE_SECONDS, retry_after
 from ..interface import (
     ApplyStored,
@@ -247,6 +247,8 @@ class PostgresDatabase:
                 if fault is not None:
                     log.warning("write not done: %s (%s)", fault.message, exc)
                     raise fault from exc
+                if _nul_in_text(exc):
+                    raise Invalid(NUL_IN_TEXT + "; nothing was changed") from exc
                 raise
             finally:
                 self._last_write = time.monotonic()
@@ -263,6 +265,8 @@ class PostgresDatabase:
                 await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 return await fn(Snapshot(conn))
         except (psycopg.Error, OSError) as exc:
+            if _nul_in_text(exc):
+                raise Invalid(NUL_IN_TEXT) from exc
             fault = machine_fault(exc)
             if fault is None:
                 raise
@@ -514,6 +518,19 @@ async def _commits(snap: Snapshot) -> int:
 _BUSY = (pgerrors.LockNotAvailable, pgerrors.SerializationFailure, pgerrors.DeadlockDetected,
          pgerrors.QueryCanceled)
 _UNREACHABLE_STATES = ("08", "57P01", "57P02", "57P03", "53300")
+
+
+#: PostgreSQL's text cannot hold U+0000 (SQLite's can): such a value is refused, never a 500.
+NUL_IN_TEXT = ("a text value contains the NUL character (\\u0000), which this server's database "
+               "(PostgreSQL) cannot store")
+
+
+def _nul_in_text(exc: BaseException) -> bool:
+    """psycopg refusing to send a str holding U+0000 (client-side, no SQLSTATE), or the
+    server refusing one (``22021`` / ``22P05``)."""
+    if not isinstance(exc, psycopg.DataError):
+        return False
+    return "NUL" in str(exc) or (getattr(exc, "sqlstate", None) in ("22021", "22P05") and "0x00" in str(exc))
 
 
 def machine_fault(exc: BaseException) -> HealthSyncError | None:
