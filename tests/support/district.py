@@ -29,7 +29,8 @@ from typing import Any
 
 import orjson
 import psycopg
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.httputil import HTTPHeaders
 from tornado.websocket import websocket_connect
 
 from tests.support.servers import RunPy, ServerProcess
@@ -93,9 +94,12 @@ async def jcall(client: AsyncHTTPClient, method: str, url: str, body: Any = None
     data = None if body is None else orjson.dumps(body)
     if data is None and method in ("POST", "PUT", "PATCH"):
         data = b""
-    resp = await client.fetch(HTTPRequest(url, method=method, body=data, headers={"Content-Type": "application/json"},
-                                          request_timeout=timeout, connect_timeout=timeout),
-                              raise_error=False)
+    request = HTTPRequest(url, method=method, body=data, headers={"Content-Type": "application/json"},
+                          request_timeout=timeout, connect_timeout=timeout)
+    try:
+        resp = await client.fetch(request, raise_error=False)
+    except (OSError, HTTPClientError) as exc:  # no answer at all: refused, cut, or timed out
+        return Reply(599, HTTPHeaders(), orjson.dumps({"error": f"no answer: {exc!r}"}))
     return Reply(resp.code, resp.headers, resp.body or b"")
 
 
