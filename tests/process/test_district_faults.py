@@ -264,7 +264,7 @@ async def test_postgresql_restarted_under_load_503s_then_recovery_with_nothing_l
         assert set(load.statuses) <= {200, 201, 503}, load.statuses
         for where, reply in load.refusals:
             assert_not_now(reply, district.urls[where])
-        assert load.slowest < 30, f"a request took {load.slowest:.1f} s: a hang"
+        assert load.slowest < 10, f"a request took {load.slowest:.1f} s: a hang (the pool waits 30 s)"
 
         # Push resumes: each websocket (open throughout) gets everything, in order, once.
         for ws in sockets:
