@@ -213,8 +213,9 @@ def own_postgres():
 
 
 @pytest.mark.expect_error_logs  # refused writes log as the servers see them
+@pytest.mark.parametrize("mode", ["fast", "immediate"])  # a clean shutdown, and a crash
 async def test_postgresql_restarted_under_load_503s_then_recovery_with_nothing_lost(
-    server_process, tmp_path, redis_queue, own_postgres
+    server_process, tmp_path, redis_queue, own_postgres, mode
 ):
     url = own_postgres.create_database()
     district = start_district(server_process, tmp_path, url, queue_flags("redis", redis_queue))
@@ -230,7 +231,7 @@ async def test_postgresql_restarted_under_load_503s_then_recovery_with_nothing_l
         await asyncio.sleep(1.5)
         assert len(load.acks.pairs) > 20, load.statuses
 
-        own_postgres.stop()
+        own_postgres.stop(mode)
         stopped = time.monotonic()
         await asyncio.sleep(3)
         for u in district.urls:
@@ -279,7 +280,8 @@ async def test_postgresql_restarted_under_load_503s_then_recovery_with_nothing_l
                 newest[sid] = version
             assert newest == rows, f"{ws}: not the database's final versions"
             assert any(s.at > back for s in ws.seen), f"{ws} got nothing after the restart"
-        print(f"PostgreSQL down {back - stopped:.1f} s: answers {load.statuses}, slowest {load.slowest:.2f} s")
+        print(f"PostgreSQL stopped ({mode}) for {back - stopped:.1f} s: answers {load.statuses},"
+              f" slowest {load.slowest:.2f} s")
         for s in district.servers:
             assert s.proc.poll() is None  # type: ignore[union-attr]  # no process had to be restarted
             assert not server_trouble(s.log), "".join(s.log)

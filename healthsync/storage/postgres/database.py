@@ -262,9 +262,10 @@ class PostgresDatabase:
         return DOWN_WAIT_S if self._down else None
 
     def _fault(self, exc: BaseException) -> HealthSyncError | None:
-        """``machine_fault(exc)``, noting an unreachable database (see ``_wait``)."""
+        """``machine_fault(exc)``, noting an unreachable database (see ``_wait``).  A pool
+        timeout alone does not say so (a pool busy under load times out too)."""
         fault = machine_fault(exc)
-        if isinstance(fault, Unreachable):
+        if isinstance(fault, Unreachable) and not isinstance(exc, PoolTimeout):
             self._down = True
         return fault
 
