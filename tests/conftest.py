@@ -14,6 +14,7 @@ import helpers from there, never from another test module or from here).
 - ``postgres_database``/``postgres_url``: a PostgreSQL database of the run's own (dropped
   at the end), with an empty schema per test.
 - ``throwaway_redis``: a ``redis-server`` of the test's own, to stop and start for real.
+- ``throwaway_postgres``: a PostgreSQL cluster of the test's own, to stop and start for real.
 - ``tmpfs``: mount a real, small file system (to fill a disk for real).
 - Any ERROR log from HealthSync or Tornado fails the test unless it is marked
   ``expect_error_logs``: a 500 can never pass unnoticed.
@@ -255,3 +256,14 @@ def throwaway_redis() -> Iterator[ThrowawayRedis]:
     server = ThrowawayRedis().start()
     yield server
     server.kill()
+
+
+@pytest.fixture
+def throwaway_postgres() -> Iterator[pg.ThrowawayPostgres]:
+    """A started PostgreSQL cluster of this test's own (removed after); skips without ``initdb``."""
+    why = pg.ThrowawayPostgres.unavailable()
+    if why is not None:
+        pytest.skip(f"cannot make a PostgreSQL of the test's own: {why}")
+    cluster = pg.ThrowawayPostgres().start()
+    yield cluster
+    cluster.destroy()

@@ -29,7 +29,6 @@ from tests.support.district import (
     wait_batch,
 )
 from tests.support.http import call
-from tests.support.postgres import ThrowawayPostgres
 from tests.support.redis import unique_queue_name
 
 pytestmark = pytest.mark.slow
@@ -202,22 +201,12 @@ async def wait_health(client, url: str, status: int, timeout: float = 30) -> dic
         await asyncio.sleep(0.1)
 
 
-@pytest.fixture
-def own_postgres():
-    why = ThrowawayPostgres.unavailable()
-    if why is not None:
-        pytest.skip(f"cannot make a PostgreSQL of the test's own: {why}")
-    cluster = ThrowawayPostgres().start()
-    yield cluster
-    cluster.destroy()
-
-
 @pytest.mark.expect_error_logs  # refused writes log as the servers see them
 @pytest.mark.parametrize("mode", ["fast", "immediate"])  # a clean shutdown, and a crash
 async def test_postgresql_restarted_under_load_503s_then_recovery_with_nothing_lost(
-    server_process, tmp_path, redis_queue, own_postgres, mode
+    server_process, tmp_path, redis_queue, throwaway_postgres, mode
 ):
-    url = own_postgres.create_database()
+    url = throwaway_postgres.create_database()
     district = start_district(server_process, tmp_path, url, queue_flags("redis", redis_queue))
     client = http_client()
     load = Load()
@@ -231,7 +220,7 @@ async def test_postgresql_restarted_under_load_503s_then_recovery_with_nothing_l
         await asyncio.sleep(1.5)
         assert len(load.acks.pairs) > 20, load.statuses
 
-        own_postgres.stop(mode)
+        throwaway_postgres.stop(mode)
         stopped = time.monotonic()
         await asyncio.sleep(3)
         for u in district.urls:
@@ -242,7 +231,7 @@ async def test_postgresql_restarted_under_load_503s_then_recovery_with_nothing_l
         during = dict(load.statuses)
         assert during.get(503, 0) >= 4, during
 
-        own_postgres.start()  # same port, same data: the processes reconnect by themselves
+        throwaway_postgres.start()  # same port, same data: the processes reconnect by themselves
         for u in district.urls:
             await wait_health(client, u, 200)
         back = time.monotonic()
