@@ -100,7 +100,12 @@ class Context:
         if self.settings.auth_mode == "open" and not self.settings.on_loopback:
             report["warning"] = "serving patient data WITHOUT authentication on the network (--allow-open-network)"
         try:
-            free = shutil.disk_usage(self.settings.data_dir).free
+            # On PostgreSQL with the queue on Redis nothing may have made data_dir: the
+            # disk it would be on (its nearest existing folder) is the one to watch.
+            where = self.settings.data_dir
+            while not where.exists() and where.parent != where:
+                where = where.parent
+            free = shutil.disk_usage(where).free
         except OSError as exc:
             free = -1
             degraded.append(f"free disk space unknown: {exc}")

@@ -26,6 +26,7 @@ from tests.support.district import (
     check_seq,
     final_state,
     http_client,
+    jcall,
     queue_flags,
     rest_writer,
     start_district,
@@ -52,6 +53,11 @@ def district(server_process, tmp_path, postgres_url, queue):
     d = start_district(server_process, tmp_path, postgres_url, queue)
     yield d
     assert d.worker.stop() == 0, "".join(d.worker.log)
+
+
+def queue_kind(district) -> str:
+    """The queue backend /api/health should name for the district's flags."""
+    return "redis" if "--queue-url" in district.servers[0].args else "postgres"
 
 
 def push_delays(acks: Acks, ws: WsFollower) -> list[float]:
@@ -102,6 +108,11 @@ async def test_writers_and_followers_on_two_processes_see_one_gap_free_history(d
         for f in followers:
             f.final_head = head
         await asyncio.gather(*following)
+        for url in district.urls:  # each names the one database and the one queue
+            health = (await jcall(client, "GET", f"{url}/api/health")).json
+            assert health["status"] == "ok", health
+            assert health["database"]["backend"] == "postgres" and health["database"]["head"] == head
+            assert health["queue"]["ok"] is True and health["queue"]["backend"] == queue_kind(district), health
     finally:
         for ws in sockets:
             ws.close()
