@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import sys
+from datetime import datetime
 
 import pytest
 
@@ -61,21 +62,17 @@ def queue_kind(district) -> str:
 
 
 def push_delays(acks: Acks, ws: WsFollower) -> list[float]:
-    """For each write another process acknowledged (by answering it, not in the
-    background), how long after its request went out ``ws`` got it (or a later version
-    of its item): an upper bound of the delay from commit to push."""
-    first: dict[tuple[str, int], float] = {}
-    for s in ws.seen:
-        first[(s.sid, s.version)] = s.at
-    by_item: dict[str, list[tuple[int, float]]] = {}
-    for (sid, version), at in first.items():
-        by_item.setdefault(sid, []).append((version, at))
+    """For each change ``ws`` got that another process wrote (answering it, not in the
+    background), how long after its commit stamp (``updated_at``: the database's clock,
+    read when the write took the clock row, just before it commits) it arrived here.
+    The database runs on this machine, so the clocks are the same one."""
     delays = []
-    for (sid, version), ack in acks.pairs.items():
-        if ack.where == ws.where or (sid, version) in acks.background:
+    for s in ws.seen:
+        ack = acks.pairs[(s.sid, s.version)]
+        if ack.where == ws.where or (s.sid, s.version) in acks.background:
             continue
-        arrived = min(at for v, at in by_item[sid] if v >= version)
-        delays.append(arrived - ack.sent)
+        stamp = datetime.fromisoformat(s.updated_at.replace("Z", "+00:00")).timestamp()
+        delays.append(s.wall - stamp)
     return delays
 
 
@@ -125,8 +122,8 @@ async def test_writers_and_followers_on_two_processes_see_one_gap_free_history(d
     for ws in sockets:
         assert all(x < y for x, y in zip(ws.cursors, ws.cursors[1:], strict=False)), f"{ws}: cursor not increasing"
         delays = push_delays(acks, ws)
-        assert len(delays) > 300
-        print(f"{ws}: {len(delays)} writes of the other process pushed in median {statistics.median(delays):.3f} s,"
-              f" max {max(delays):.3f} s", file=sys.stderr)
+        assert len(delays) > 250
+        print(f"{ws}: {len(delays)} changes written through the other process pushed in median"
+              f" {statistics.median(delays):.3f} s, max {max(delays):.3f} s", file=sys.stderr)
         late = sorted(d for d in delays if d > PUSH_WITHIN_SECONDS)
         assert not late, f"{ws}: {len(late)} of {len(delays)} changes pushed after more than a second: {late[-5:]}"

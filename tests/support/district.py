@@ -222,6 +222,7 @@ class Seen:
     version: int
     updated_at: str
     at: float  # time.monotonic() when it arrived
+    wall: float  # time.time() when it arrived (to compare with updated_at, the database's clock)
     seq: int | None = None  # known to a cursor follower reading one entry a page
     entry: dict[str, Any] | None = None
 
@@ -244,9 +245,9 @@ class Follower:
         return self.final_head is not None and self.reached >= self.final_head
 
     def record(self, entries: list[dict[str, Any]], seq: int | None = None) -> None:
-        now = time.monotonic()
+        now, wall = time.monotonic(), time.time()
         for e in entries:
-            self.seen.append(Seen(e["server_id"], e["server_version"], e["updated_at"], now, seq, e))
+            self.seen.append(Seen(e["server_id"], e["server_version"], e["updated_at"], now, wall, seq, e))
 
 
 class CursorFollower(Follower):
