@@ -44,7 +44,7 @@ from settings import Settings
 
 from . import clock
 from .auth import OPEN, Principal, require_device
-from .errors import Busy, NotFound, QueueUnavailable, StorageFull
+from .errors import Busy, NotFound, QueueUnavailable, StorageFull, Unreachable
 from .storage import Claim, Storage, WriteTx, make_storage
 from .sync.apply import apply_upload
 from .sync.envelope import parse_upload
@@ -176,8 +176,9 @@ async def purge_old_batches(db: Storage, retention_days: float) -> int:
 
 def is_transient(exc: BaseException) -> bool:
     """Errors worth retrying: the database was busy or locked by another writer,
-    or its disk was full (an operator may free space before the last retry)."""
-    return isinstance(exc, (Busy, StorageFull))
+    its disk was full (an operator may free space before the last retry), or its
+    server could not be reached (PostgreSQL restarting)."""
+    return isinstance(exc, (Busy, StorageFull, Unreachable))
 
 
 async def _apply_stored(tx: WriteTx, request: str, batch_id: str) -> dict[str, Any]:
@@ -187,11 +188,13 @@ async def _apply_stored(tx: WriteTx, request: str, batch_id: str) -> dict[str, A
 
 async def run_claimed_batch(settings: Settings, batch_id: str, task_id: str, *, final: bool) -> str:
     """Apply a batch this task has claimed, on a storage of its own:
-    'done', 'skipped' or 'failed'.
+    'done', 'skipped', 'failed' or 'unreachable'.
 
     A transient error is raised while retries remain (Huey retries with
     backoff); any other error, or the last transient one, ends the batch
-    ``failed`` with the error, and it can be triggered again.
+    ``failed`` with the error, and it can be triggered again; except a
+    database still unreachable at the last retry, which cannot record that:
+    the batch stays ``processing`` and its lease re-queues it.
     """
     db = make_storage(settings, worker=True)
     try:
@@ -208,6 +211,11 @@ async def run_claimed_batch(settings: Settings, batch_id: str, task_id: str, *, 
             if is_transient(exc) and not final:
                 log.warning("batch %s: %s; will retry", batch_id, exc)
                 raise
+            if isinstance(exc, Unreachable):
+                # Nothing can be recorded while the database is away: the claim stays, and
+                # the batch is re-queued once its lease is over (requeue_stale), never lost.
+                log.warning("batch %s: %s; left processing until its lease is over", batch_id, exc)
+                return "unreachable"
             error = f"{type(exc).__name__}: {exc}"
             log.error("batch %s failed: %s", batch_id, error)
             await db.fail_batch(batch_id, task_id, error)

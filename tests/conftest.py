@@ -4,7 +4,7 @@ import helpers from there, never from another test module or from here).
 - ``settings``: open mode on loopback, data in ``tmp_path``; no environment leaks in.  On the
   backend of the ``backend`` fixture: SQLite unless the module or test is marked
   ``both_backends`` (then it runs once on SQLite and once on PostgreSQL, on an empty
-  schema of its own); ``sqlite_only`` keeps one test of such a module on SQLite.
+  schema of its own); ``sqlite_only`` keeps one test of such a module on SQLite, ``postgres_only`` on PostgreSQL.
   ``settings_with(**overrides)`` builds settings on the same backend (a module's own
   ``settings`` fixture uses it); ``database_url`` is the backend's setting ("" on SQLite).
 - ``app``: ``make_app(settings)``, started and shut down (the name pytest-tornasync wants).
@@ -16,6 +16,7 @@ import helpers from there, never from another test module or from here).
 - ``postgres_database``/``postgres_url``: a PostgreSQL database of the run's own (dropped
   at the end), with an empty schema per test.
 - ``throwaway_redis``: a ``redis-server`` of the test's own, to stop and start for real.
+- ``throwaway_postgres``: a PostgreSQL cluster of the test's own, to stop and start for real.
 - ``tmpfs``: mount a real, small file system (to fill a disk for real).
 - Any ERROR log from HealthSync or Tornado fails the test unless it is marked
   ``expect_error_logs``: a 500 can never pass unnoticed.
@@ -57,6 +58,7 @@ def pytest_configure(config: Any) -> None:
     config.addinivalue_line("markers", "expect_error_logs: the test expects ERROR logs")
     config.addinivalue_line("markers", "both_backends: run the test on SQLite and on PostgreSQL")
     config.addinivalue_line("markers", "sqlite_only: in a both_backends module, this test runs on SQLite only")
+    config.addinivalue_line("markers", "postgres_only: in a both_backends module, this test runs on PostgreSQL only")
 
 
 BACKENDS = ("sqlite", "postgres")
@@ -68,7 +70,7 @@ def pytest_generate_tests(metafunc: Any) -> None:
     names |= {m.name for m in (module_marks if isinstance(module_marks, list) else [module_marks])}
     if "both_backends" not in names:
         return
-    backends = ["sqlite"] if "sqlite_only" in names else list(BACKENDS)
+    backends = ["sqlite"] if "sqlite_only" in names else ["postgres"] if "postgres_only" in names else list(BACKENDS)
     if "backend" not in metafunc.fixturenames:
         # ``api`` reaches ``app`` and ``settings`` only at run time (pytest-tornasync)
         metafunc.fixturenames.append("backend")
@@ -275,3 +277,14 @@ def throwaway_redis() -> Iterator[ThrowawayRedis]:
     server = ThrowawayRedis().start()
     yield server
     server.kill()
+
+
+@pytest.fixture
+def throwaway_postgres() -> Iterator[pg.ThrowawayPostgres]:
+    """A started PostgreSQL cluster of this test's own (removed after); skips without ``initdb``."""
+    why = pg.ThrowawayPostgres.unavailable()
+    if why is not None:
+        pytest.skip(f"cannot make a PostgreSQL of the test's own: {why}")
+    cluster = pg.ThrowawayPostgres().start()
+    yield cluster
+    cluster.destroy()

@@ -2,7 +2,8 @@
 # Install what the tests need and run them: the one test command of the README.
 #   bash tests/run.sh [pytest args…]
 # Makes .venv (if missing), installs requirements.txt, installs Chromium (for the
-# browser tests in tests/dashboard/) when /usr/bin/chromium is missing, makes sure a
+# browser tests in tests/dashboard/) when /usr/bin/chromium is missing, and nginx (the
+# district's proxy example, tests/process/test_deploy.py) when missing, makes sure a
 # Redis answers (the queue tests): the one on 127.0.0.1:6379, or else a throwaway
 # redis-server on a free port (installed with apt-get if missing, stopped at exit,
 # its URL exported as HEALTHSYNC_TEST_REDIS_URL), makes sure a PostgreSQL answers (the
@@ -157,29 +158,28 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ensure_chromium() {
-    [ -x "$CHROMIUM" ] && return 0
+# ensure_package PATH PACKAGE: install Debian's PACKAGE with apt-get when PATH is missing
+# (Chromium for the browser tests, nginx for the district's proxy example).
+ensure_package() {
+    local path=$1 package=$2
+    [ -x "$path" ] && return 0
     if ! command -v apt-get >/dev/null 2>&1; then
-        echo "tests/run.sh: $CHROMIUM is missing and apt-get is not available; install Chromium at $CHROMIUM" >&2
+        echo "tests/run.sh: $path is missing and apt-get is not available; install $package" >&2
         return 1
     fi
-    local sudo=""
-    if [ "$(id -u)" -ne 0 ]; then
-        if ! command -v sudo >/dev/null 2>&1; then
-            echo "tests/run.sh: installing Chromium needs root or sudo" >&2
-            return 1
-        fi
-        sudo=sudo
+    echo "tests/run.sh: $path is missing: installing $package with apt-get" >&2
+    if ! { as_root apt-get update -qq &&
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package"; }; then
+        echo "tests/run.sh: installing $package needs root or sudo; install it by hand" >&2
+        return 1
     fi
-    echo "tests/run.sh: $CHROMIUM is missing: installing chromium with apt-get" >&2
-    $sudo apt-get update -qq
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
-    if [ ! -x "$CHROMIUM" ]; then
-        echo "tests/run.sh: apt-get installed chromium but $CHROMIUM is still missing" >&2
+    if [ ! -x "$path" ]; then
+        echo "tests/run.sh: apt-get installed $package but $path is still missing" >&2
         return 1
     fi
 }
-ensure_chromium
+ensure_package "$CHROMIUM" chromium
+ensure_package /usr/sbin/nginx nginx-light
 ensure_redis
 ensure_postgres
 if [ ! -x .venv/bin/python ]; then

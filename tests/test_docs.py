@@ -38,7 +38,7 @@ def test_every_cli_flag_is_in_the_readme():
 # What the README shows ----------------------------------------------------------------------------
 
 #: Top-level folders of the repository: a path starting with one of them names a file of ours.
-REPO_DIRS = ("bench/", "healthsync/", "static/", "tests/", ".ci/")
+REPO_DIRS = ("bench/", "deploy/", "healthsync/", "static/", "tests/", ".ci/")
 
 
 def code_blocks(text: str) -> list[tuple[str, list[str]]]:

@@ -25,9 +25,8 @@ async def test_writes_past_the_limit_get_429(api):
     assert len((await api.get("/api/patients/")).json) == 3  # reads are not limited
 
 
-async def test_a_database_that_cannot_be_asked_is_503_not_500(app, api, backend, settings):
-    if backend != "postgres":
-        pytest.skip("SQLite's buckets are in memory: there is nothing to be unreachable")
+@pytest.mark.postgres_only  # SQLite's buckets are in memory: there is nothing to be unreachable
+async def test_a_database_that_cannot_be_asked_is_503_not_500(app, api, settings):
     # Nothing else may touch the database meanwhile: the hub (its poller and
     # listener) stops, and no request has run yet (no audit write pending).
     await app.ctx.hub.close()

@@ -61,3 +61,37 @@ async def test_a_newer_schema_is_refused(postgres_url):
         await conn.execute("UPDATE schema_version SET version = %s", (LATEST + 1,))
     with pytest.raises(SchemaTooNew):
         await PostgresDatabase(postgres_url).open()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+async def test_a_stopped_server_is_unreachable_at_once_and_the_pool_is_back_when_it_is(mode, throwaway_postgres):
+    """Reads and writes while PostgreSQL is stopped fail as ``Unreachable`` within about a
+    second (not after the pool's 30 s wait), and succeed again soon after it is back."""
+    cluster = throwaway_postgres
+    db = await PostgresDatabase(cluster.create_database()).open()
+
+    async def stamp(tx):
+        return tx.stamp()
+
+    try:
+        assert (await db.write(stamp))[0] == 1
+        cluster.stop(mode)
+        loop = asyncio.get_running_loop()
+        for attempt in range(4):
+            started = loop.time()
+            with pytest.raises(Unreachable):
+                await (db.head() if attempt % 2 else db.write(stamp))
+            assert loop.time() - started < 10  # the pool would wait 30 s
+        cluster.start()
+        deadline = loop.time() + 30
+        while True:
+            try:
+                assert (await db.write(stamp))[0] == 2  # nothing refused was written
+                break
+            except Unreachable:
+                assert loop.time() < deadline, "the pool did not reconnect"
+                await asyncio.sleep(0.2)
+        assert (await db.head())[0] == 2
+    finally:
+        await db.close()

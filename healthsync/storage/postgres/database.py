@@ -28,7 +28,11 @@ stuck writer cannot stop the site.
 - **Faults**: a lock held past ``lock_timeout``, a serialization failure or a
   deadlock is ``errors.Busy``; a database that cannot be reached (refused,
   dropped connection, shut down, pool timeout) ``errors.Unreachable``; a full
-  disk ``errors.StorageFull``, each logged as one warning.
+  disk ``errors.StorageFull``, each logged as one warning.  Once the database
+  was found unreachable, a request waits at most ``DOWN_WAIT_S`` for a pooled
+  connection (a 503 at once, not a request hanging for the pool's 30 s) until
+  one succeeds again; the pool retries connecting with a backoff bounded by
+  ``RECONNECT_TIMEOUT_S``, so it is back soon after the database is.
 
 ``make_storage`` chooses it when the ``database_url`` setting names a PostgreSQL.
 """
@@ -72,6 +76,11 @@ T = TypeVar("T")
 LOCK_TIMEOUT_MS = 10_000
 IDLE_IN_TRANSACTION_MS = 60_000
 CONNECT_TIMEOUT_S = 5
+#: How long a request waits for a pooled connection while the database is known to be down.
+DOWN_WAIT_S = 1.0
+#: The pool's reconnection attempts back off (1, 2, 4… s) for at most this long, then start over
+#: when a request asks: bounds how long after the database's return the pool is back.
+RECONNECT_TIMEOUT_S = 10.0
 
 _CLOCK_LOCK = (
     "SELECT seq, last_us, floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
@@ -142,6 +151,8 @@ class PostgresDatabase:
         self._last_write = time.monotonic()
         self._listener: Listener | None = None
         self._buckets_swept = time.monotonic()
+        #: the last read or write found the database unreachable (see ``DOWN_WAIT_S``)
+        self._down = False
 
     def __repr__(self) -> str:
         return f"PostgresDatabase({_redacted(self.url)})"
@@ -176,6 +187,7 @@ class PostgresDatabase:
                     max_size=self.connections,
                     open=False,
                     timeout=30,
+                    reconnect_timeout=RECONNECT_TIMEOUT_S,
                     kwargs={"autocommit": True, "options": self._options(), "connect_timeout": CONNECT_TIMEOUT_S},
                 )
                 await pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 2)
@@ -235,7 +247,7 @@ class PostgresDatabase:
             if pool is None:
                 raise DatabaseClosed(repr(self))
             try:
-                async with pool.connection() as conn, conn.transaction():
+                async with pool.connection(self._wait()) as conn, conn.transaction():
                     cur = await conn.execute(_CLOCK_LOCK)
                     row = await cur.fetchone()
                     assert row is not None
@@ -243,7 +255,7 @@ class PostgresDatabase:
                     result = await fn(tx)
                     await conn.execute(_CLOCK_WRITE, (tx.seq, tx.last_us))
             except BaseException as exc:
-                fault = machine_fault(exc)
+                fault = self._fault(exc)
                 if fault is not None:
                     log.warning("write not done: %s (%s)", fault.message, exc)
                     raise fault from exc
@@ -252,6 +264,7 @@ class PostgresDatabase:
                 raise
             finally:
                 self._last_write = time.monotonic()
+            self._down = False
         call_commit_hooks(self._hooks, CommitInfo(tx.seq, tx.last_us, tx.changed, tx.events))
         return result
 
@@ -261,17 +274,32 @@ class PostgresDatabase:
         """Run ``fn(snapshot)`` in one ``REPEATABLE READ READ ONLY`` transaction."""
         pool = await self._ready()
         try:
-            async with pool.connection() as conn, conn.transaction():
+            async with pool.connection(self._wait()) as conn, conn.transaction():
                 await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                return await fn(Snapshot(conn))
+                result = await fn(Snapshot(conn))
         except (psycopg.Error, OSError) as exc:
             if _nul_in_text(exc):
                 raise Invalid(NUL_IN_TEXT) from exc
-            fault = machine_fault(exc)
+            fault = self._fault(exc)
             if fault is None:
                 raise
             log.warning("read not done: %s (%s)", fault.message, exc)
             raise fault from exc
+        self._down = False
+        return result
+
+    def _wait(self) -> float | None:
+        """How long to wait for a pooled connection: the pool's own timeout, or only
+        ``DOWN_WAIT_S`` while the database is known to be unreachable."""
+        return DOWN_WAIT_S if self._down else None
+
+    def _fault(self, exc: BaseException) -> HealthSyncError | None:
+        """``machine_fault(exc)``, noting an unreachable database (see ``_wait``).  A pool
+        timeout alone does not say so (a pool busy under load times out too)."""
+        fault = machine_fault(exc)
+        if isinstance(fault, Unreachable) and not isinstance(exc, PoolTimeout):
+            self._down = True
+        return fault
 
     async def commit_signal(self) -> int:
         """The clock row's commit counter: it changes whenever any process commits."""
