@@ -42,6 +42,12 @@ class Settings(BaseModel):
     allow_open_network: bool = Field(
         False, description="Let --auth open serve on a non-loopback address (loudly logged)."
     )
+    trust_proxy_headers: bool = Field(
+        False,
+        description="Behind a reverse proxy (nginx): take a client's address from X-Real-Ip / "
+        "X-Forwarded-For, for the access log, the audit trail and the per-address rate limit. "
+        "Only when the server listens where nothing but the proxy reaches it.",
+    )
     cors_origins: list[str] = Field(
         default_factory=list,
         description="Origins allowed by CORS and the websocket, comma separated; '*' in a "

@@ -116,6 +116,12 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="let --auth open serve on a non-loopback address (logged loudly)",
     )
+    parser.add_argument(
+        "--trust-proxy-headers",
+        action="store_true",
+        default=None,
+        help="take clients' addresses from X-Real-Ip / X-Forwarded-For (only behind a proxy)",
+    )
     parser.add_argument("--synchronous", choices=["FULL", "NORMAL"], help="SQLite synchronous pragma")
     parser.add_argument(
         "--no-worker",
@@ -392,7 +398,9 @@ async def serve(settings: Settings) -> int:
     # GC from walking it again on every collection during large uploads.
     gc.collect()
     gc.freeze()
-    server = HTTPServer(app, max_body_size=tornado_body_limit(settings.max_body_bytes))
+    server = HTTPServer(
+        app, max_body_size=tornado_body_limit(settings.max_body_bytes), xheaders=settings.trust_proxy_headers
+    )
     try:
         sockets = bind_sockets(settings.port, settings.host)
     except OSError as exc:

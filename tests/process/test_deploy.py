@@ -200,3 +200,30 @@ async def test_the_nginx_example_passes_uploads_websockets_and_healthsyncs_413(
     finally:
         conn.close()
         client.close()
+
+
+# Behind the proxy: the devices' addresses -------------------------------------------------
+
+
+def access_ips(server) -> list[str]:
+    lines = [orjson.loads(line) for line in "".join(server.log).splitlines() if line.startswith("{")]
+    access = [x for x in lines if x.get("logger") == "healthsync.access"]
+    return [x["remote_ip"] for x in access if x.get("path") == "/api/patients/"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trusted", [True, False], ids=["trust_proxy_headers", "default"])
+def test_the_devices_address_comes_from_the_proxy_only_when_trusted(server_process, trusted):
+    import urllib.request
+
+    flags = ["--log-format", "json"] + (["--trust-proxy-headers"] if trusted else [])
+    server = server_process(*flags)
+    request = urllib.request.Request(
+        server.url + "/api/patients/", headers={"X-Forwarded-For": "198.51.100.9, 203.0.113.7"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        assert resp.status == 200
+    assert server.stop() == 0
+    # Tornado takes the last address of X-Forwarded-For: the one nginx added (a device's own
+    # header cannot put another address there); without the setting the header is ignored.
+    assert access_ips(server) == (["203.0.113.7"] if trusted else ["127.0.0.1"])
