@@ -71,7 +71,8 @@ class HealthSyncApp(tornado.web.Application):
         """Wait (up to ``timeout``) for in-flight requests to finish."""
         if self.ctx.inflight:
             try:
-                await asyncio.wait_for(self.ctx.idle.wait(), timeout)
+                async with asyncio.timeout(timeout):  # (not wait_for: it may swallow a cancel on 3.11)
+                    await self.ctx.idle.wait()
             except TimeoutError:
                 log.warning("%d requests still running at shutdown", self.ctx.inflight)
 

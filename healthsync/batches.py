@@ -39,6 +39,7 @@ from typing import Any
 import orjson
 from huey import Huey
 from huey.api import Task
+from huey.storage import RedisStorage
 
 from settings import Settings
 
@@ -77,7 +78,7 @@ class BatchService:
         """Close the queue's connection, if it was opened (blocking: off the loop)."""
         huey, self._huey = self._huey, None
         if huey is not None:
-            huey.storage.close()
+            close_queue(huey)
 
     async def trigger(self, batch_id: str, principal: Principal = OPEN) -> str:
         """Claim the batch and enqueue its task; the task id.
@@ -311,3 +312,11 @@ async def heartbeat(db: Storage) -> int:
         if not _running_batches:
             return 0
     return await db.heartbeat_batches(this_process())
+
+
+def close_queue(huey: Huey) -> None:
+    """Let go of the queue's connections (blocking): Huey's storage closes what it
+    holds, and a Redis queue's connection pool, which Huey's Redis storage leaves open."""
+    huey.storage.close()
+    if isinstance(huey.storage, RedisStorage):
+        huey.storage.conn.connection_pool.disconnect()

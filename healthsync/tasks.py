@@ -39,7 +39,7 @@ from huey.signals import SIGNAL_COMPLETE, SIGNAL_ERROR, SIGNAL_EXECUTING
 from settings import Settings
 
 from . import clock
-from .batches import HEARTBEAT_SECONDS, heartbeat, purge_old_batches, requeue_stale, run_claimed_batch
+from .batches import HEARTBEAT_SECONDS, close_queue, heartbeat, purge_old_batches, requeue_stale, run_claimed_batch
 from .errors import HealthSyncError
 from .redact import redact_url
 from .storage import Storage, make_storage
@@ -474,7 +474,7 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
         pass
     log.info("worker stopping")
     worker.stop()
-    huey.storage.close()
+    close_queue(huey)
     log.info("worker stopped")
     return 0
 

@@ -288,3 +288,21 @@ def throwaway_postgres() -> Iterator[pg.ThrowawayPostgres]:
     cluster = pg.ThrowawayPostgres().start()
     yield cluster
     cluster.destroy()
+
+
+@pytest.fixture
+def make_queue() -> Iterator[Any]:
+    """A factory: ``make_queue(settings)`` is ``make_huey(settings)``, its connections
+    closed after the test (a Redis pool left open is a socket left to the GC)."""
+    from healthsync.batches import close_queue
+    from healthsync.tasks import make_huey
+
+    made: list[Any] = []
+
+    def make(settings: Any) -> Any:
+        made.append(make_huey(settings))
+        return made[-1]
+
+    yield make
+    for huey in made:
+        close_queue(huey)

@@ -204,8 +204,12 @@ class Hub:
                 await asyncio.sleep(LISTEN_MIN_GAP)
             else:
                 interval = self.poll_seconds
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that
+            # arrives as the event is set (a commit signal during shutdown), and this loop
+            # would then never end.
             try:
-                await asyncio.wait_for(self._poke.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self._poke.wait()
             except TimeoutError:
                 pass
 

@@ -12,7 +12,7 @@ import pytest
 
 import settings as settings_mod
 from healthsync.redact import redact_url
-from healthsync.tasks import make_huey, once_per_site, queue_info
+from healthsync.tasks import once_per_site, queue_info
 from tests.support.http import call, patient_changes
 from tests.support.redis import queue_keys
 from tests.support.servers import RunPy, make_settings, run_cli
@@ -135,9 +135,9 @@ def test_the_queue_url_is_shown_without_its_password(tmp_path):
     assert a.startswith("healthsync-") and a != b
 
 
-def test_a_periodic_job_runs_once_per_period_whatever_the_consumers(tmp_path, redis_queue):
+def test_a_periodic_job_runs_once_per_period_whatever_the_consumers(tmp_path, redis_queue, make_queue):
     # two processes' queues on one Redis queue name: what one runs, the other skips
-    first, second = (make_huey(make_settings(tmp_path / d, **redis_queue)) for d in ("a", "b"))
+    first, second = (make_queue(make_settings(tmp_path / d, **redis_queue)) for d in ("a", "b"))
     runs: list[str] = []
     assert once_per_site(first, "job", "2026-01-01T00:00", lambda: runs.append("first") or 1) == 1
     assert once_per_site(second, "job", "2026-01-01T00:00", lambda: runs.append("second") or 2) is None
@@ -151,19 +151,19 @@ def test_a_periodic_job_runs_once_per_period_whatever_the_consumers(tmp_path, re
     first.put("healthsync.lock.job", time.time() - 7200)
     assert once_per_site(second, "job", "2026-01-01T00:03", lambda: "ran") == "ran"
     # the registered job is the guarded one (and the SQLite queue has the same guard)
-    local = make_huey(make_settings(tmp_path / "c"))
+    local = make_queue(make_settings(tmp_path / "c"))
     local.maintenance.call_local()
     assert local.get("healthsync.last.maintenance", peek=True) is not None
 
 
-async def test_a_stale_claim_met_by_a_stopped_redis_is_requeued_after_its_lease(tmp_path, throwaway_redis):
+async def test_a_stale_claim_met_by_a_stopped_redis_is_requeued_after_its_lease(tmp_path, throwaway_redis, make_queue):
     from healthsync.batches import claim, requeue_stale, run_claimed_batch
     from healthsync.storage import Database
     from healthsync.sync.envelope import parse_upload
     from healthsync.sync.service import SyncService
 
     settings = make_settings(tmp_path / "data", queue_url=throwaway_redis.url)
-    huey = make_huey(settings)
+    huey = make_queue(settings)
     db = Database(settings.db_path)
     try:
         req = parse_upload({"device_id": "d", "changes": patient_changes(5), "async": True}, 10_000)
@@ -184,8 +184,8 @@ async def test_a_stale_claim_met_by_a_stopped_redis_is_requeued_after_its_lease(
         await db.close()
 
 
-def test_a_periodic_job_whose_redis_is_down_is_skipped_with_a_warning(tmp_path, throwaway_redis, caplog):
-    huey = make_huey(make_settings(tmp_path, queue_url=throwaway_redis.url))
+def test_a_periodic_job_whose_redis_is_down_is_skipped_with_a_warning(tmp_path, throwaway_redis, caplog, make_queue):
+    huey = make_queue(make_settings(tmp_path, queue_url=throwaway_redis.url))
     # Redis stops while the job runs: the job's work stands, the queue's bookkeeping is a warning
     assert once_per_site(huey, "job", "2026-01-01T00:00", throwaway_redis.kill) is None
     assert any("job: the task queue went away while it ran" in r.getMessage() for r in caplog.records)
