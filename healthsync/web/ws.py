@@ -19,7 +19,8 @@ browsers do, Node's ``ws`` and Tornado's client when asked) gets it, for the
 catch-up: each catch-up page (and any frame of 1 KiB or more sent while
 catching up) goes compressed, on its own (no context kept between messages,
 so nothing stays allocated per socket: Tornado's own compressor, about
-256 KiB per socket, is dropped after the handshake).  Live frames go
+256 KiB per socket, is dropped after the handshake, and its inflater of the
+client's messages is made only when the client first sends a compressed one).  Live frames go
 uncompressed on every socket (a message without RSV1, which RFC 7692 section
 6 allows on a compressed connection): they are usually small, and
 compressing each one again for each of a thousand subscribers would cost the
@@ -35,6 +36,7 @@ only as far as the settings say.
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from typing import TYPE_CHECKING, Any
@@ -61,6 +63,7 @@ MAX_CLIENT_MESSAGE = 4096
 #: permessage-deflate: the zlib level of catch-up frames, and the smallest frame compressed.
 DEFLATE_LEVEL = 6
 DEFLATE_MIN_BYTES = 1024
+TINY_WINDOW = re.compile(r'server_max_window_bits\s*=\s*"?0*8\b')
 TEXT, TEXT_DEFLATED = 0x81, 0xC1  # FIN + text opcode; with RSV1 (RFC 7692 6: a compressed message)
 
 
@@ -85,6 +88,24 @@ def deflate(payload: bytes, wbits: int) -> bytes:
     return data[:-4]  # the empty stored block's 00 00 ff ff, which the receiver adds back
 
 
+class LazyInflater:
+    """Tornado's inflater of the client's compressed messages, its zlib state (about
+    7 KiB) made at the first one: most clients only ever send a ping now and then,
+    and a thousand idle sockets should not each hold one.  Persistent from then
+    on, as the client may refer back to its earlier messages (context takeover)."""
+
+    def __init__(self, inflater: Any) -> None:
+        self._inflater = inflater
+        inflater._decompressor = None
+
+    def decompress(self, data: bytes) -> bytes:
+        inflater = self._inflater
+        if inflater._decompressor is None:
+            inflater._decompressor = inflater._create_decompressor()
+        result: bytes = inflater.decompress(data)
+        return result
+
+
 class SyncSocket(RedactedLogs, tornado.websocket.WebSocketHandler):
     ctx: Context
     sub: Subscription | None = None
@@ -95,8 +116,12 @@ class SyncSocket(RedactedLogs, tornado.websocket.WebSocketHandler):
         self._params: dict[str, Any] = {}
         self._deflate_wbits: int | None = None  # permessage-deflate agreed: the window we may use
 
-    def get_compression_options(self) -> dict[str, Any]:
-        """Accept permessage-deflate when the client offers it (see the module's notes)."""
+    def get_compression_options(self) -> dict[str, Any] | None:
+        """Accept permessage-deflate when the client offers it (see the module's notes);
+        not for an offer limiting our window to 256 bytes, which zlib cannot
+        compress with (Tornado would drop the connection): that client gets none."""
+        if TINY_WINDOW.search(self.request.headers.get("Sec-WebSocket-Extensions", "")):
+            return None
         return {"compression_level": DEFLATE_LEVEL}
 
     def check_origin(self, origin: str) -> bool:
@@ -191,6 +216,9 @@ class SyncSocket(RedactedLogs, tornado.websocket.WebSocketHandler):
             # window per socket, goes.  A window under 512 bytes (zlib's least) is not used.
             conn._compressor = None  # type: ignore[union-attr]
             self._deflate_wbits = wbits if wbits >= 9 else None
+            inflater = getattr(conn, "_decompressor", None)
+            if getattr(inflater, "_decompressor", None) is not None and hasattr(inflater, "_create_decompressor"):
+                conn._decompressor = LazyInflater(inflater)  # type: ignore[union-attr]
         self.sub = self.ctx.hub.subscribe(self, **self._params)
 
     def on_message(self, message: str | bytes) -> None:

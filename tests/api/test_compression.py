@@ -251,9 +251,26 @@ async def test_websocket_with_permessage_deflate_receives_the_same_frames(api, h
         live_plain = await Client(plain).changes_until(3)
         assert live_deflated == live_plain
         assert {c["server_id"] for c in live_deflated} == {r["server_id"] for r in created.json["results"]}
+        # the client's own messages go compressed too (context kept between them): all answered
+        for _ in range(3):
+            await deflated.write_message(b'{"type":"ping"}')
+            assert orjson.loads(await asyncio.wait_for(deflated.read_message(), 10)) == {"type": "pong"}
     finally:
         deflated.close()
         plain.close()
+
+
+async def test_websocket_offer_of_a_256_byte_window_gets_no_compression(api, http_server_client):
+    """zlib cannot compress with a 256-byte window: such an offer gets an uncompressed socket."""
+    await seed(api, 5)
+    offer = "permessage-deflate; server_max_window_bits=8; client_max_window_bits"
+    conn = await websocket_connect(HTTPRequest(ws_url(http_server_client, "cursor=0"),
+                                               headers={"Sec-WebSocket-Extensions": offer}))
+    try:
+        assert "Sec-WebSocket-Extensions" not in conn.headers
+        assert len(await collect(conn, 5)) == 5
+    finally:
+        conn.close()
 
 
 def test_deflate_frames_inflate_with_the_agreed_window():
