@@ -15,7 +15,7 @@ from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
 from healthsync.web.base import accepts_gzip
-from tests.support.http import UPLOAD, patient_changes, post_chunked, upload
+from tests.support.http import UPLOAD, call, patient_changes, post_chunked, upload
 from tests.support.ws import Client, ws_url
 
 pytestmark = pytest.mark.both_backends
@@ -284,3 +284,55 @@ def test_deflate_frames_inflate_with_the_agreed_window():
     z = zlib.decompressobj(-15)
     for part in (payload, payload[::-1]):
         assert z.decompress(deflate(part, 15) + b"\x00\x00\xff\xff") == part
+
+
+CHROMIUM_PAGE_SCRIPT = """async ([count, more]) => {
+  const down = await fetch('/api/sync/download/?cursor=0&limit=5000');
+  const body = await down.json();
+  const ws = new WebSocket(location.origin.replace('http', 'ws') + '/api/sync/ws?cursor=0');
+  const got = [];
+  let live = null;
+  await new Promise((resolve, reject) => {
+    ws.onerror = () => reject(new Error('websocket error'));
+    ws.onmessage = async (e) => {
+      const msg = JSON.parse(e.data);
+      if (msg.type !== 'changes') return;
+      got.push(...msg.changes.map((c) => c.server_id));
+      if (got.length === count && live === null) {
+        live = await fetch('/api/sync/upload/', {method: 'POST', headers: {'Content-Type': 'application/json'},
+          body: JSON.stringify({device_id: 'browser', changes: more})});
+      }
+      if (got.length >= count + more.length) resolve();
+    };
+  });
+  ws.close();
+  return {encoding: down.headers.get('content-encoding'), downloaded: body.changes.map((c) => c.server_id),
+          extensions: ws.extensions, received: got, live: live.status};
+}"""
+
+
+@pytest.mark.slow
+@pytest.mark.sqlite_only
+def test_chromium_gets_gzip_and_a_compressed_catch_up_then_live_frames(server_process):
+    """A real browser: gzip answers, and a websocket it offered permessage-deflate on
+    (compressed catch-up frames, then uncompressed live ones) reads every change."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.dashboard.conftest import CHROMIUM, CHROMIUM_ARGS
+
+    server = server_process()
+    status, _ = call("POST", f"{server.url}{UPLOAD}", {"device_id": "seed", "changes": patient_changes(1500)})
+    assert status == 200
+    more = patient_changes(3, prefix="live")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"{server.url}/")
+            out = page.evaluate(CHROMIUM_PAGE_SCRIPT, [1500, more])
+        finally:
+            browser.close()
+    assert out["encoding"] == "gzip"
+    assert "permessage-deflate" in out["extensions"]
+    assert out["live"] == 200
+    assert out["received"][:1500] == out["downloaded"] and len(set(out["received"])) == 1503
