@@ -197,7 +197,7 @@ async def test_unsupported_content_encoding_is_415(api, encoding):
 def test_a_gigabyte_bomb_costs_a_real_server_no_more_than_the_limit(server_process):
     """1 GiB of zeros (about 1 MiB on the wire, as gzip members one after another) to a
     real ``run.py`` with the default 16 MiB limit: a JSON 413, and the server's peak
-    resident memory grows by less than a few times the limit, not by a gigabyte."""
+    resident memory grows by a few times the limit at most (about 32 MiB), not by a gigabyte."""
     server = server_process()
     member = gzip.compress(bytes(16 << 20), compresslevel=9)
     bomb = member * 64
@@ -219,7 +219,8 @@ def test_a_gigabyte_bomb_costs_a_real_server_no_more_than_the_limit(server_proce
     assert orjson.loads(body)["error"] == (
         f"request body is over the limit of {16 << 20} bytes once inflated (Content-Encoding: gzip)"
     )
-    assert peak_kib() - before < 64 * 1024
+    grown = peak_kib() - before  # about twice the limit (the pieces kept, zlib's buffers)
+    assert grown < 64 * 1024, f"peak RSS grew by {grown} KiB"
 
 
 # The websocket --------------------------------------------------------------------------------
