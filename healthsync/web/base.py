@@ -60,7 +60,7 @@ app_log = logging.getLogger("tornado.application")
 gen_log = logging.getLogger("tornado.general")
 
 JSON_TYPES = ("application/json",)
-ALLOWED_HEADERS = "Authorization, Content-Type, If-Match, If-None-Match"
+ALLOWED_HEADERS = "Authorization, Content-Encoding, Content-Type, If-Match, If-None-Match"
 EXPOSED_HEADERS = "ETag, Link, Location, Retry-After"
 TRUE_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 

@@ -337,3 +337,17 @@ def test_chromium_gets_gzip_and_a_compressed_catch_up_then_live_frames(server_pr
     assert "permessage-deflate" in out["extensions"]
     assert out["live"] == 200
     assert out["received"][:1500] == out["downloaded"] and len(set(out["received"])) == 1503
+
+
+async def test_a_browser_on_another_origin_may_send_gzip_bodies(api):
+    """Content-Encoding is not a CORS-safelisted header: the preflight must allow it."""
+    origin = "http://localhost:5173"
+    pre = await api.request("OPTIONS", UPLOAD, headers={
+        "Origin": origin, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-encoding,content-type"})
+    assert pre.status == 204 and pre.headers["Access-Control-Allow-Origin"] == origin
+    allowed = {h.strip().lower() for h in pre.headers["Access-Control-Allow-Headers"].split(",")}
+    assert {"content-encoding", "content-type"} <= allowed
+    body = {"device_id": "device123", "changes": patient_changes(2)}
+    resp = await api.post(UPLOAD, raw=gz(body), headers={"Origin": origin, "Content-Encoding": "gzip"})
+    assert resp.status == 200 and resp.headers["Access-Control-Allow-Origin"] == origin
