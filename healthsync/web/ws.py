@@ -16,16 +16,16 @@ own batch events).  In token mode a browser may pass its token as the
 
 Compression (slow links): a client offering ``permessage-deflate`` (RFC 7692;
 browsers do, Node's ``ws`` and Tornado's client when asked) gets it, for the
-catch-up: each catch-up page (and any frame of 1 KiB or more sent while
-catching up) goes compressed, on its own (no context kept between messages,
-so nothing stays allocated per socket: Tornado's own compressor, about
-256 KiB per socket, is dropped after the handshake, and its inflater of the
-client's messages is made only when the client first sends a compressed one).  Live frames go
-uncompressed on every socket (a message without RSV1, which RFC 7692 section
-6 allows on a compressed connection): they are usually small, and
-compressing each one again for each of a thousand subscribers would cost the
-fan-out (bench/README.md, "Compression").  A subscriber that falls behind is
-caught up by reads again, compressed.
+catch-up: each catch-up page (any frame of 1 KiB or more sent while catching
+up) goes compressed, on its own (no context kept between messages, so
+nothing stays allocated per socket: Tornado's own compressor, about 256 KiB
+per socket, is dropped after the handshake, and its inflater of the client's
+messages is made only when the client first sends a compressed one).  Live
+frames go uncompressed on every socket (a message without RSV1, which RFC
+7692 section 6 allows on a compressed connection): they are usually small,
+and compressing each one again for each of a thousand subscribers nearly
+doubles the fan-out's CPU (bench/README.md, "Compression on slow links").  A
+subscriber that falls behind is caught up by reads again, compressed.
 
 Origins: a browser's ``Origin`` must be this server's own, or match
 ``cors_origins`` (wide open only in open mode on loopback).  Tornado
