@@ -295,12 +295,12 @@ CHROMIUM_PAGE_SCRIPT = """async ([count, more]) => {
   let live = null;
   await new Promise((resolve, reject) => {
     ws.onerror = () => reject(new Error('websocket error'));
-    ws.onmessage = async (e) => {
+    ws.onmessage = (e) => {
       const msg = JSON.parse(e.data);
       if (msg.type !== 'changes') return;
       got.push(...msg.changes.map((c) => c.server_id));
       if (got.length === count && live === null) {
-        live = await fetch('/api/sync/upload/', {method: 'POST', headers: {'Content-Type': 'application/json'},
+        live = fetch('/api/sync/upload/', {method: 'POST', headers: {'Content-Type': 'application/json'},
           body: JSON.stringify({device_id: 'browser', changes: more})});
       }
       if (got.length >= count + more.length) resolve();
@@ -308,7 +308,7 @@ CHROMIUM_PAGE_SCRIPT = """async ([count, more]) => {
   });
   ws.close();
   return {encoding: down.headers.get('content-encoding'), downloaded: body.changes.map((c) => c.server_id),
-          extensions: ws.extensions, received: got, live: live.status};
+          extensions: ws.extensions, received: got, live: (await live).status};
 }"""
 
 
