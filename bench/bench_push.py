@@ -58,6 +58,13 @@ Two websocket clients hold the subscribers (``--client``):
   own ~36 ms, on the same 2 cores; so with it the latency figures mostly
   measured the client's own decoding.  Hence ``raw`` by default.
 
+``--deflate``: every client offers permessage-deflate (RFC 7692) and inflates
+compressed messages, and the bare servers accept it (Tornado's own
+per-connection compressor: every frame compressed again for every socket).
+HealthSync accepts it too, and compresses the catch-up only: its live frames
+go uncompressed (see ``healthsync/web/ws.py``).  The flag reaches the client
+and bare-server processes as ``BENCH_PUSH_DEFLATE=1`` in their environment.
+
 Either way messages are only stored on receipt (receive time, text) and parsed
 after the run.
 
@@ -88,6 +95,7 @@ import sys
 import tempfile
 import time
 import uuid
+import zlib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -157,6 +165,10 @@ def pct(sorted_values: list[float], q: float) -> float:
 # Role: bare Tornado broadcast server
 
 
+#: --deflate, passed to the client and bare-server processes through their environment
+DEFLATE = os.environ.get("BENCH_PUSH_DEFLATE") == "1"
+
+
 def bare_server(port: int, answer_first: bool = False) -> None:
     import tornado.web
     import tornado.websocket
@@ -169,6 +181,9 @@ def bare_server(port: int, answer_first: bool = False) -> None:
     class Socket(tornado.websocket.WebSocketHandler):
         def check_origin(self, origin: str) -> bool:
             return True
+
+        def get_compression_options(self) -> dict[str, Any] | None:
+            return {} if DEFLATE else None
 
         def open(self, *args: Any, **kwargs: Any) -> None:
             clients.add(self)
@@ -274,8 +289,12 @@ class RawWS(asyncio.BufferedProtocol):
         self.key = base64.b64encode(os.urandom(16))
         self.request = (
             f"GET {target} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {self.key.decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            f"Sec-WebSocket-Key: {self.key.decode()}\r\nSec-WebSocket-Version: 13\r\n"
+            + ("Sec-WebSocket-Extensions: permessage-deflate\r\n" if DEFLATE else "")
+            + "\r\n"
         ).encode()
+        self.inflater: Any = None  # a zlib decompressobj once permessage-deflate is agreed
+        self.frag_deflated = False
         self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
         self.upgraded = False
@@ -321,7 +340,7 @@ class RawWS(asyncio.BufferedProtocol):
         while size - pos >= 2:
             b0 = buf[pos]
             n = buf[pos + 1]
-            if n & 0x80 or b0 & 0x70:
+            if n & 0x80 or b0 & (0x30 if self.inflater is not None else 0x70):
                 self._fail("masked frame or RSV bits from the server")
                 return
             if n < 126:
@@ -355,12 +374,17 @@ class RawWS(asyncio.BufferedProtocol):
                     continue
                 payload = b"".join(self.frags)
                 self.frags = None
+                if self.frag_deflated:
+                    payload = self.inflater.decompress(payload + b"\x00\x00\xff\xff")
             elif op > 2 or self.frags is not None:
                 self._fail(f"unexpected data frame (opcode {op})")
                 return
             elif not b0 & 0x80:
                 self.frags = [payload]
+                self.frag_deflated = bool(b0 & 0x40)
                 continue
+            elif b0 & 0x40:  # RSV1: a compressed message (RFC 7692)
+                payload = self.inflater.decompress(payload + b"\x00\x00\xff\xff")
             msgs.append((t, payload.decode()))  # text, or binary decoded as the Tornado path does
             if len(msgs) == 1:
                 self.conn.hello.set()
@@ -379,9 +403,13 @@ class RawWS(asyncio.BufferedProtocol):
             self._fail(f"handshake answered {lines[0]!r}")
         elif headers.get("upgrade", "").lower() != "websocket" or headers.get("sec-websocket-accept") != accept:
             self._fail(f"bad upgrade response: {headers}")
-        elif headers.get("sec-websocket-extensions"):
+        elif headers.get("sec-websocket-extensions") and not (
+            DEFLATE and headers["sec-websocket-extensions"].startswith("permessage-deflate")
+        ):
             self._fail(f"extension not offered: {headers['sec-websocket-extensions']}")
         else:
+            if headers.get("sec-websocket-extensions"):
+                self.inflater = zlib.decompressobj(-zlib.MAX_WBITS)
             self.upgraded = True
             self.opened.set_result(None)
         return self.upgraded
@@ -476,7 +504,8 @@ async def _client_main(kind: str) -> None:
                     await asyncio.wait_for(raw_connect(url, c), timeout)
                 else:
                     c.ws = await asyncio.wait_for(
-                        websocket_connect(url, on_message_callback=c.on_message, connect_timeout=timeout), timeout
+                        websocket_connect(url, on_message_callback=c.on_message, connect_timeout=timeout,
+                                          compression_options={} if DEFLATE else None), timeout
                     )
                 await asyncio.wait_for(c.hello.wait(), timeout)
                 conns.append(c)
@@ -814,8 +843,8 @@ def report(lat: list[dict[str, Any]], mem: list[dict[str, Any]], opts: argparse.
         print()
         print(f"Fan-out latency: HTTP response in -> `changes` frame in, per (write, subscriber); "
               f"{opts.writes} writes, {int(opts.pause * 1000)} ms apart; subscribers in "
-              f"{opts.latency_clients} client process(es), {opts.client} websocket client; "
-              f"median of {opts.runs} runs")
+              f"{opts.latency_clients} client process(es), {opts.client} websocket client"
+              f"{' offering permessage-deflate' if opts.deflate else ''}; median of {opts.runs} runs")
         print()
         print("| Subscribers | Server | p50 (ms) | p99 (ms) | max (ms) | missing | p99 vs bare | p99 vs bare-ack "
               "| Target: p99 < 100 ms, <= 1.5x bare (bare-ack) |")
@@ -970,6 +999,8 @@ def main() -> None:
     p.add_argument("--profile-args", default="--nonblocking",
                    help="more py-spy record flags (default --nonblocking; e.g. '--native --gil')")
     p.add_argument("--py-spy", default=shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"))
+    p.add_argument("--deflate", action="store_true",
+                   help="clients offer permessage-deflate, bare servers accept it (see above)")
     p.add_argument("--json", metavar="FILE", default=None, help="also write every run's figures as JSON")
     p.add_argument("--keep", action="store_true", help="keep the servers' data dirs and logs")
     opts = p.parse_args()
@@ -981,6 +1012,8 @@ def main() -> None:
         return
     if opts.memory_runs is None:
         opts.memory_runs = opts.runs
+    if opts.deflate:
+        os.environ["BENCH_PUSH_DEFLATE"] = "1"  # inherited by every process started from here
     opts.servers = opts.servers.split(",")
     asyncio.run(orchestrate(opts))
 

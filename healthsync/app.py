@@ -32,7 +32,7 @@ from .storage import CommitInfo, make_storage
 from .sync.service import SyncService
 from .tasks import EmbeddedWorker, make_huey
 from .web.audit import AuditHandler
-from .web.base import NotFoundHandler, StaticHandler
+from .web.base import GZip, NotFoundHandler, StaticHandler
 from .web.batches import BatchHandler, BatchListHandler, TriggerHandler
 from .web.health import HealthHandler, MetricsHandler
 from .web.openapi import DocsHandler, SchemaHandler
@@ -200,7 +200,8 @@ def make_app(settings: Settings) -> HealthSyncApp:
         default_handler_class=NotFoundHandler,
         default_handler_args=kw,
         log_function=_log_request,
-        compress_response=False,
+        # gzip for clients that ask (Accept-Encoding), on JSON and text of 1 KiB and more
+        transforms=[GZip],
         websocket_ping_interval=settings.ws_ping_seconds,
         websocket_ping_timeout=settings.ws_ping_timeout_seconds,
         websocket_max_message_size=64 * 1024,

@@ -398,6 +398,9 @@ async def serve(settings: Settings) -> int:
     # GC from walking it again on every collection during large uploads.
     gc.collect()
     gc.freeze()
+    # No decompress_request: a gzip body (Content-Encoding: gzip) is inflated by the
+    # handlers as it arrives, with max_body_bytes on the inflated size (web/base.py),
+    # the same under the tests' server as here.
     server = HTTPServer(
         app, max_body_size=tornado_body_limit(settings.max_body_bytes), xheaders=settings.trust_proxy_headers
     )

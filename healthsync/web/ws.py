@@ -14,6 +14,19 @@ own batch events).  In token mode a browser may pass its token as the
 (``redact``).  The client may send ``{"type": "ping"}`` (answered with
 ``pong``); anything else gets an ``error`` message and the socket stays open.
 
+Compression (slow links): a client offering ``permessage-deflate`` (RFC 7692;
+browsers do, Node's ``ws`` and Tornado's client when asked) gets it, for the
+catch-up: each catch-up page (any frame of 1 KiB or more sent while catching
+up) goes compressed, on its own (no context kept between messages, so
+nothing stays allocated per socket: Tornado's own compressor, about 256 KiB
+per socket, is dropped after the handshake, and its inflater of the client's
+messages is made only when the client first sends a compressed one).  Live
+frames go uncompressed on every socket (a message without RSV1, which RFC
+7692 section 6 allows on a compressed connection): they are usually small,
+and compressing each one again for each of a thousand subscribers nearly
+doubles the fan-out's CPU (bench/README.md, "Compression on slow links").  A
+subscriber that falls behind is caught up by reads again, compressed.
+
 Origins: a browser's ``Origin`` must be this server's own, or match
 ``cors_origins`` (wide open only in open mode on loopback).  Tornado
 refuses cross-origin websockets by default because a page on any site could
@@ -23,7 +36,9 @@ only as far as the settings say.
 
 from __future__ import annotations
 
+import re
 import struct
+import zlib
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -35,6 +50,7 @@ from tornado.iostream import StreamClosedError
 from ..auth import OPEN, Permission, Principal, bearer, require
 from ..errors import HealthSyncError, Invalid
 from ..models import parse_uuid
+from ..push.hub import CATCHING_UP
 from ..redact import redact_query, scrub
 from ..sync import download as dl
 from .base import RedactedLogs, device_param, error_body, origin_allowed
@@ -44,18 +60,50 @@ if TYPE_CHECKING:
     from ..push.hub import Subscription
 
 MAX_CLIENT_MESSAGE = 4096
+#: permessage-deflate: the zlib level of catch-up frames, and the smallest frame compressed.
+DEFLATE_LEVEL = 6
+DEFLATE_MIN_BYTES = 1024
+TINY_WINDOW = re.compile(r'server_max_window_bits\s*=\s*"?0*8\b')
+TEXT, TEXT_DEFLATED = 0x81, 0xC1  # FIN + text opcode; with RSV1 (RFC 7692 6: a compressed message)
 
 
-def text_frame(payload: bytes) -> bytes:
-    """One unmasked, uncompressed, final websocket text frame (RFC 6455 5.2)
-    carrying ``payload``: what a server sends, byte for byte as Tornado's own
-    ``write_message`` frames it when compression is off."""
+def text_frame(payload: bytes, first: int = TEXT) -> bytes:
+    """One unmasked, final websocket text frame (RFC 6455 5.2) carrying
+    ``payload``: what a server sends, byte for byte as Tornado's own
+    ``write_message`` frames it when compression is off.  ``first``:
+    ``TEXT_DEFLATED`` for a payload from ``deflate``."""
     n = len(payload)
     if n < 126:
-        return struct.pack("!BB", 0x81, n) + payload
+        return struct.pack("!BB", first, n) + payload
     if n <= 0xFFFF:
-        return struct.pack("!BBH", 0x81, 126, n) + payload
-    return struct.pack("!BBQ", 0x81, 127, n) + payload
+        return struct.pack("!BBH", first, 126, n) + payload
+    return struct.pack("!BBQ", first, 127, n) + payload
+
+
+def deflate(payload: bytes, wbits: int) -> bytes:
+    """``payload`` as one permessage-deflate message (RFC 7692 7.2.1) compressed on
+    its own, with a window of at most ``2**wbits`` bytes (what the client allowed)."""
+    z = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -wbits)
+    data = z.compress(payload) + z.flush(zlib.Z_SYNC_FLUSH)
+    return data[:-4]  # the empty stored block's 00 00 ff ff, which the receiver adds back
+
+
+class LazyInflater:
+    """Tornado's inflater of the client's compressed messages, its zlib state (about
+    7 KiB) made at the first one: most clients only ever send a ping now and then,
+    and a thousand idle sockets should not each hold one.  Persistent from then
+    on, as the client may refer back to its earlier messages (context takeover)."""
+
+    def __init__(self, inflater: Any) -> None:
+        self._inflater = inflater
+        inflater._decompressor = None
+
+    def decompress(self, data: bytes) -> bytes:
+        inflater = self._inflater
+        if inflater._decompressor is None:
+            inflater._decompressor = inflater._create_decompressor()
+        result: bytes = inflater.decompress(data)
+        return result
 
 
 class SyncSocket(RedactedLogs, tornado.websocket.WebSocketHandler):
@@ -66,6 +114,15 @@ class SyncSocket(RedactedLogs, tornado.websocket.WebSocketHandler):
     def initialize(self, ctx: Context) -> None:
         self.ctx = ctx
         self._params: dict[str, Any] = {}
+        self._deflate_wbits: int | None = None  # permessage-deflate agreed: the window we may use
+
+    def get_compression_options(self) -> dict[str, Any] | None:
+        """Accept permessage-deflate when the client offers it (see the module's notes);
+        not for an offer limiting our window to 256 bytes, which zlib cannot
+        compress with (Tornado would drop the connection): that client gets none."""
+        if TINY_WINDOW.search(self.request.headers.get("Sec-WebSocket-Extensions", "")):
+            return None
+        return {"compression_level": DEFLATE_LEVEL}
 
     def check_origin(self, origin: str) -> bool:
         host = urlparse(origin).netloc.lower()
@@ -151,6 +208,17 @@ class SyncSocket(RedactedLogs, tornado.websocket.WebSocketHandler):
         }
 
     def open(self, *args: Any, **kwargs: Any) -> None:
+        conn = self.ws_connection
+        compressor = getattr(conn, "_compressor", None)
+        wbits = getattr(compressor, "_max_wbits", None)
+        if compressor is not None and getattr(conn, "stream", None) is not None and isinstance(wbits, int):
+            # Compressed here, frame by frame (``send``); Tornado's compressor, which keeps its
+            # window per socket, goes.  A window under 512 bytes (zlib's least) is not used.
+            conn._compressor = None  # type: ignore[union-attr]
+            self._deflate_wbits = wbits if wbits >= 9 else None
+            inflater = getattr(conn, "_decompressor", None)
+            if getattr(inflater, "_decompressor", None) is not None and hasattr(inflater, "_create_decompressor"):
+                conn._decompressor = LazyInflater(inflater)  # type: ignore[union-attr]
         self.sub = self.ctx.hub.subscribe(self, **self._params)
 
     def on_message(self, message: str | bytes) -> None:
@@ -177,11 +245,11 @@ class SyncSocket(RedactedLogs, tornado.websocket.WebSocketHandler):
         The hub sends one frame to up to thousands of sockets in a row, so
         this writes the framed bytes to the connection's stream directly:
         ``write_message`` would wrap each write in a coroutine Task of its own,
-        which cost about a third of the server's time per broadcast.  That
-        needs an uncompressed connection (this handler never offers
-        compression, ``get_compression_options`` stays None); otherwise, or on
-        a Tornado without the stream attribute, it falls back to
-        ``write_message``.
+        which cost about a third of the server's time per broadcast.  With
+        permessage-deflate agreed, a frame sent while catching up is
+        compressed here (``deflate``); live frames never are (module notes).
+        On a Tornado without the stream attribute (or whose compressor
+        ``open`` did not take over) it falls back to ``write_message``.
         """
         conn = self.ws_connection
         if conn is None or conn.is_closing():
@@ -190,6 +258,13 @@ class SyncSocket(RedactedLogs, tornado.websocket.WebSocketHandler):
         try:
             if stream is None or getattr(conn, "_compressor", None) is not None:
                 return self.write_message(frame)
+            wbits = self._deflate_wbits
+            if (
+                wbits is not None
+                and len(frame) >= DEFLATE_MIN_BYTES
+                and (self.sub is None or self.sub.state == CATCHING_UP)
+            ):
+                return stream.write(text_frame(deflate(frame, wbits), TEXT_DEFLATED))
             return stream.write(text_frame(frame))
         except (tornado.websocket.WebSocketClosedError, StreamClosedError):
             return None
