@@ -169,7 +169,9 @@ export class HealthSyncClient {
    * @param {typeof WebSocket} [options.WebSocket]  a WebSocket implementation
    * @param {number} [options.retries=4]  retries of a retryable upload/request failure
    * @param {"auto"|boolean} [options.compress="auto"]  gzip upload bodies of `compressThreshold` bytes or more
-   *   where `CompressionStream` exists ("auto" and true), falling back to plain if the server refuses; false: never
+   *   where `CompressionStream` exists, falling back to plain if the server refuses.  "auto": except from a
+   *   browser page to another origin (its preflight needs the server to allow `Content-Encoding`); true: there
+   *   too; false: never
    * @param {number} [options.compressThreshold=16384]  the smallest upload body (bytes of JSON) worth gzipping
    */
   constructor({
@@ -190,6 +192,7 @@ export class HealthSyncClient {
     // Called unbound: window.fetch invoked as a method of another object throws "Illegal invocation".
     this._fetch = (input, init) => fetch(input, init);
     this._WebSocket = WebSocket;
+    this.compress = compress;
     this.compressThreshold = compressThreshold;
     /** Whether upload bodies may be gzipped: false once the server refused a gzipped body. */
     this.gzipUploads = compress !== false && typeof globalThis.CompressionStream === "function";
@@ -229,7 +232,7 @@ export class HealthSyncClient {
   async request(method, path, { params, body, headers = {}, signal, compress = false } = {}) {
     if (body === undefined) return this._send(method, path, { params, headers, signal });
     const json = JSON.stringify(body);
-    const gzipped = compress && this.gzipUploads && json.length >= this.compressThreshold ? await gzip(json) : null;
+    const gzipped = compress && this._gzipTo(path) && json.length >= this.compressThreshold ? await gzip(json) : null;
     if (!gzipped) return this._send(method, path, { params, headers, signal, json });
     try {
       return await this._send(method, path, { params, headers, signal, json: gzipped, encoding: "gzip" });
@@ -240,6 +243,13 @@ export class HealthSyncClient {
       this.gzipUploads = false; // the plain body was accepted: it was the gzip that was refused
       return answer;
     }
+  }
+
+  /** Whether a body to `path` may go gzipped (see the constructor's `compress`). */
+  _gzipTo(path) {
+    if (!this.gzipUploads) return false;
+    if (this.compress === true || !globalThis.location || !globalThis.document) return true;
+    return this.url(path).origin === globalThis.location.origin; // cross-origin: a CORS preflight would need it allowed
   }
 
   /** One HTTP request with an already serialised body (`json`, a string or gzipped bytes). */

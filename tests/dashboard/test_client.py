@@ -179,3 +179,27 @@ def test_a_failing_handler_gets_the_same_changes_again(server_process, dash):
     assert page.evaluate("got") == ["Fine", "Boom", "After"]
     assert page.evaluate("errors") == ["disk full"]
     page.evaluate("sub.close()")
+
+
+def test_a_large_upload_to_another_origin_goes_plain(server_process, dash, tmp_path):
+    """From a page on another origin, "auto" compression sends plain: a gzipped body would need the
+    server's CORS preflight to allow Content-Encoding.  (Same-origin and Node: test_client_runtimes.py.)"""
+    page_server = server_process()
+    other = server_process(data_dir=tmp_path / "other")  # open mode on loopback: CORS open to any origin
+    page = open_origin(dash, page_server.url)
+    out = page.evaluate(
+        f"""async () => {{
+            const sent = [];
+            const recording = (url, init) => {{
+                sent.push(init.headers["Content-Encoding"] || null);
+                return fetch(url, init);
+            }};
+            const c = new hs.HealthSyncClient({{baseUrl: {other.url!r}, deviceId: "tablet-x", fetch: recording}});
+            const changes = Array.from({{length: 300}}, (_, i) => ({{operation: "create", resource_type: "Patient",
+                client_temp_id: "x" + i, payload: {{name: "Cross " + i, identifiers: {{mrn: "MRN-X-" + i}}}}}}));
+            const res = await c.upload(changes);
+            return {{sent, created: res.results.filter((r) => r.status === "created").length, gzip: c.gzipUploads}};
+        }}"""
+    )
+    assert out == {"sent": [None], "created": 300, "gzip": True}
+    assert len(Api(other.url).get("/api/patients/")) == 300
