@@ -172,7 +172,7 @@ export class HealthSyncClient {
    *   where `CompressionStream` exists, falling back to plain if the server refuses.  "auto": except from a
    *   browser page to another origin (its preflight needs the server to allow `Content-Encoding`); true: there
    *   too; false: never
-   * @param {number} [options.compressThreshold=16384]  the smallest upload body (bytes of JSON) worth gzipping
+   * @param {number} [options.compressThreshold=16384]  the shortest upload body (length of its JSON) worth gzipping
    */
   constructor({
     baseUrl = "",
@@ -713,7 +713,8 @@ export class Subscription {
     // gets the server's exact JSON refusal: Node's WebSocket reports a refused handshake as a bare error.
     // As long as a connection attempt at most: a probe into a black hole must not stall the retries.
     const ms = this.options.connectTimeout ?? 10000;
-    const signal = ms && typeof AbortSignal.timeout === "function" ? AbortSignal.timeout(ms) : undefined;
+    const timed = ms && globalThis.AbortSignal && typeof globalThis.AbortSignal.timeout === "function";
+    const signal = timed ? globalThis.AbortSignal.timeout(ms) : undefined;
     return typeof globalThis.document === "undefined" ? this._probeHandshake(signal) : this._probeDownload(signal);
   }
 
