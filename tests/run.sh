@@ -3,7 +3,8 @@
 #   bash tests/run.sh [pytest args…]
 # Makes .venv (if missing), installs requirements.txt, installs Chromium (for the
 # browser tests in tests/dashboard/) when /usr/bin/chromium is missing, and nginx (the
-# district's proxy example, tests/process/test_deploy.py) when missing, makes sure a
+# district's proxy example, tests/process/test_deploy.py) when missing, Node.js and npm
+# when missing (the JS client's tests under Node) and tests/js's npm packages, makes sure a
 # Redis answers (the queue tests): the one on 127.0.0.1:6379, or else a throwaway
 # redis-server on a free port (installed with apt-get if missing, stopped at exit,
 # its URL exported as HEALTHSYNC_TEST_REDIS_URL), makes sure a PostgreSQL answers (the
@@ -180,6 +181,12 @@ ensure_package() {
 }
 ensure_package "$CHROMIUM" chromium
 ensure_package /usr/sbin/nginx nginx-light
+# The JS client's tests run it under Node too (tests/dashboard/test_client_runtimes.py): Node's own
+# WebSocket (Node 22, or Node 20 with --experimental-websocket; Debian 12's nodejs 18 has none) and the
+# npm package ws, pinned in tests/js/package-lock.json.
+command -v node >/dev/null 2>&1 || ensure_package /usr/bin/node nodejs
+command -v npm >/dev/null 2>&1 || ensure_package /usr/bin/npm npm
+npm ci --prefix tests/js --no-audit --no-fund --prefer-offline --loglevel=error
 ensure_redis
 ensure_postgres
 if [ ! -x .venv/bin/python ]; then

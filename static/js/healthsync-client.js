@@ -27,6 +27,21 @@
  * request carries `Authorization: Bearer <token>`; the websocket, which
  * browsers cannot give headers, carries it as the `token` query parameter.
  *
+ * Node: Node 22 has a global `WebSocket` (Node 20 with `--experimental-websocket`),
+ * or pass one, e.g. `new HealthSyncClient({ baseUrl, WebSocket: (await import("ws")).WebSocket })`.
+ * A subscription recovers on any of them: a failed attempt that reports only
+ * `error` (Node's built-in WebSocket never follows it with `close`) ends that
+ * attempt, and an attempt that neither opens nor fails within `connectTimeout`
+ * is abandoned and retried.
+ *
+ * Compression: downloads and lists are asked for with the runtime's own
+ * `Accept-Encoding` (browsers and Node's fetch send `gzip` and inflate the
+ * answer themselves).  Upload bodies of `compressThreshold` bytes or more are
+ * sent gzipped (`Content-Encoding: gzip`, via `CompressionStream`) where the
+ * runtime has it; a server that refuses that (415, or 400 where the same batch
+ * sent plain is accepted) gets the body plain, and this client sends it plain
+ * from then on.
+ *
  * @module healthsync-client
  */
 
@@ -107,6 +122,12 @@ export function backoffDelay(attempt, { initial = 1000, max = 30000, random = Ma
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/** `text` gzipped (UTF-8), with the runtime's `CompressionStream`. */
+async function gzip(text) {
+  const stream = new Blob([text]).stream().pipeThrough(new CompressionStream("gzip"));
+  return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+
 /**
  * @typedef {object} Change
  * An entry exactly as download and the websocket give it.
@@ -147,6 +168,11 @@ export class HealthSyncClient {
    * @param {typeof fetch} [options.fetch]  a fetch implementation (tests, wrappers)
    * @param {typeof WebSocket} [options.WebSocket]  a WebSocket implementation
    * @param {number} [options.retries=4]  retries of a retryable upload/request failure
+   * @param {"auto"|boolean} [options.compress="auto"]  gzip upload bodies of `compressThreshold` bytes or more
+   *   where `CompressionStream` exists, falling back to plain if the server refuses.  "auto": except from a
+   *   browser page to another origin (its preflight needs the server to allow `Content-Encoding`); true: there
+   *   too; false: never
+   * @param {number} [options.compressThreshold=16384]  the shortest upload body (length of its JSON) worth gzipping
    */
   constructor({
     baseUrl = "",
@@ -155,6 +181,8 @@ export class HealthSyncClient {
     fetch = globalThis.fetch,
     WebSocket = globalThis.WebSocket,
     retries = 4,
+    compress = "auto",
+    compressThreshold = 16384,
   } = {}) {
     if (typeof fetch !== "function") throw new TypeError("HealthSyncClient needs a fetch implementation");
     this.baseUrl = String(baseUrl || "").replace(/\/+$/, "");
@@ -164,6 +192,10 @@ export class HealthSyncClient {
     // Called unbound: window.fetch invoked as a method of another object throws "Illegal invocation".
     this._fetch = (input, init) => fetch(input, init);
     this._WebSocket = WebSocket;
+    this.compress = compress;
+    this.compressThreshold = compressThreshold;
+    /** Whether upload bodies may be gzipped: false once the server refused a gzipped body. */
+    this.gzipUploads = compress !== false && typeof globalThis.CompressionStream === "function";
   }
 
   /** The current token (resolving a token function), or null. */
@@ -192,19 +224,45 @@ export class HealthSyncClient {
    * One HTTP request; resolves to the parsed JSON body (null for an empty body).
    * @param {string} method
    * @param {string} path
-   * @param {{params?: Record<string, unknown>, body?: unknown, headers?: Record<string,string>, signal?: AbortSignal}} [opts]
+   * @param {{params?: Record<string, unknown>, body?: unknown, headers?: Record<string,string>, signal?: AbortSignal,
+   *          compress?: boolean}} [opts]  `compress`: gzip a large body (see the constructor's `compress`)
    * @returns {Promise<any>}
    * @throws {HealthSyncError}
    */
-  async request(method, path, { params, body, headers = {}, signal } = {}) {
+  async request(method, path, { params, body, headers = {}, signal, compress = false } = {}) {
+    if (body === undefined) return this._send(method, path, { params, headers, signal });
+    const json = JSON.stringify(body);
+    const gzipped = compress && this._gzipTo(path) && json.length >= this.compressThreshold ? await gzip(json) : null;
+    if (!gzipped) return this._send(method, path, { params, headers, signal, json });
+    try {
+      return await this._send(method, path, { params, headers, signal, json: gzipped, encoding: "gzip" });
+    } catch (err) {
+      // 415: the server (or a proxy) does not take gzipped bodies; 400: it may have read the gzip as JSON.
+      if (!(err instanceof HealthSyncError) || (err.status !== 415 && err.status !== 400)) throw err;
+      const answer = await this._send(method, path, { params, headers, signal, json });
+      this.gzipUploads = false; // the plain body was accepted: it was the gzip that was refused
+      return answer;
+    }
+  }
+
+  /** Whether a body to `path` may go gzipped (see the constructor's `compress`). */
+  _gzipTo(path) {
+    if (!this.gzipUploads) return false;
+    if (this.compress === true || !globalThis.location || !globalThis.document) return true;
+    return this.url(path).origin === globalThis.location.origin; // cross-origin: a CORS preflight would need it allowed
+  }
+
+  /** One HTTP request with an already serialised body (`json`, a string or gzipped bytes). */
+  async _send(method, path, { params, headers = {}, signal, json, encoding } = {}) {
     const url = this.url(path, params);
     const hdrs = { Accept: "application/json", ...headers };
     const token = this.currentToken();
     if (token) hdrs.Authorization = `Bearer ${token}`;
     const init = { method, headers: hdrs, signal, cache: "no-store" };
-    if (body !== undefined) {
+    if (json !== undefined) {
       hdrs["Content-Type"] = "application/json";
-      init.body = JSON.stringify(body);
+      if (encoding) hdrs["Content-Encoding"] = encoding;
+      init.body = json;
     }
     let resp;
     try {
@@ -235,10 +293,10 @@ export class HealthSyncClient {
 
   /**
    * One page of changes after `cursor` (or `since`), oldest first.
-   * @param {Position & {deviceId?: string|null}} [position]  `deviceId: null` leaves this device's download record alone
+   * @param {Position & {deviceId?: string|null, signal?: AbortSignal}} [position]  `deviceId: null` leaves this device's download record alone
    * @returns {Promise<DownloadPage>}
    */
-  download({ cursor, since, limit, resourceType, patient, deviceId = this.deviceId } = {}) {
+  download({ cursor, since, limit, resourceType, patient, deviceId = this.deviceId, signal } = {}) {
     const hasCursor = cursor !== undefined && cursor !== null && cursor !== "";
     if (!hasCursor && !since) throw new TypeError("download needs a cursor (\"0\" for everything) or since");
     return this.request("GET", "/api/sync/download/", {
@@ -250,6 +308,7 @@ export class HealthSyncClient {
         patient,
         device_id: deviceId,
       },
+      signal,
     });
   }
 
@@ -302,7 +361,7 @@ export class HealthSyncClient {
     const body = { device_id: deviceId, batch_id: batchId, changes, async: Boolean(isAsync) };
     for (let attempt = 0; ; attempt++) {
       try {
-        return await this.request("POST", "/api/sync/upload/", { body });
+        return await this.request("POST", "/api/sync/upload/", { body, compress: true });
       } catch (err) {
         if (!(err instanceof HealthSyncError) || !err.retryable || attempt >= retries) throw err;
         const wait = err.retryAfter ? err.retryAfter * 1000 : backoffDelay(attempt, { initial: 500, max: 8000 });
@@ -367,7 +426,12 @@ export class HealthSyncClient {
   /**
    * Follow changes live over `/api/sync/ws`, reconnecting with backoff
    * (1 s, 2 s, 4 s … capped at 30 s, with jitter) and resuming from the last
-   * cursor received, so nothing is missed or repeated.
+   * cursor received, so nothing is missed or repeated.  An attempt ends at its
+   * socket's `error` or `close`, whichever comes first (Node's built-in
+   * WebSocket reports a refused connection with `error` alone), or after
+   * `connectTimeout` ms (default 10 s) without opening.  A refused handshake
+   * is explained by asking the server over HTTP: 401/403/400/410 go to
+   * `onError` and end the subscription; anything else is retried.
    *
    * `onChanges` may return a promise: messages are handled one at a time, and
    * the cursor advances only once the handler has finished.  If it throws (or
@@ -380,7 +444,7 @@ export class HealthSyncClient {
    *   onState?: (state: string, info: {attempt: number, retryAt: number|null}) => void,
    *   onHello?: (hello: {cursor?: string, since?: string, head: string, server_time: string}) => void,
    *   onError?: (error: Error) => void,
-   *   pingInterval?: number, pongTimeout?: number,
+   *   pingInterval?: number, pongTimeout?: number, connectTimeout?: number,
    *   backoff?: {initial?: number, max?: number},
    * }} options  needs `cursor` or `since`
    * @returns {Subscription}
@@ -419,6 +483,7 @@ export class Subscription {
     this._retryTimer = null;
     this._pingTimer = null;
     this._pongTimer = null;
+    this._connectTimer = null;
     this._closed = false;
     this._onOnline = () => {
       if (this.state === "offline" || this.state === "reconnecting") this.reconnectNow();
@@ -482,16 +547,21 @@ export class Subscription {
     }
   }
 
-  _wsUrl() {
+  /** The handshake's query: where to resume, what to follow, and (token mode) the token. */
+  _wsParams() {
     const o = this.options;
-    const url = this.client.url("/api/sync/ws", {
+    return {
       cursor: this.cursor ?? undefined,
       since: this.cursor === null ? this.since : undefined,
       resource_type: o.resourceType,
       patient: o.patient,
       device_id: this.client.deviceId,
       token: this.client.currentToken(),
-    });
+    };
+  }
+
+  _wsUrl() {
+    const url = this.client.url("/api/sync/ws", this._wsParams());
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
     return url.href;
   }
@@ -546,14 +616,28 @@ export class Subscription {
       });
     };
     ws.onopen = () => {
-      if (gen === this._gen) this._armPing(ws, gen);
+      if (gen !== this._gen) return;
+      clearTimeout(this._connectTimer);
+      this._connectTimer = null;
+      this._armPing(ws, gen);
     };
+    // The attempt ends at `error` or `close`, whichever comes first (the other is then ignored):
+    // browsers and `ws` follow an error with close, Node's built-in WebSocket may not.
     ws.onerror = () => {
-      /* a close event follows */
+      if (gen === this._gen) this._drop(ws, gen, helloSeen);
     };
     ws.onclose = () => {
       if (gen === this._gen) this._drop(ws, gen, helloSeen);
     };
+    // An attempt that neither opens nor fails (a black-holed network) is abandoned and retried.
+    const timeout = this.options.connectTimeout ?? 10000;
+    clearTimeout(this._connectTimer);
+    this._connectTimer = timeout
+      ? setTimeout(() => {
+          this._connectTimer = null;
+          if (gen === this._gen && ws.readyState === 0) this._drop(ws, gen, false);
+        }, timeout)
+      : null;
   }
 
   async _handle(msg, gen) {
@@ -624,6 +708,31 @@ export class Subscription {
 
   /** A fatal reason the handshake fails (401/403/400/410), or null when it is worth retrying. */
   async _probe() {
+    // A browser page asks the download endpoint (it answers cross-origin requests; the handshake's
+    // status is hidden from pages).  Elsewhere (Node, …) an HTTP GET of the handshake URL itself
+    // gets the server's exact JSON refusal: Node's WebSocket reports a refused handshake as a bare error.
+    // As long as a connection attempt at most: a probe into a black hole must not stall the retries.
+    const ms = this.options.connectTimeout ?? 10000;
+    const timed = ms && globalThis.AbortSignal && typeof globalThis.AbortSignal.timeout === "function";
+    const signal = timed ? globalThis.AbortSignal.timeout(ms) : undefined;
+    return typeof globalThis.document === "undefined" ? this._probeHandshake(signal) : this._probeDownload(signal);
+  }
+
+  async _probeHandshake(signal) {
+    try {
+      await this.client.request("GET", "/api/sync/ws", { params: this._wsParams(), signal });
+      return null;
+    } catch (err) {
+      if (!(err instanceof HealthSyncError) || err.retryable || err.status < 400 || err.status >= 500) return null;
+      // Past every check, a GET without `Upgrade` is refused by the websocket layer itself (400 or 426):
+      // the handshake would have been accepted, so the failure was transient.
+      const message = err.body && typeof err.body === "object" ? String(err.body.error || "") : "";
+      if (err.status === 426 || /upgrade/i.test(message)) return null;
+      return err;
+    }
+  }
+
+  async _probeDownload(signal) {
     const o = this.options;
     try {
       await this.client.download({
@@ -633,6 +742,7 @@ export class Subscription {
         resourceType: o.resourceType,
         patient: o.patient,
         deviceId: null, // a probe is not a download by this device
+        signal,
       });
       return null;
     } catch (err) {
@@ -663,7 +773,8 @@ export class Subscription {
     clearTimeout(this._retryTimer);
     clearTimeout(this._pingTimer);
     clearTimeout(this._pongTimer);
-    this._retryTimer = this._pingTimer = this._pongTimer = null;
+    clearTimeout(this._connectTimer);
+    this._retryTimer = this._pingTimer = this._pongTimer = this._connectTimer = null;
   }
 }
 

@@ -4,7 +4,9 @@ Each test opens a page on the server's origin (the dashboard's HTML, with its
 own script stubbed out so that only the client runs) and drives the client through ``page.evaluate`` with a dynamic
 ``import()`` of the module the server serves.  On SQLite only, to keep Chromium's time
 down: the client sees the same API on either backend (tests/dashboard/test_dashboard.py
-runs live push in the browser on PostgreSQL too).
+runs live push in the browser on PostgreSQL too).  Recovery (a server restart, a server down
+at subscribe, a refused token, a silent attempt) and compression are tested in Chromium and
+under Node alike in tests/dashboard/test_client_runtimes.py.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import math
 
 import pytest
 
-from tests.support.dashboard import NETWORK_ERROR, Api, seed_patients
+from tests.support.dashboard import Api, seed_patients
 
 pytestmark = pytest.mark.slow
 
@@ -108,55 +110,6 @@ def test_upload_retried_with_the_same_batch_id_applies_once(server_process, dash
     assert sorted(b["status"] for b in batches) == ["done", "done", "pending"]
 
 
-def test_subscribe_resumes_from_its_cursor_after_a_restart(server_process, dash, tmp_path):
-    first = server_process()
-    api = Api(first.url)
-    api.new_patient("Already There")
-    page = open_origin(dash, first.url)
-    page.evaluate(
-        """async () => {
-            window.got = []; window.states = []; window.batches = [];
-            const c = new hs.HealthSyncClient();
-            const {cursor} = await c.downloadAll({cursor: "0"});
-            window.sub = c.subscribe({
-                cursor,
-                onChanges: (changes) => { for (const x of changes) got.push(x.data.name); },
-                onBatch: (b) => batches.push(b.status),
-                onState: (s) => states.push(s),
-                backoff: {initial: 200, max: 1500},
-            });
-        }"""
-    )
-    page.wait_for_function("window.sub.state === 'live'", timeout=10000)
-    api.new_patient("One")
-    page.wait_for_function("got.includes('One')", timeout=3000)
-
-    dash.allow_errors(NETWORK_ERROR)
-    assert first.stop() == 0
-    page.wait_for_function("sub.state === 'reconnecting'", timeout=10000)
-    # Changes made while the client cannot reach its server: another server on the same
-    # data, on another port, writes them; then the original port comes back.
-    other = server_process(data_dir=first.data_dir)
-    other_api = Api(other.url)
-    other_api.new_patient("Two")
-    other_api.upload("tablet-2", [
-        {"operation": "create", "resource_type": "Patient", "client_temp_id": "x", "payload": {"name": "Three"}},
-    ])
-    assert other.stop() == 0
-    back = server_process("--port", str(first.port), data_dir=first.data_dir)
-    page.wait_for_function("got.includes('Three')", timeout=20000)
-    assert page.evaluate("sub.state") == "live"
-    Api(back.url).new_patient("Four")
-    page.wait_for_function("got.includes('Four')", timeout=3000)
-    out = page.evaluate("({got, states, cursor: sub.cursor})")
-    assert out["got"] == ["One", "Two", "Three", "Four"]  # in order, none missed, none twice
-    assert out["cursor"] == Api(back.url).get("/api/sync/download/?cursor=0")["cursor"]
-    states = out["states"]
-    assert states[:2] == ["connecting", "live"] and "reconnecting" in states and states[-1] == "live"
-    page.evaluate("sub.close()")
-    assert page.evaluate("sub.state") == "closed"
-
-
 def test_subscribe_pings_when_idle_and_reports_batches(server_process, dash):
     srv = server_process()
     api = Api(srv.url)
@@ -226,3 +179,27 @@ def test_a_failing_handler_gets_the_same_changes_again(server_process, dash):
     assert page.evaluate("got") == ["Fine", "Boom", "After"]
     assert page.evaluate("errors") == ["disk full"]
     page.evaluate("sub.close()")
+
+
+def test_a_large_upload_to_another_origin_goes_plain(server_process, dash, tmp_path):
+    """From a page on another origin, "auto" compression sends plain: a gzipped body would need the
+    server's CORS preflight to allow Content-Encoding.  (Same-origin and Node: test_client_runtimes.py.)"""
+    page_server = server_process()
+    other = server_process(data_dir=tmp_path / "other")  # open mode on loopback: CORS open to any origin
+    page = open_origin(dash, page_server.url)
+    out = page.evaluate(
+        f"""async () => {{
+            const sent = [];
+            const recording = (url, init) => {{
+                sent.push(init.headers["Content-Encoding"] || null);
+                return fetch(url, init);
+            }};
+            const c = new hs.HealthSyncClient({{baseUrl: {other.url!r}, deviceId: "tablet-x", fetch: recording}});
+            const changes = Array.from({{length: 300}}, (_, i) => ({{operation: "create", resource_type: "Patient",
+                client_temp_id: "x" + i, payload: {{name: "Cross " + i, identifiers: {{mrn: "MRN-X-" + i}}}}}}));
+            const res = await c.upload(changes);
+            return {{sent, created: res.results.filter((r) => r.status === "created").length, gzip: c.gzipUploads}};
+        }}"""
+    )
+    assert out == {"sent": [None], "created": 300, "gzip": True}
+    assert len(Api(other.url).get("/api/patients/")) == 300
