@@ -345,7 +345,6 @@ def test_compression_can_be_turned_off(server_process, runtime):
     assert out == [None]
 
 
-@pytest.mark.xfail(strict=True, reason="needs the gzip branch: the server takes gzipped upload bodies")
 def test_the_server_takes_a_gzipped_upload(server_process, runtime):
     srv = server_process()
     rt = runtime(srv.url)
@@ -361,7 +360,6 @@ def test_the_server_takes_a_gzipped_upload(server_process, runtime):
     assert out == {"calls": [["gzip", 200]], "gzipUploads": True, "created": 300}
 
 
-@pytest.mark.xfail(strict=True, reason="needs the gzip branch: the server answers Accept-Encoding: gzip")
 def test_downloads_and_lists_arrive_gzipped(server_process, runtime):
     """The runtime's fetch asks for gzip by itself (browsers, Node) and inflates the answer."""
     srv = server_process()
