@@ -5,6 +5,7 @@ found.  (``tests/process/test_package.py`` installs the package for real.)"""
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -88,6 +89,19 @@ def test_the_test_lock_holds_the_runtime_lock_s_very_versions():
 def test_the_top_level_settings_module_is_the_package_s():
     assert settings is package_settings
     assert settings.Settings is package_settings.Settings
+
+
+def test_the_package_never_imports_the_top_level_settings_module():
+    """An installed package has no top-level ``settings`` (only a checkout does): the
+    package imports its own, ``healthsync.settings``."""
+    offenders = []
+    for path in sorted((ROOT / "healthsync").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            if any(n == "settings" or n.startswith("settings.") for n in names if n):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not offenders, f"import healthsync.settings (from .settings import …) instead: {offenders}"
 
 
 def test_the_static_files_are_found_in_the_checkout_and_in_an_installed_package(tmp_path):
