@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 from typing import Any
 
 import tornado.web
-
-from settings import Settings
 
 from .audit import AuditTrail
 from .auth import RateLimiter, Tokens
@@ -28,12 +25,14 @@ from .context import Context
 from .push.hub import Hub
 from .redact import scrub
 from .resources import Resources
+from .settings import Settings
 from .storage import CommitInfo, make_storage
 from .sync.service import SyncService
 from .tasks import EmbeddedWorker, make_huey
 from .web.audit import AuditHandler
 from .web.base import GZip, NotFoundHandler, StaticHandler
 from .web.batches import BatchHandler, BatchListHandler, TriggerHandler
+from .web.files import STATIC_DIR
 from .web.health import HealthHandler, MetricsHandler
 from .web.openapi import DocsHandler, SchemaHandler
 from .web.resources import PatientHandler, PatientListHandler, RecordHandler, RecordListHandler
@@ -42,8 +41,6 @@ from .web.ws import SyncSocket
 
 log = logging.getLogger("healthsync")
 access_log = logging.getLogger("healthsync.access")
-
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 
 class HealthSyncApp(tornado.web.Application):

@@ -41,11 +41,10 @@ from huey import Huey
 from huey.api import Task
 from huey.storage import RedisStorage
 
-from settings import Settings
-
 from . import clock
 from .auth import OPEN, Principal, require_device
 from .errors import Busy, NotFound, QueueUnavailable, StorageFull, Unreachable
+from .settings import Settings
 from .storage import Claim, Storage, WriteTx, make_storage
 from .sync.apply import apply_upload
 from .sync.envelope import parse_upload

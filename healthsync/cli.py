@@ -1,4 +1,5 @@
-"""The command line: ``python run.py [serve|…] [flags]``.
+"""The command line: ``python run.py [serve|…] [flags]``, the same as the installed
+``healthsync`` command (``console_main``) and ``python -m healthsync``.
 
 ``serve`` (the default) opens and migrates the database, listens, logs one
 ready line (``listening on http://HOST:PORT``) and runs until SIGINT or
@@ -17,8 +18,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import settings as settings_mod
-from settings import Settings, SettingsError
+from . import settings as settings_mod
+from .settings import Settings, SettingsError
 
 log = logging.getLogger("healthsync")
 # The ready line is what operators, service managers and tests wait for: it is
@@ -41,9 +42,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-format", choices=["text", "json"], help="text (default) or json lines")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "run.py") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="run.py",
+        prog=prog,
         description="HealthSync: the clinic sync server.  Every flag also has a "
         "HEALTHSYNC_<NAME> environment variable; flags win.",
     )
@@ -132,8 +133,8 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = build_parser()
+def parse_args(argv: Sequence[str], prog: str = "run.py") -> argparse.Namespace:
+    parser = build_parser(prog)
     argv = list(argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["serve", *argv]
@@ -202,8 +203,9 @@ def setup_logging(level: str, fmt: str = "text") -> None:
     ready_log.setLevel(logging.INFO)
 
 
-def main(argv: Sequence[str]) -> int:
-    args = parse_args(argv)
+def main(argv: Sequence[str], prog: str = "run.py") -> int:
+    """Run one command; ``prog`` is the name ``--help`` and usage errors show."""
+    args = parse_args(argv, prog)
     try:
         settings = load_settings(args)
     except SettingsError as exc:
@@ -225,6 +227,11 @@ def main(argv: Sequence[str]) -> int:
     if args.command == "copy-data":
         return copy_data_command(args)
     raise AssertionError(args.command)
+
+
+def console_main() -> int:
+    """The ``healthsync`` command that ``pip install .`` puts on the PATH."""
+    return main(sys.argv[1:], prog="healthsync")
 
 
 async def token_command(settings: Settings, args: argparse.Namespace) -> int:

@@ -20,14 +20,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from settings import Settings
-
 from .audit import AuditTrail
 from .auth import RateLimiter, Tokens
 from .batches import BatchService
 from .metrics import Metrics
 from .push.hub import Hub
 from .resources import Resources
+from .settings import Settings
 from .storage import Storage
 from .sync.service import SyncService
 from .tasks import EmbeddedWorker, queue_depth, queue_info

@@ -19,7 +19,7 @@ import urllib.request
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from settings import Settings
+    from .settings import Settings
 
 FIRST = ("Aisha Amara Ben Chen Dara Elif Farah Gabriel Hana Ivan Jonas Kemi Lena Mateo Noor Omar Priya "
          "Quinn Rosa Sami Tomas Uma Vera Wen Yusuf Zelda").split()

@@ -36,12 +36,11 @@ from huey.api import Task
 from huey.consumer import Consumer, Scheduler, Worker
 from huey.signals import SIGNAL_COMPLETE, SIGNAL_ERROR, SIGNAL_EXECUTING
 
-from settings import Settings
-
 from . import clock
 from .batches import HEARTBEAT_SECONDS, close_queue, heartbeat, purge_old_batches, requeue_stale, run_claimed_batch
 from .errors import HealthSyncError
 from .redact import redact_url
+from .settings import Settings
 from .storage import Storage, make_storage
 
 log = logging.getLogger("healthsync.tasks")

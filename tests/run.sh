@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install what the tests need and run them: the one test command of the README.
 #   bash tests/run.sh [pytest args…]
-# Makes .venv (if missing), installs requirements.txt, installs Chromium (for the
+# Makes .venv (if missing), installs requirements-test.lock (the exact, hash-checked
+# versions of requirements-test.txt: the server's runtime set and the tests'; written by
+# bash tools/lock.sh), installs Chromium (for the
 # browser tests in tests/dashboard/) when /usr/bin/chromium is missing, and nginx (the
 # district's proxy example, tests/process/test_deploy.py) when missing, Node.js and npm
 # when missing (the JS client's tests under Node) and tests/js's npm packages, makes sure a
@@ -192,7 +194,7 @@ ensure_postgres
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install --disable-pip-version-check -q -r requirements.txt
+.venv/bin/python -m pip install --disable-pip-version-check -q --require-hashes -r requirements-test.lock
 set +e
 .venv/bin/python -m pytest "$@"
 status=$?

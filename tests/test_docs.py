@@ -38,7 +38,8 @@ def test_every_cli_flag_is_in_the_readme():
 # What the README shows ----------------------------------------------------------------------------
 
 #: Top-level folders of the repository: a path starting with one of them names a file of ours.
-REPO_DIRS = ("bench/", "deploy/", "healthsync/", "static/", "tests/", ".ci/")
+REPO_DIRS = ("bench/", "deploy/", "healthsync/", "static/", "tests/", ".ci/", "tools/", "requirements",
+             "pyproject.toml", "setup.py")
 
 
 def code_blocks(text: str) -> list[tuple[str, list[str]]]:
@@ -64,18 +65,32 @@ def shell_commands(line: str) -> list[list[str]]:
     return [c for c in commands if c]
 
 
+def cli_args(command: list[str]) -> list[str] | None:
+    """The arguments of HealthSync's command line in one shell command: ``run.py ARGS``,
+    the installed ``healthsync ARGS`` (``.venv/bin/healthsync``), ``python -m healthsync
+    ARGS``; None when it runs something else."""
+    for i, token in enumerate(command):
+        if token == "run.py" or token.endswith("/run.py") or token.endswith("bin/healthsync") or (
+                i == 0 and token == "healthsync"):
+            return command[i + 1:]
+        if token == "-m" and command[i + 1:i + 2] == ["healthsync"]:
+            return command[i + 2:]
+    return None
+
+
 def run_py_invocations() -> list[tuple[str, list[str]]]:
-    """Every ``run.py …`` the README shows, as ``(where, argv)``: in shell blocks, and in
-    inline code, where ``a|b|c`` offers alternatives (each is one invocation)."""
+    """Every ``run.py …`` (or ``healthsync …``) the README shows, as ``(where, argv)``: in
+    shell blocks, and ``run.py`` in inline code, where ``a|b|c`` offers alternatives (each
+    is one invocation)."""
     found: list[tuple[str, list[str]]] = []
     for lang, lines in code_blocks(README):
         if lang != "sh":
             continue
         for line in lines:
             for command in shell_commands(line):
-                for i, token in enumerate(command):
-                    if token == "run.py" or token.endswith("/run.py"):
-                        found.append((line.strip(), command[i + 1:]))
+                argv = cli_args(command)
+                if argv is not None:
+                    found.append((line.strip(), argv))
     for span in re.findall(r"`([^`\n]*\brun\.py(?:\s[^`\n]*)?)`", prose(README)):
         tokens = shlex.split(span)
         argv = tokens[tokens.index("run.py") + 1:]

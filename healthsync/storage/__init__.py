@@ -34,7 +34,7 @@ from .rows import (
 from .sqlite import Database
 
 if TYPE_CHECKING:
-    from settings import Settings
+    from ..settings import Settings
 
 __all__ = [
     "AuditEntry",

@@ -7,12 +7,11 @@ served by this box (nothing from the internet).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..openapi import schema_for
 from .base import BaseHandler
+from .files import STATIC_DIR
 
-DOCS_HTML = Path(__file__).resolve().parent.parent.parent / "static" / "docs.html"
+DOCS_HTML = STATIC_DIR / "docs.html"
 
 
 class SchemaHandler(BaseHandler):

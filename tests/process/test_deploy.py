@@ -43,10 +43,11 @@ def env_file(path: Path) -> dict[str, str]:
     return {k: v for k, v in pairs}
 
 
-def unit_settings(unit: str, instance: str) -> tuple[list[str], settings_mod.Settings]:
-    """The ``run.py`` arguments of ``unit``'s ``ExecStart`` for ``instance``, and the
-    settings they make with its ``Environment``/``EnvironmentFile`` (the example file)."""
-    lines = unit_lines(DEPLOY / unit)
+def unit_settings(unit: str, instance: str, folder: Path = DEPLOY) -> tuple[list[str], settings_mod.Settings]:
+    """The arguments of ``unit``'s ``ExecStart`` (the installed ``healthsync`` command) for
+    ``instance``, and the settings they make with its ``Environment``/``EnvironmentFile``
+    (the example file)."""
+    lines = unit_lines(folder / unit)
     env: dict[str, str] = {}
     for key, value in lines:
         if key == "EnvironmentFile":
@@ -57,10 +58,10 @@ def unit_settings(unit: str, instance: str) -> tuple[list[str], settings_mod.Set
             env[name] = val.replace("%i", instance)
     (exec_start,) = [v for k, v in lines if k == "ExecStart"]
     argv = shlex.split(exec_start.replace("%i", instance))
-    assert argv[0].endswith("/.venv/bin/python") and argv[1] == "run.py", argv
-    args = parse_args(argv[2:])
+    assert argv[0] == "/opt/healthsync/.venv/bin/healthsync", argv  # what `pip install .` puts there
+    args = parse_args(argv[1:])
     overrides = {n: getattr(args, n) for n in settings_mod.Settings.model_fields if getattr(args, n, None) is not None}
-    return argv[2:], settings_mod.load(env, overrides)
+    return argv[1:], settings_mod.load(env, overrides)
 
 
 def test_the_server_template_unit_serves_one_port_per_instance_in_token_mode_on_postgresql():
@@ -70,6 +71,13 @@ def test_the_server_template_unit_serves_one_port_per_instance_in_token_mode_on_
     assert s.auth_mode == "token" and check_exposure(s) is None
     assert s.embedded_worker is False
     assert s.database_url.startswith("postgresql://") and s.queue_url.startswith("redis://") and s.queue_name
+
+
+def test_the_clinic_box_unit_serves_on_every_address_in_token_mode():
+    argv, s = unit_settings("healthsync.service", "", folder=ROOT / "healthsync")
+    assert argv == ["serve"]
+    assert s.host == "0.0.0.0" and s.port == 8000 and str(s.data_dir) == "/var/lib/healthsync"
+    assert s.auth_mode == "token" and check_exposure(s) is None  # auth auto off loopback: token mode
 
 
 def test_the_worker_template_unit_uses_the_same_site():

@@ -33,6 +33,8 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 class RunPy:
     """``python run.py …`` in a subprocess; ``start`` waits for its ready line.
     ``database_url`` (when not empty) goes on its command line as ``--database-url``.
+    ``command`` runs another program instead of ``python run.py`` (an installed
+    ``healthsync``), in ``cwd`` (default: the checkout).
 
     A thread drains the process's output into ``log`` for its whole life: an
     unread pipe fills up and then blocks the process's next log line.
@@ -41,8 +43,10 @@ class RunPy:
     READY = re.compile(r"worker ready")
 
     def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None,
-                 database_url: str = "") -> None:
+                 database_url: str = "", command: list[str] | None = None, cwd: Path = ROOT) -> None:
         self.data_dir = data_dir
+        self.command = command or [sys.executable, "run.py"]
+        self.cwd = cwd
         self.database_url = database_url
         self.args = list(args)
         self.env = env
@@ -55,11 +59,11 @@ class RunPy:
     def start(self, timeout: float = 30) -> Self:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
         env.update(self.env or {})
-        cmd = [sys.executable, "run.py", *self.args, *self.extra_args(), "--data-dir", str(self.data_dir)]
+        cmd = [*self.command, *self.args, *self.extra_args(), "--data-dir", str(self.data_dir)]
         if self.database_url:
             cmd += ["--database-url", self.database_url]
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            cmd, cwd=self.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         self.ready_line = None
         self._ready.clear()
