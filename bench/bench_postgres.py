@@ -65,12 +65,12 @@ from bench_sync import (  # noqa: E402
     UPLOAD_WANT,
     Pair,
     _check_results,
-    _entry,
     _next,
     _warm_up,
     create_changes,
     fill,
     http_download,
+    keyset_pages,
     quiet_gc,
     renamed,
     table,
@@ -324,32 +324,7 @@ def baseline_download(url: str, expect: int) -> tuple[float, int, list[Any]]:
     """
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SELECT 1").fetchone()
-        after, count, nbytes, first = 0, 0, 0, b""
-        with quiet_gc(off=True):
-            t0 = time.perf_counter()
-            while True:
-                n = PAGE + 1
-                rows = conn.execute(_BASELINE_PAGE, (after, n, after, n, n)).fetchall()
-                has_more = len(rows) > PAGE
-                rows = rows[:PAGE]
-                out = orjson.dumps({
-                    "changes": [_entry(r) for r in rows],
-                    "server_time": rows[-1][9] if rows else None,
-                    "cursor": str(rows[-1][0]) if rows else str(after),
-                    "has_more": has_more,
-                })
-                nbytes += len(out)
-                count += len(rows)
-                if not first:
-                    first = out
-                if rows:
-                    after = rows[-1][0]
-                if not has_more:
-                    break
-            elapsed = time.perf_counter() - t0
-    if count != expect:
-        raise SystemExit(f"baseline download read {count} changes, expected {expect}")
-    return elapsed, nbytes, orjson.loads(first)["changes"] if first else []
+        return keyset_pages(lambda after, n: conn.execute(_BASELINE_PAGE, (after, n, after, n, n)).fetchall(), expect)
 
 
 def fill_download(url: str, base: Path, server_args: list[str]) -> float:

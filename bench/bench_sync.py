@@ -494,30 +494,38 @@ def baseline_download(db_path: Path, expect: int) -> tuple[float, int, list[Any]
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, isolation_level=None)
     try:
         conn.execute("SELECT 1").fetchone()
-        after, count, nbytes, first = 0, 0, 0, b""
-        with quiet_gc(off=True):
-            t0 = time.perf_counter()
-            while True:
-                rows = conn.execute(_BASELINE_PAGE, (after, after, PAGE + 1)).fetchall()
-                has_more = len(rows) > PAGE
-                rows = rows[:PAGE]
-                out = orjson.dumps({
-                    "changes": [_entry(r) for r in rows],
-                    "server_time": rows[-1][9] if rows else None,
-                    "cursor": str(rows[-1][0]) if rows else str(after),
-                    "has_more": has_more,
-                })
-                nbytes += len(out)
-                count += len(rows)
-                if not first:
-                    first = out
-                if rows:
-                    after = rows[-1][0]
-                if not has_more:
-                    break
-            elapsed = time.perf_counter() - t0
+        return keyset_pages(lambda after, n: conn.execute(_BASELINE_PAGE, (after, after, n)).fetchall(), expect)
     finally:
         conn.close()
+
+
+def keyset_pages(fetch: Any, expect: int) -> tuple[float, int, list[Any]]:
+    """(seconds, bytes, first page's changes) of reading every change by keyset pages:
+    ``fetch(after, n)`` gives up to ``n`` rows after seq ``after`` (PAGE + 1 asked, to
+    know has_more), each encoded with orjson in the download's entry shape.  The
+    raw baseline of every backend's download figure."""
+    after, count, nbytes, first = 0, 0, 0, b""
+    with quiet_gc(off=True):
+        t0 = time.perf_counter()
+        while True:
+            rows = fetch(after, PAGE + 1)
+            has_more = len(rows) > PAGE
+            rows = rows[:PAGE]
+            out = orjson.dumps({
+                "changes": [_entry(r) for r in rows],
+                "server_time": rows[-1][9] if rows else None,
+                "cursor": str(rows[-1][0]) if rows else str(after),
+                "has_more": has_more,
+            })
+            nbytes += len(out)
+            count += len(rows)
+            if not first:
+                first = out
+            if rows:
+                after = rows[-1][0]
+            if not has_more:
+                break
+        elapsed = time.perf_counter() - t0
     if count != expect:
         raise SystemExit(f"baseline download read {count} changes, expected {expect}")
     return elapsed, nbytes, orjson.loads(first)["changes"] if first else []

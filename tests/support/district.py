@@ -33,6 +33,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.httputil import HTTPHeaders
 from tornado.websocket import websocket_connect
 
+from tests.support.http import Response
 from tests.support.servers import RunPy, ServerProcess
 
 DOWNLOAD = "/api/sync/download/"
@@ -78,18 +79,7 @@ def http_client() -> AsyncHTTPClient:
     return AsyncHTTPClient(force_instance=True, max_clients=64)
 
 
-@dataclass
-class Reply:
-    status: int
-    headers: Any
-    body: bytes
-
-    @property
-    def json(self) -> Any:
-        return orjson.loads(self.body) if self.body else None
-
-
-async def jcall(client: AsyncHTTPClient, method: str, url: str, body: Any = None, timeout: float = 30) -> Reply:
+async def jcall(client: AsyncHTTPClient, method: str, url: str, body: Any = None, timeout: float = 30) -> Response:
     """One JSON request; a connection refused or cut is status 599 (Tornado's own)."""
     data = None if body is None else orjson.dumps(body)
     if data is None and method in ("POST", "PUT", "PATCH"):
@@ -99,8 +89,8 @@ async def jcall(client: AsyncHTTPClient, method: str, url: str, body: Any = None
     try:
         resp = await client.fetch(request, raise_error=False)
     except (OSError, HTTPClientError) as exc:  # no answer at all: refused, cut, or timed out
-        return Reply(599, HTTPHeaders(), orjson.dumps({"error": f"no answer: {exc!r}"}))
-    return Reply(resp.code, resp.headers, resp.body or b"")
+        return Response(599, HTTPHeaders(), orjson.dumps({"error": f"no answer: {exc!r}"}))
+    return Response(resp.code, resp.headers, resp.body or b"")
 
 
 # Acknowledged writes --------------------------------------------------------------------------
@@ -135,7 +125,7 @@ class Acks:
         return out
 
 
-def _ok(reply: Reply, *statuses: int) -> Any:
+def _ok(reply: Response, *statuses: int) -> Any:
     assert reply.status in statuses, (reply.status, reply.body[:500])
     return reply.json
 
