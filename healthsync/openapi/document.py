@@ -84,6 +84,9 @@ def _components() -> dict[str, Any]:
     for name in ("PatientIn", "RecordIn"):
         for key in ("id", "owner", "server_version", "updated_at", "deleted"):
             schemas[name]["properties"][key]["description"] = read_only
+        schemas[name]["properties"]["id"]["description"] = (
+            "On create (POST): the new item's id, made by the client (a UUID, canonical lower-case form); "
+            "omitted or null: the server makes one. On PUT/PATCH: read-only, ignored.")
     schemas["PatientIn"]["properties"]["dob"]["description"] = "YYYY-MM-DD, not in the future, or null."
     schemas["RecordIn"]["properties"]["resource_type"]["description"] = "A FHIR R4 resource type other than Patient."
     schemas["RecordIn"]["properties"]["patient"]["description"] = "An existing, not deleted patient's id (UUID)."
@@ -117,6 +120,11 @@ ERROR_TEXT = {
     507: "The disk holding the data is full; nothing was written: send it again once space is freed "
     "(`Retry-After`).",
 }
+
+
+REPEATED_CREATE = ("A retry: the body names an `id` whose item this very body already created (and is unchanged "
+                   "since); nothing was written, the item is returned as it is.")
+USED_ID = "The body's `id` is already used by another item (a patient or record, deleted or not), named in the error."
 
 
 def _error(status: int, text: str | None = None) -> dict[str, Any]:
@@ -240,7 +248,9 @@ def build_schema(*, page_limit_max: int = 10000, max_batch_changes: int = 10000)
                       description="Everything by default (a plain JSON array); `limit` pages it."),
             "post": op("Patients", "Create a patient",
                        {201: _ok("Created.", _json("Patient"), {**ETAG, "Location": {"schema": {"type": "string"}}}),
-                        **write_errors},
+                        200: _ok(REPEATED_CREATE, _json("Patient"),
+                                 {**ETAG, "Location": {"schema": {"type": "string"}}}),
+                        **write_errors, 409: _error(409, USED_ID)},
                        op_id="create_patient", body=_json("PatientIn", example=patient_example)),
         },
         "/api/patients/{id}/": item_ops("patient", "Patients", "PatientIn", "PatientPatch", "Patient",
@@ -255,7 +265,10 @@ def build_schema(*, page_limit_max: int = 10000, max_batch_changes: int = 10000)
                                          "Only this FHIR R4 type.")]),
             "post": op("Records", "Create a health record",
                        {201: _ok("Created.", _json("HealthRecord"),
-                                 {**ETAG, "Location": {"schema": {"type": "string"}}}), **write_errors},
+                                 {**ETAG, "Location": {"schema": {"type": "string"}}}),
+                        200: _ok(REPEATED_CREATE, _json("HealthRecord"),
+                                 {**ETAG, "Location": {"schema": {"type": "string"}}}),
+                        **write_errors, 409: _error(409, USED_ID)},
                        op_id="create_record", body=_json("RecordIn", example=record_example),
                        description="The patient must exist and not be deleted (else 400 naming `patient`)."),
         },
