@@ -432,6 +432,13 @@ watch changes arrive. Trailing slashes are optional on every path.
 `ETag: W/"<server_version>"`; `If-Match` guards writes (412), `If-None-Match` reads (304). A PUT, PATCH
 or sync `update` that leaves the item as it is changes nothing: same `server_version` and `updated_at`.
 
+**Ids made on the device.** A sync `create` may carry `server_id` (and `POST` an `id`): a UUID the client
+made, in canonical lower-case form, becomes the item's id. Retrying the create (same device, same
+`client_temp_id` or the same id; over REST the same body) gives the same answer and creates nothing; an
+id already used by another item (patient or record, deleted or not) is `rejected` (REST: 409) naming it.
+Download and websocket entries carry `created_by` (`device_id`, `client_temp_id` of the upload that
+created the item; null for items created over REST), so a device recognises its own creates.
+
 **Live push: `/api/sync/ws` (websocket, not describable in OpenAPI).** Connect with `since` or `cursor`
 (as for download) and optionally `resource_type`, `patient`, `device_id` (and in token mode `token`, for
 browsers). Messages are JSON objects with a `type`: `hello` (`cursor`/`since`, `head`, `server_time`),
