@@ -84,9 +84,17 @@ def _components() -> dict[str, Any]:
     for name in ("PatientIn", "RecordIn"):
         for key in ("id", "owner", "server_version", "updated_at", "deleted"):
             schemas[name]["properties"][key]["description"] = read_only
-        schemas[name]["properties"]["id"]["description"] = (
-            "On create (POST): the new item's id, made by the client (a UUID, canonical lower-case form); "
-            "omitted or null: the server makes one. On PUT/PATCH: read-only, ignored.")
+    # A create's body is the same but for ``id``: the new item's id, made by the client.
+    for name, create in (("PatientIn", "PatientCreate"), ("RecordIn", "RecordCreate")):
+        body = copy.deepcopy(schemas[name])
+        body["title"] = create
+        body["properties"]["id"] = {
+            "anyOf": [{"type": "string", "format": "uuid", "pattern": CANONICAL_UUID}, {"type": "null"}],
+            "description": "The new item's id, made by the client: a UUID in canonical lower-case form. Omitted "
+            "or null: the server makes one. Already used by another item: 409, unless this very body created it "
+            "(a retry: 200).",
+        }
+        schemas[create] = body
     schemas["PatientIn"]["properties"]["dob"]["description"] = "YYYY-MM-DD, not in the future, or null."
     schemas["RecordIn"]["properties"]["resource_type"]["description"] = "A FHIR R4 resource type other than Patient."
     schemas["RecordIn"]["properties"]["patient"]["description"] = "An existing, not deleted patient's id (UUID)."
@@ -122,6 +130,7 @@ ERROR_TEXT = {
 }
 
 
+CANONICAL_UUID = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 REPEATED_CREATE = ("A retry: the body names an `id` whose item this very body already created (and is unchanged "
                    "since); nothing was written, the item is returned as it is.")
 USED_ID = "The body's `id` is already used by another item (a patient or record, deleted or not), named in the error."
@@ -251,7 +260,7 @@ def build_schema(*, page_limit_max: int = 10000, max_batch_changes: int = 10000)
                         200: _ok(REPEATED_CREATE, _json("Patient"),
                                  {**ETAG, "Location": {"schema": {"type": "string"}}}),
                         **write_errors, 409: _error(409, USED_ID)},
-                       op_id="create_patient", body=_json("PatientIn", example=patient_example)),
+                       op_id="create_patient", body=_json("PatientCreate", example=patient_example)),
         },
         "/api/patients/{id}/": item_ops("patient", "Patients", "PatientIn", "PatientPatch", "Patient",
                                         patient_example),
@@ -269,7 +278,7 @@ def build_schema(*, page_limit_max: int = 10000, max_batch_changes: int = 10000)
                         200: _ok(REPEATED_CREATE, _json("HealthRecord"),
                                  {**ETAG, "Location": {"schema": {"type": "string"}}}),
                         **write_errors, 409: _error(409, USED_ID)},
-                       op_id="create_record", body=_json("RecordIn", example=record_example),
+                       op_id="create_record", body=_json("RecordCreate", example=record_example),
                        description="The patient must exist and not be deleted (else 400 naming `patient`)."),
         },
         "/api/records/{id}/": item_ops("record", "Records", "RecordIn", "RecordPatch", "HealthRecord",
