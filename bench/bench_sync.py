@@ -113,7 +113,8 @@ class Pair:
 
 _INSERT_PATIENTS = (
     "INSERT INTO patients (id, owner, name, dob, identifiers, fhir, server_version,"
-    " updated_at, deleted, seq, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " updated_at, deleted, seq, created_at, created_by_device, created_temp_id)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPDATE_PATIENTS = (
     "UPDATE patients SET name = ?, dob = ?, identifiers = ?, fhir = ?, server_version = ?,"
@@ -218,10 +219,11 @@ def baseline_upload(
         now = Stamps().next()[1]
         ids = [new_id() for _ in payloads]
         creates = []
-        for pid, p in zip(ids, payloads, strict=True):
+        for i, (pid, p) in enumerate(zip(ids, payloads, strict=True)):
             seq, stamp = stamps.next()
             identifiers = orjson.dumps(p["identifiers"]).decode()
-            creates.append((pid, None, p["name"], p["dob"], identifiers, None, 1, stamp, 0, seq, now))
+            creates.append((pid, None, p["name"], p["dob"], identifiers, None, 1, stamp, 0, seq, now, DEVICE,
+                            f"p-{i}"))
         create_response = orjson.dumps({"results": [
             {"client_temp_id": f"p-{i}", "status": "created", "server_id": pid, "server_version": 1}
             for i, pid in enumerate(ids)]}).decode()
@@ -452,11 +454,11 @@ def http_download(server: Server, expect: int) -> tuple[float, int, list[Any]]:
 
 
 _BASELINE_PAGE = (
-    "SELECT seq, 0, id, owner, name, dob, identifiers, fhir, server_version, updated_at, deleted"
-    " FROM patients WHERE seq > ?"
+    "SELECT seq, 0, id, owner, name, dob, identifiers, fhir, server_version, updated_at, deleted,"
+    " created_by_device, created_temp_id FROM patients WHERE seq > ?"
     " UNION ALL"
-    " SELECT seq, 1, id, patient, resource_type, data, NULL, NULL, server_version, updated_at, deleted"
-    " FROM records WHERE seq > ?"
+    " SELECT seq, 1, id, patient, resource_type, data, NULL, NULL, server_version, updated_at, deleted,"
+    " created_by_device, created_temp_id FROM records WHERE seq > ?"
     " ORDER BY 1 LIMIT ?"
 )
 
@@ -472,6 +474,7 @@ def _entry(r: tuple[Any, ...]) -> dict[str, Any]:
             "server_version": r[8],
             "updated_at": r[9],
             "deleted": bool(r[10]),
+            "created_by": _created_by(r),
         }
     return {
         "server_id": r[2],
@@ -481,7 +484,12 @@ def _entry(r: tuple[Any, ...]) -> dict[str, Any]:
         "server_version": r[8],
         "updated_at": r[9],
         "deleted": bool(r[10]),
+        "created_by": _created_by(r),
     }
+
+
+def _created_by(r: tuple[Any, ...]) -> dict[str, Any] | None:
+    return None if r[11] is None else {"device_id": r[11], "client_temp_id": r[12]}
 
 
 def baseline_download(db_path: Path, expect: int) -> tuple[float, int, list[Any]]:

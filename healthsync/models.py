@@ -313,11 +313,41 @@ class Change(BaseModel):
     payload: dict[str, Any] = Field(default_factory=dict)
 
 
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def new_id_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be the id a client chose for a new item, or None.
+
+    A UUID in its canonical form (lower-case hex, 8-4-4-4-12), the form the
+    server writes every id in: ids are compared exactly (in download
+    entries, in a device's own map), so an upper-case or braced spelling
+    would name the item under a second string, and is refused instead of
+    being rewritten behind the device's back.
+    """
+    if type(value) is not str:
+        return "must be a UUID string"
+    if _CANONICAL_UUID.fullmatch(value):
+        return None
+    try:
+        canonical = str(uuid.UUID(value))
+    except (ValueError, TypeError):
+        return f"{value[:64]!r} is not a UUID"
+    return f"{value[:64]!r} is not in canonical form (lower-case, 8-4-4-4-12): send {canonical!r}"
+
+
 def routing_problem(operation: str, client_temp_id: str | None, server_id: str | None) -> tuple[str, str] | None:
-    """(field, message) when a change cannot be routed at all."""
-    if operation == "create" and client_temp_id is None:
-        return "client_temp_id", "client_temp_id is required for create"
-    if operation != "create" and server_id is None:
+    """(field, message) when a change cannot be routed at all.  A create's
+    ``server_id`` (optional) is the id the device made for the new item."""
+    if operation == "create":
+        if client_temp_id is None:
+            return "client_temp_id", "client_temp_id is required for create"
+        if server_id is not None:
+            problem = new_id_problem(server_id)
+            if problem:
+                return "server_id", f"a create's server_id is the new item's id: {problem}"
+        return None
+    if server_id is None:
         return "server_id", f"server_id is required for {operation}"
     return None
 

@@ -10,6 +10,13 @@ comes back unchanged (same ``server_version``, ``updated_at`` and ETag), no
 ``seq`` is spent, so no device downloads it and no ``base_version`` goes
 stale.  ``If-Match`` is still checked first.
 Results are API representations ready for JSON.
+
+A create may name the new item's ``id`` (a UUID the client made, in its
+canonical lower-case form), as a sync ``create`` may name its
+``server_id``.  An id already used by another item (patient or record,
+deleted or not) is a ``Conflict`` naming it, except a retry: the same body
+again, while the item is as that body made it, answers the item as it is
+(``created`` false: HTTP 200 instead of 201) and writes nothing.
 """
 
 from __future__ import annotations
@@ -19,8 +26,8 @@ from typing import Any
 
 import orjson
 
-from .errors import Invalid, NotFound, PreconditionFailed
-from .models import READ_ONLY_KEYS, PatientIn, RecordIn, parse_model
+from .errors import Conflict, Invalid, NotFound, PreconditionFailed
+from .models import READ_ONLY_KEYS, PatientIn, RecordIn, new_id_problem, parse_model
 from .storage import Row, Snapshot, Storage, WriteTx, keyset_page, patient_out, record_out
 from .sync.rules import if_match_allows, merge_patch, same_json
 
@@ -110,6 +117,36 @@ async def _live_record(tx: WriteTx, record_id: str) -> Row:
     return row
 
 
+def _chosen_id(model: PatientIn | RecordIn, what: str) -> str | None:
+    """The ``id`` a create body names (None: the server makes one), or ``Invalid``."""
+    if model.id is None:
+        return None
+    problem = new_id_problem(model.id)
+    if problem:
+        raise Invalid(f"invalid {what}: id", [{"field": "id", "message": f"the new {what}'s id {problem}"}])
+    return str(model.id)
+
+
+def _used(item_id: str, what: str) -> Conflict:
+    return Conflict(f"id {item_id} is already used by {what}", [{"field": "id", "message": f"already used by {what}"}])
+
+
+async def _other_item(tx: WriteTx, item_id: str, own_kind: str) -> None:
+    """``Conflict`` when ``item_id`` is the id of an item of the other kind."""
+    if own_kind == "patient":
+        row = await tx.fetch_record(item_id)
+        kind, deleted = "record", row is not None and row[6]
+    else:
+        row = await tx.fetch_patient(item_id)
+        kind, deleted = "patient", row is not None and row[8]
+    if row is not None:
+        raise _used(item_id, f"a deleted {kind}" if deleted else f"a {kind}")
+
+
+#: A create's answer: the item, and whether it was created now (False: a retry found it).
+Created = tuple[dict[str, Any], bool]
+
+
 class Resources:
     """The patient and record service over one ``Storage``."""
 
@@ -131,12 +168,28 @@ class Resources:
         return patient_out(row)
 
     async def create_patient(self, body: Any, owner: str | None = None) -> dict[str, Any]:
+        return (await self.create_patient_or_find(body, owner))[0]
+
+    async def create_patient_or_find(self, body: Any, owner: str | None = None) -> Created:
+        """Create a patient (with the body's ``id`` if it names one); a retry
+        of that create finds it (see the module's docstring)."""
         model = parse_model(PatientIn, body, "patient")
+        chosen = _chosen_id(model, "patient")
+        fields = _patient_fields(model)
 
-        async def run(tx: WriteTx) -> Row:
-            return await tx.insert_patient(str(uuid.uuid4()), owner, *_patient_fields(model))
+        async def run(tx: WriteTx) -> tuple[Row, bool]:
+            if chosen is None:
+                return await tx.insert_patient(str(uuid.uuid4()), owner, *fields), True
+            current = await tx.fetch_patient(chosen)
+            if current is not None:
+                if not current[8] and _same_patient(current, *fields):
+                    return current, False
+                raise _used(chosen, "a deleted patient" if current[8] else "a patient with other values")
+            await _other_item(tx, chosen, "patient")
+            return await tx.insert_patient(chosen, owner, *fields), True
 
-        return patient_out(await self.db.write(run))
+        row, created = await self.db.write(run)
+        return patient_out(row), created
 
     async def replace_patient(self, patient_id: str, body: Any, if_match: str | None) -> dict[str, Any]:
         model = parse_model(PatientIn, body, "patient")
@@ -196,15 +249,28 @@ class Resources:
         return record_out(row)
 
     async def create_record(self, body: Any) -> dict[str, Any]:
+        return (await self.create_record_or_find(body))[0]
+
+    async def create_record_or_find(self, body: Any) -> Created:
+        """Create a record (with the body's ``id`` if it names one); a retry
+        of that create finds it (see the module's docstring)."""
         model = parse_model(RecordIn, body, "record")
+        chosen = _chosen_id(model, "record")
+        data = _dump(model.data)
 
-        async def run(tx: WriteTx) -> Row:
+        async def run(tx: WriteTx) -> tuple[Row, bool]:
+            if chosen is not None:
+                current = await tx.fetch_record(chosen)
+                if current is not None:
+                    if not current[6] and _same_record(current, model.patient, model.resource_type, data):
+                        return current, False
+                    raise _used(chosen, "a deleted record" if current[6] else "a record with other values")
+                await _other_item(tx, chosen, "record")
             await _live_patient(tx, model.patient, field="patient")
-            return await tx.insert_record(
-                str(uuid.uuid4()), model.patient, model.resource_type, _dump(model.data)
-            )
+            return await tx.insert_record(chosen or str(uuid.uuid4()), model.patient, model.resource_type, data), True
 
-        return record_out(await self.db.write(run))
+        row, created = await self.db.write(run)
+        return record_out(row), created
 
     async def replace_record(self, record_id: str, body: Any, if_match: str | None) -> dict[str, Any]:
         model = parse_model(RecordIn, body, "record")

@@ -84,6 +84,17 @@ def _components() -> dict[str, Any]:
     for name in ("PatientIn", "RecordIn"):
         for key in ("id", "owner", "server_version", "updated_at", "deleted"):
             schemas[name]["properties"][key]["description"] = read_only
+    # A create's body is the same but for ``id``: the new item's id, made by the client.
+    for name, create in (("PatientIn", "PatientCreate"), ("RecordIn", "RecordCreate")):
+        body = copy.deepcopy(schemas[name])
+        body["title"] = create
+        body["properties"]["id"] = {
+            "anyOf": [{"type": "string", "format": "uuid", "pattern": CANONICAL_UUID}, {"type": "null"}],
+            "description": "The new item's id, made by the client: a UUID in canonical lower-case form. Omitted "
+            "or null: the server makes one. Already used by another item: 409, unless this very body created it "
+            "(a retry: 200).",
+        }
+        schemas[create] = body
     schemas["PatientIn"]["properties"]["dob"]["description"] = "YYYY-MM-DD, not in the future, or null."
     schemas["RecordIn"]["properties"]["resource_type"]["description"] = "A FHIR R4 resource type other than Patient."
     schemas["RecordIn"]["properties"]["patient"]["description"] = "An existing, not deleted patient's id (UUID)."
@@ -117,6 +128,12 @@ ERROR_TEXT = {
     507: "The disk holding the data is full; nothing was written: send it again once space is freed "
     "(`Retry-After`).",
 }
+
+
+CANONICAL_UUID = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+REPEATED_CREATE = ("A retry: the body names an `id` whose item this very body already created (and is unchanged "
+                   "since); nothing was written, the item is returned as it is.")
+USED_ID = "The body's `id` is already used by another item (a patient or record, deleted or not), named in the error."
 
 
 def _error(status: int, text: str | None = None) -> dict[str, Any]:
@@ -240,8 +257,10 @@ def build_schema(*, page_limit_max: int = 10000, max_batch_changes: int = 10000)
                       description="Everything by default (a plain JSON array); `limit` pages it."),
             "post": op("Patients", "Create a patient",
                        {201: _ok("Created.", _json("Patient"), {**ETAG, "Location": {"schema": {"type": "string"}}}),
-                        **write_errors},
-                       op_id="create_patient", body=_json("PatientIn", example=patient_example)),
+                        200: _ok(REPEATED_CREATE, _json("Patient"),
+                                 {**ETAG, "Location": {"schema": {"type": "string"}}}),
+                        **write_errors, 409: _error(409, USED_ID)},
+                       op_id="create_patient", body=_json("PatientCreate", example=patient_example)),
         },
         "/api/patients/{id}/": item_ops("patient", "Patients", "PatientIn", "PatientPatch", "Patient",
                                         patient_example),
@@ -255,8 +274,11 @@ def build_schema(*, page_limit_max: int = 10000, max_batch_changes: int = 10000)
                                          "Only this FHIR R4 type.")]),
             "post": op("Records", "Create a health record",
                        {201: _ok("Created.", _json("HealthRecord"),
-                                 {**ETAG, "Location": {"schema": {"type": "string"}}}), **write_errors},
-                       op_id="create_record", body=_json("RecordIn", example=record_example),
+                                 {**ETAG, "Location": {"schema": {"type": "string"}}}),
+                        200: _ok(REPEATED_CREATE, _json("HealthRecord"),
+                                 {**ETAG, "Location": {"schema": {"type": "string"}}}),
+                        **write_errors, 409: _error(409, USED_ID)},
+                       op_id="create_record", body=_json("RecordCreate", example=record_example),
                        description="The patient must exist and not be deleted (else 400 naming `patient`)."),
         },
         "/api/records/{id}/": item_ops("record", "Records", "RecordIn", "RecordPatch", "HealthRecord",
@@ -418,6 +440,13 @@ watch changes arrive. Trailing slashes are optional on every path.
 **Versions.** `server_version` is 1 on create and +1 on every change. Responses carry
 `ETag: W/"<server_version>"`; `If-Match` guards writes (412), `If-None-Match` reads (304). A PUT, PATCH
 or sync `update` that leaves the item as it is changes nothing: same `server_version` and `updated_at`.
+
+**Ids made on the device.** A sync `create` may carry `server_id` (and `POST` an `id`): a UUID the client
+made, in canonical lower-case form, becomes the item's id. Retrying the create (same device, same
+`client_temp_id` or the same id; over REST the same body) gives the same answer and creates nothing; an
+id already used by another item (patient or record, deleted or not) is `rejected` (REST: 409) naming it.
+Download and websocket entries carry `created_by` (`device_id`, `client_temp_id` of the upload that
+created the item; null for items created over REST), so a device recognises its own creates.
 
 **Live push: `/api/sync/ws` (websocket, not describable in OpenAPI).** Connect with `since` or `cursor`
 (as for download) and optionally `resource_type`, `patient`, `device_id` (and in token mode `token`, for

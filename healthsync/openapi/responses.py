@@ -65,6 +65,18 @@ class PatientEntryData(_Out):
     fhir: dict[str, Any] | None
 
 
+class CreatedBy(_Out):
+    """The upload that created an item: its device and the change's ``client_temp_id``."""
+
+    device_id: str
+    client_temp_id: str
+
+
+def _created_by() -> Any:
+    return Field(description="The upload that created the item (null: created over REST, or before "
+                 "HealthSync kept it): a device recognises its own creates by it.")
+
+
 class PatientEntry(_Out):
     """A patient's download entry: its fields in ``data``."""
 
@@ -74,6 +86,7 @@ class PatientEntry(_Out):
     server_version: int
     updated_at: str
     deleted: bool
+    created_by: CreatedBy | None = _created_by()
 
 
 class RecordEntry(_Out):
@@ -86,6 +99,7 @@ class RecordEntry(_Out):
     server_version: int
     updated_at: str
     deleted: bool
+    created_by: CreatedBy | None = _created_by()
 
 
 class DownloadEntry(RootModel[PatientEntry | RecordEntry]):
@@ -106,7 +120,8 @@ class UploadResult(_Out):
 
     status: Literal["created", "updated", "deleted", "not_found", "conflict", "rejected"]
     client_temp_id: str = Field(None, description="Echoed for creates.")
-    server_id: str = Field(None, description="The item's server id (absent for a rejected create).")
+    server_id: str = Field(None, description="The item's server id (for a create: the id the device chose, "
+                           "else a new one; absent for a rejected create that chose none).")
     server_version: int | None = Field(None, description="The new version of an applied change.")
     error: str = Field(None, description="Why a `rejected` change could not apply.")
     reason: Literal[CONFLICT_REASONS] = Field(None, description="Why a `conflict`.")  # type: ignore[valid-type]

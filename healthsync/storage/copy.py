@@ -87,10 +87,10 @@ def _table(name: str, columns: str, ints: str, order: str, identity: str | None 
 
 #: Parents before children (records name their patient).
 TABLES: tuple[Table, ...] = (
-    _table("patients", "pk id owner name dob identifiers fhir server_version updated_at seq deleted created_at",
-           "pk server_version seq deleted", "pk", "pk"),
-    _table("records", "pk id patient resource_type data server_version updated_at seq deleted created_at",
-           "pk server_version seq deleted", "pk", "pk"),
+    _table("patients", "pk id owner name dob identifiers fhir server_version updated_at seq deleted created_at"
+           " created_by_device created_temp_id", "pk server_version seq deleted", "pk", "pk"),
+    _table("records", "pk id patient resource_type data server_version updated_at seq deleted created_at"
+           " created_by_device created_temp_id", "pk server_version seq deleted", "pk", "pk"),
     _table("batches", "pk id device_id status change_count request response error attempts task_id created_at"
            " claimed_at finished_at updated_at worker heartbeat_at", "pk change_count attempts", "pk", "pk"),
     _table("temp_ids", "device_id client_temp_id server_id resource_type", "", "device_id client_temp_id"),

@@ -185,7 +185,8 @@ class WriteTx(Protocol):
     # One statement per kind, not one per row: an upload has up to 10,000 changes.
 
     async def load_patients(self, ids: set[str]) -> dict[str, PatientRow]:
-        """The patients of ``ids`` that exist (deleted or not), by id."""
+        """The patients of ``ids`` that exist (deleted or not), by id, every field
+        of ``PatientRow`` filled in (its creator included)."""
         ...
 
     async def load_records(self, ids: set[str]) -> dict[str, RecordRow]:
@@ -202,12 +203,13 @@ class WriteTx(Protocol):
 
     async def write_patients(self, new: list[PatientRow], changed: list[PatientRow]) -> None:
         """Insert ``new`` and update ``changed`` as they are, stamps included
-        (the caller stamped them; ``id``, ``owner``, ``created_at`` never change)."""
+        (the caller stamped them; ``id``, ``owner``, ``created_at`` and the creator,
+        ``created_by_device`` and ``created_temp_id``, are written once, on insert)."""
         ...
 
     async def write_records(self, new: list[RecordRow], changed: list[RecordRow]) -> None:
         """Insert ``new`` and update ``changed`` as they are, stamps included
-        (``id`` and ``created_at`` never change)."""
+        (``id``, ``created_at`` and the creator are written once, on insert)."""
         ...
 
     async def insert_temp_ids(self, rows: list[tuple[str, str, str, str]]) -> None:
@@ -311,7 +313,8 @@ class Snapshot(Protocol):
         """Up to ``limit`` changes (patients and records, deleted ones too) after
         a seq or a canonical time, oldest first.  ``resource_type`` 'Patient'
         reads only patients, any other type only records of that type;
-        ``patient`` keeps the patient's own entry and its records'."""
+        ``patient`` keeps the patient's own entry and its records'.  Each entry
+        ends with ``created_by`` (see ``rows``)."""
         ...
 
     async def changes_for_push(self, after_seq: int, limit: int) -> list[PushRow]:

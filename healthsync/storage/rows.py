@@ -11,7 +11,9 @@ backend:
 - ``PatientRow``/``RecordRow``: the rows the sync write path loads, changes
   in memory (``sync/apply.py``) and writes back, with names.
 - ``ChangeRow``/``PushRow``: one change as the download and the push hub
-  read it, its JSON entry already built by the backend.
+  read it, its JSON entry already built by the backend.  An entry ends with
+  ``created_by``: ``{"device_id", "client_temp_id"}`` of the upload that
+  created the item, or null (a REST create, or one made before it was kept).
 
 Column orders of a ``Row``:
 
@@ -49,8 +51,10 @@ PushRow = tuple[int, str, str, str, str]
 @dataclass(slots=True, eq=False)
 class PatientRow:
     """A ``patients`` row: the columns of a patient ``Row`` in order, then
-    ``seq`` (None until the batch changes the row) and ``created_at`` (set
-    for a row the batch creates).
+    ``seq`` and ``created_at`` (as stored for a loaded row; a changed row
+    gets a new ``seq``), and who created it: ``created_by_device`` and
+    ``created_temp_id`` (the upload's ``device_id`` and ``client_temp_id``;
+    None for a REST create or one older than those columns).
 
     Plain slotted classes: a 10,000-change upload makes one per row it loads
     or creates, and building them, then the statements' parameter tuples,
@@ -71,6 +75,8 @@ class PatientRow:
     deleted: int
     seq: int | None = None
     created_at: str | None = None
+    created_by_device: str | None = None
+    created_temp_id: str | None = None
 
     def stored(self) -> Row:
         """The patient ``Row`` (what ``patient_out`` takes)."""
@@ -81,7 +87,8 @@ class PatientRow:
 @dataclass(slots=True, eq=False)
 class RecordRow:
     """A ``records`` row: the columns of a record ``Row`` in order, then
-    ``seq`` and ``created_at`` as in ``PatientRow``."""
+    ``seq``, ``created_at``, ``created_by_device`` and ``created_temp_id``
+    as in ``PatientRow``."""
 
     id: str
     patient: str
@@ -92,6 +99,8 @@ class RecordRow:
     deleted: int
     seq: int | None = None
     created_at: str | None = None
+    created_by_device: str | None = None
+    created_temp_id: str | None = None
 
     def stored(self) -> Row:
         """The record ``Row`` (what ``record_out`` takes)."""

@@ -43,6 +43,7 @@ from ..models import (
     PatientCheck,
     PatientIn,
     PatientValues,
+    new_id_problem,
     patient_values,
     too_deep,
     validation_details,
@@ -78,6 +79,35 @@ def _patient_values(check: PatientCheck, payload: dict[str, Any]) -> PatientValu
     if checked is None:
         checked = patient_values(_validate(PatientIn, payload))
     return checked
+
+
+def _chosen_id(ch: ChangeFields) -> str | None:
+    """The id a create names for its new item, None to let the server make one.
+
+    ``server_id`` (checked as an envelope field: a canonical UUID).  A
+    patient payload's ``id`` says the same, and is honoured rather than
+    dropped: alone it is the id (a bad one rejects the change), beside a
+    different ``server_id`` it is a contradiction.  A record payload's ``id``
+    is part of its ``data`` (a FHIR resource's own id), as before.
+    """
+    server_id = ch.get("server_id")
+    if ch["resource_type"] != "Patient":
+        return server_id
+    payload_id = ch["payload"].get("id")
+    if payload_id is None:
+        return server_id
+    if server_id is None:
+        problem = new_id_problem(payload_id)
+        if problem:
+            raise _Rejected(f"payload.id: the new patient's id {problem}")
+        return str(payload_id)
+    if payload_id != server_id:
+        raise _Rejected(f"payload.id {str(payload_id)[:64]!r} differs from server_id {server_id}: send one id")
+    return server_id
+
+
+def _kind(row: PatientRow | RecordRow) -> str:
+    return "Patient" if isinstance(row, PatientRow) else row.resource_type
 
 
 def _record_data(payload: dict[str, Any], base: dict[str, Any] | None) -> dict[str, Any]:
@@ -169,6 +199,13 @@ class _Apply:
                 temp_ids.add(temp_id)
             if ch["operation"] == "create":
                 creates += 1
+                # an id the device made: loaded from both tables, as it must be new to both
+                chosen = server_id
+                if chosen is None and ch["resource_type"] == "Patient":
+                    chosen = ch["payload"].get("id")
+                if isinstance(chosen, str):
+                    patient_ids.add(chosen)
+                    record_ids.add(chosen)
             if ch["resource_type"] == "Patient":
                 if server_id is not None:
                     patient_ids.add(server_id)
@@ -239,13 +276,32 @@ class _Apply:
         assert temp_id is not None
         resource_type = ch["resource_type"]
         self._check_type(resource_type)
+        chosen = _chosen_id(ch)
         known = self.temp.get(temp_id)
         if known is not None:  # a retried create: same answer, nothing new
             server_id, kind = known
+            if chosen is not None and chosen != server_id:
+                raise _Rejected(
+                    f"client_temp_id {temp_id[:64]!r} already created {server_id} for this device, not {chosen}"
+                )
             found = self.patients.get(server_id) if kind == "Patient" else self.records.get(server_id)
             version = found.version if found else None
             return {"client_temp_id": temp_id, "status": "created", "server_id": server_id, "server_version": version}
-        new_id = next(self._ids)
+        if chosen is None:
+            new_id = next(self._ids)
+        else:
+            existing: PatientRow | RecordRow | None = self.patients.get(chosen) or self.records.get(chosen)
+            if existing is not None:
+                if existing.created_by_device == self.device_id and _kind(existing) == resource_type:
+                    # This device made this item with this id already (a retry under
+                    # another client_temp_id): the same answer, and the temp id learnt.
+                    self.temp[temp_id] = (chosen, resource_type)
+                    self.new_temp.append((self.device_id, temp_id, chosen, resource_type))
+                    return {"client_temp_id": temp_id, "status": "created", "server_id": chosen,
+                            "server_version": existing.version}
+                state = ", deleted" if existing.deleted else ""
+                raise _Rejected(f"server_id {chosen} is already the id of another item ({_kind(existing)}{state})")
+            new_id = chosen
         if resource_type == "Patient":
             texts = _ready(self.check, ch) if ready is None else ready
             if isinstance(texts, _Rejected):
@@ -254,7 +310,7 @@ class _Apply:
             name, dob, ident_text, fhir_text = texts
             seq, stamp = self.tx.stamp()
             patient_row = PatientRow(new_id, self.owner, name, dob, ident_text, fhir_text, 1, stamp, 0, seq,
-                                     self.created_at)
+                                     self.created_at, self.device_id, temp_id)
             self.patients[new_id] = patient_row
             self.new_patients.append(patient_row)
         else:
@@ -266,7 +322,8 @@ class _Apply:
                 raise text
             assert isinstance(text, str)
             seq, stamp = self.tx.stamp()
-            record_row = RecordRow(new_id, patient, resource_type, text, 1, stamp, 0, seq, self.created_at)
+            record_row = RecordRow(new_id, patient, resource_type, text, 1, stamp, 0, seq, self.created_at,
+                                   self.device_id, temp_id)
             self.records[new_id] = record_row
             self.records_of.setdefault(patient, set()).add(new_id)
             self.new_records.append(record_row)

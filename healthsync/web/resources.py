@@ -39,9 +39,9 @@ class PatientListHandler(_ItemHandler):
         self.write_json(items)
 
     async def post(self) -> None:
-        item = await self.ctx.resources.create_patient(self.json_body(), owner=self.owner)
+        item, created = await self.ctx.resources.create_patient_or_find(self.json_body(), owner=self.owner)
         self.set_header("Location", f"/api/patients/{item['id']}/")
-        self.write_item(item, 201)
+        self.write_item(item, 201 if created else 200)
 
 
 class PatientHandler(_ItemHandler):
@@ -87,9 +87,9 @@ class RecordListHandler(_ItemHandler):
         self.write_json(items)
 
     async def post(self) -> None:
-        item = await self.ctx.resources.create_record(self.json_body())
+        item, created = await self.ctx.resources.create_record_or_find(self.json_body())
         self.set_header("Location", f"/api/records/{item['id']}/")
-        self.write_item(item, 201)
+        self.write_item(item, 201 if created else 200)
 
 
 class RecordHandler(_ItemHandler):

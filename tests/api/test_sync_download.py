@@ -29,6 +29,7 @@ async def test_seed_example_exact_shape(api):
     assert record_entry == {
         "server_id": r["id"], "resource_type": "Observation", "patient": p["id"], "data": {},
         "server_version": 2, "updated_at": record_entry["updated_at"], "deleted": False,
+        "created_by": None,  # an addition: made over REST, by no device
     }
     assert TS.match(record_entry["updated_at"])
     assert patient_entry["resource_type"] == "Patient" and patient_entry["server_id"] == p["id"]

@@ -216,6 +216,7 @@ async def test_changes_after_pages_every_change_once_oldest_first(storage):
     assert entries[0] == {
         "server_id": "p0", "resource_type": "Patient", "server_version": 1, "updated_at": everything[0][1],
         "deleted": False, "data": {"owner": None, "name": "P0", "dob": None, "identifiers": [], "fhir": None},
+        "created_by": None,  # not made by an upload
     }
     assert [row[1] for row in everything] == sorted(row[1] for row in everything)
 

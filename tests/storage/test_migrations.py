@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 
 import aiosqlite
+import orjson
 import pytest
 
 from healthsync.resources import Resources
@@ -44,6 +45,10 @@ async def test_version_1_file_is_migrated_forward_with_its_data(tmp_path):
         assert new["updated_at"] > patients[-1]["updated_at"]
         assert (await db.fetchone("SELECT seq FROM clock"))[0] == 4
         assert await db.fetchall("SELECT * FROM batches") == []
+        # items older than the creator columns have none: their entries say created_by null
+        entries = await db.read(lambda snap: snap.changes_after(after_seq=0, limit=10))
+        assert len(entries) == 4 and all(orjson.loads(e[2])["created_by"] is None for e in entries)
+        assert await db.fetchall("SELECT created_by_device, created_temp_id FROM patients") == [(None, None)] * 3
     finally:
         await db.close()
 

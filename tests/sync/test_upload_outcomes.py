@@ -14,7 +14,11 @@ stopped being accepted as a ``dob``: that one outcome changed, to
 when an update that changes nothing stopped writing: the empty update ``{}``
 of a base patient now answers ``updated`` with its unchanged version 1
 instead of 2, its row keeps version 1, and the batch's cursor is one lower,
-as that change no longer spends a ``seq``.)
+as that change no longer spends a ``seq``.  And once more when a create
+stopped dropping an ``id`` in a patient payload silently: it names the new
+patient's id now, so the "Read Only" create's ``"id": "x"`` is ``rejected``
+as not a UUID; one row, one temp id and one ``seq`` fewer, and the
+placeholders after it renumbered.)
 
 Ids, stamps and batch ids are random or wall-clock; they are replaced by
 stable placeholders in order of first appearance (``<id 1>``, ``<time>``…),

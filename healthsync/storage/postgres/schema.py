@@ -171,6 +171,13 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        "ids made on the device: the device and client_temp_id that created each item (SQLite's step 10)",
+        [
+            "ALTER TABLE patients ADD COLUMN created_by_device text, ADD COLUMN created_temp_id text",
+            "ALTER TABLE records ADD COLUMN created_by_device text, ADD COLUMN created_temp_id text",
+        ],
+    ),
 ]
 
 LATEST = len(MIGRATIONS)

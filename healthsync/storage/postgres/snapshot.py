@@ -24,18 +24,23 @@ def _q(col: str) -> str:
 
 
 _DELETED = "CASE WHEN deleted = 1 THEN 'true' ELSE 'false' END"
+# Who created the item (an upload's device_id and client_temp_id), or null.
+_CREATED_BY = (
+    f"""CASE WHEN created_by_device IS NULL THEN 'null' ELSE '{{"device_id":' || {_q('created_by_device')} """
+    f"""|| ',"client_temp_id":' || {_q('created_temp_id')} || '}}' END"""
+)
 _PATIENT_ENTRY = (
     f"""'{{"server_id":' || {_q('id')} || ',"resource_type":"Patient","data":{{"owner":' """
     f"""|| {_q('owner')} || ',"name":' || {_q('name')} || ',"dob":' || {_q('dob')} """
     """|| ',"identifiers":' || identifiers || ',"fhir":' || coalesce(fhir, 'null') """
     """|| '},"server_version":' || server_version || ',"updated_at":"' || updated_at """
-    f"""|| '","deleted":' || {_DELETED} || '}}'"""
+    f"""|| '","deleted":' || {_DELETED} || ',"created_by":' || {_CREATED_BY} || '}}'"""
 )
 _RECORD_ENTRY = (
     f"""'{{"server_id":' || {_q('id')} || ',"resource_type":' || {_q('resource_type')} """
     f"""|| ',"patient":' || {_q('patient')} || ',"data":' || data """
     """|| ',"server_version":' || server_version || ',"updated_at":"' || updated_at """
-    f"""|| '","deleted":' || {_DELETED} || '}}'"""
+    f"""|| '","deleted":' || {_DELETED} || ',"created_by":' || {_CREATED_BY} || '}}'"""
 )
 _CONFLICT_COLS = (
     "id, batch_id, device_id, server_id, resource_type, reason, change, server_copy,"

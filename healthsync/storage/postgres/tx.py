@@ -25,6 +25,10 @@ from ..rows import PatientRow, RecordRow, Row
 
 PATIENT_COLS = "id, owner, name, dob, identifiers, fhir, server_version, updated_at, deleted"
 RECORD_COLS = "id, patient, resource_type, data, server_version, updated_at, deleted"
+#: A row as the sync write path loads it: every field of ``PatientRow``/``RecordRow``.
+_CREATION = ", seq, created_at, created_by_device, created_temp_id"
+_PATIENT_LOAD = PATIENT_COLS + _CREATION
+_RECORD_LOAD = RECORD_COLS + _CREATION
 
 # Bulk updates: the new values of the changed rows go in as one set of rows,
 # joined to the table by one ``UPDATE … FROM``.  A few rows come as one array
@@ -187,20 +191,20 @@ class WriteTx:
     async def load_patients(self, ids: set[str]) -> dict[str, PatientRow]:
         if not ids:
             return {}
-        rows = await self.all(f"SELECT {PATIENT_COLS} FROM patients WHERE id = ANY(%s)", (list(ids),))
+        rows = await self.all(f"SELECT {_PATIENT_LOAD} FROM patients WHERE id = ANY(%s)", (list(ids),))
         return {r[0]: PatientRow(*r) for r in rows}
 
     async def load_records(self, ids: set[str]) -> dict[str, RecordRow]:
         if not ids:
             return {}
-        rows = await self.all(f"SELECT {RECORD_COLS} FROM records WHERE id = ANY(%s)", (list(ids),))
+        rows = await self.all(f"SELECT {_RECORD_LOAD} FROM records WHERE id = ANY(%s)", (list(ids),))
         return {r[0]: RecordRow(*r) for r in rows}
 
     async def load_live_records_of(self, patient_ids: set[str]) -> list[RecordRow]:
         if not patient_ids:
             return []
         rows = await self.all(
-            f"SELECT {RECORD_COLS} FROM records WHERE patient = ANY(%s) AND deleted = 0 ORDER BY pk",
+            f"SELECT {_RECORD_LOAD} FROM records WHERE patient = ANY(%s) AND deleted = 0 ORDER BY pk",
             (list(patient_ids),),
         )
         return [RecordRow(*r) for r in rows]
@@ -246,9 +250,10 @@ class WriteTx:
     async def write_patients(self, new: list[PatientRow], changed: list[PatientRow]) -> None:
         await self.copy_in(
             "patients",
-            "id, owner, name, dob, identifiers, fhir, server_version, updated_at, deleted, seq, created_at",
+            "id, owner, name, dob, identifiers, fhir, server_version, updated_at, deleted, seq, created_at,"
+            " created_by_device, created_temp_id",
             [(r.id, r.owner, r.name, r.dob, r.identifiers, r.fhir, r.version, r.updated_at, r.deleted, r.seq,
-              r.created_at) for r in new],
+              r.created_at, r.created_by_device, r.created_temp_id) for r in new],
         )
         if changed:
             await self.update_from("patients", _PATIENT_CHANGES, _PATIENT_SET, [
@@ -258,9 +263,10 @@ class WriteTx:
     async def write_records(self, new: list[RecordRow], changed: list[RecordRow]) -> None:
         await self.copy_in(
             "records",
-            "id, patient, resource_type, data, server_version, updated_at, deleted, seq, created_at",
-            [(r.id, r.patient, r.resource_type, r.data, r.version, r.updated_at, r.deleted, r.seq, r.created_at)
-             for r in new],
+            "id, patient, resource_type, data, server_version, updated_at, deleted, seq, created_at,"
+            " created_by_device, created_temp_id",
+            [(r.id, r.patient, r.resource_type, r.data, r.version, r.updated_at, r.deleted, r.seq, r.created_at,
+              r.created_by_device, r.created_temp_id) for r in new],
         )
         if changed:
             await self.update_from("records", _RECORD_CHANGES, _RECORD_SET, [

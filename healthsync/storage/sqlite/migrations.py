@@ -207,6 +207,16 @@ MIGRATIONS: list[tuple[str, str | list[str]]] = [
             "ALTER TABLE batches DROP COLUMN temp_pending",
         ],
     ),
+    (
+        "ids made on the device: the device and client_temp_id that created each item",
+        # NULL for items made before this step and for REST creates.
+        """
+        ALTER TABLE patients ADD COLUMN created_by_device TEXT;
+        ALTER TABLE patients ADD COLUMN created_temp_id TEXT;
+        ALTER TABLE records ADD COLUMN created_by_device TEXT;
+        ALTER TABLE records ADD COLUMN created_temp_id TEXT
+        """,
+    ),
 ]
 
 LATEST = len(MIGRATIONS)

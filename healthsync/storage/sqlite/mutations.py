@@ -152,8 +152,12 @@ def _by_ids(cols: str, table: str) -> str:
     return f"SELECT {qualified} FROM json_each(?) AS j CROSS JOIN {table} AS t ON t.id = j.value"
 
 
-_PATIENTS_BY_ID = _by_ids(PATIENT_COLS, "patients")
-_RECORDS_BY_ID = _by_ids(RECORD_COLS, "records")
+#: A row as the sync write path loads it: every field of ``PatientRow``/``RecordRow``.
+_CREATION = ", seq, created_at, created_by_device, created_temp_id"
+_PATIENT_LOAD = PATIENT_COLS + _CREATION
+_RECORD_LOAD = RECORD_COLS + _CREATION
+_PATIENTS_BY_ID = _by_ids(_PATIENT_LOAD, "patients")
+_RECORDS_BY_ID = _by_ids(_RECORD_LOAD, "records")
 
 
 async def load_patients(tx: WriteTx, ids: set[str]) -> dict[str, PatientRow]:
@@ -177,7 +181,7 @@ async def load_live_records_of(tx: WriteTx, patient_ids: set[str]) -> list[Recor
     if not patient_ids:
         return []
     rows = await tx.conn.execute_fetchall(
-        f"SELECT {RECORD_COLS} FROM records WHERE patient IN {_IDS} AND deleted = 0 ORDER BY rowid",
+        f"SELECT {_RECORD_LOAD} FROM records WHERE patient IN {_IDS} AND deleted = 0 ORDER BY rowid",
         (_json_list(patient_ids),),
     )
     return [RecordRow(*r) for r in rows]
@@ -197,13 +201,14 @@ async def load_temp_ids(tx: WriteTx, device_id: str, temp_ids: set[str]) -> dict
 
 async def write_patients(tx: WriteTx, new: list[PatientRow], changed: list[PatientRow]) -> None:
     """Insert the ``new`` rows and update the ``changed`` ones, as they are
-    (every column but ``id``, ``owner`` and ``created_at``, which never change)."""
+    (every column but ``id``, ``owner`` and the creation's, which never change)."""
     if new:
         await tx.conn.executemany(
-            "INSERT INTO patients (id, owner, name, dob, identifiers, fhir, server_version,"
-            " updated_at, deleted, seq, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO patients (id, owner, name, dob, identifiers, fhir, server_version, updated_at,"
+            " deleted, seq, created_at, created_by_device, created_temp_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(r.id, r.owner, r.name, r.dob, r.identifiers, r.fhir, r.version, r.updated_at, r.deleted, r.seq,
-              r.created_at) for r in new],
+              r.created_at, r.created_by_device, r.created_temp_id) for r in new],
         )
     if changed:
         await tx.conn.executemany(
@@ -216,13 +221,14 @@ async def write_patients(tx: WriteTx, new: list[PatientRow], changed: list[Patie
 
 async def write_records(tx: WriteTx, new: list[RecordRow], changed: list[RecordRow]) -> None:
     """Insert the ``new`` rows and update the ``changed`` ones, as they are
-    (every column but ``id`` and ``created_at``)."""
+    (every column but ``id`` and the creation's)."""
     if new:
         await tx.conn.executemany(
             "INSERT INTO records (id, patient, resource_type, data, server_version, updated_at,"
-            " deleted, seq, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(r.id, r.patient, r.resource_type, r.data, r.version, r.updated_at, r.deleted, r.seq, r.created_at)
-             for r in new],
+            " deleted, seq, created_at, created_by_device, created_temp_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(r.id, r.patient, r.resource_type, r.data, r.version, r.updated_at, r.deleted, r.seq, r.created_at,
+              r.created_by_device, r.created_temp_id) for r in new],
         )
     if changed:
         await tx.conn.executemany(

@@ -95,18 +95,23 @@ async def list_records(
 # through the models), so they are spliced in as they are: json() would parse
 # each one again for nothing.
 _DELETED = "CASE WHEN deleted THEN 'true' ELSE 'false' END"
+# Who created the item (an upload's device_id and client_temp_id), or null.
+_CREATED_BY = (
+    """CASE WHEN created_by_device IS NULL THEN 'null' ELSE '{"device_id":' || json_quote(created_by_device) """
+    """|| ',"client_temp_id":' || json_quote(created_temp_id) || '}' END"""
+)
 _PATIENT_ENTRY = (
     """'{"server_id":' || json_quote(id) || ',"resource_type":"Patient","data":{"owner":' """
     """|| json_quote(owner) || ',"name":' || json_quote(name) || ',"dob":' || json_quote(dob) """
     """|| ',"identifiers":' || identifiers || ',"fhir":' || coalesce(fhir, 'null') """
     """|| '},"server_version":' || server_version || ',"updated_at":"' || updated_at """
-    f"""|| '","deleted":' || {_DELETED} || '}}'"""
+    f"""|| '","deleted":' || {_DELETED} || ',"created_by":' || {_CREATED_BY} || '}}'"""
 )
 _RECORD_ENTRY = (
     """'{"server_id":' || json_quote(id) || ',"resource_type":' || json_quote(resource_type) """
     """|| ',"patient":' || json_quote(patient) || ',"data":' || data """
     """|| ',"server_version":' || server_version || ',"updated_at":"' || updated_at """
-    f"""|| '","deleted":' || {_DELETED} || '}}'"""
+    f"""|| '","deleted":' || {_DELETED} || ',"created_by":' || {_CREATED_BY} || '}}'"""
 )
 
 async def purge_horizon(conn: Snapshot) -> tuple[int, str]:
