@@ -312,6 +312,20 @@ class Change(BaseModel):
     base_version: Annotated[int, Field(ge=0)] | None = None
     payload: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("server_id")
+    @classmethod
+    def _server_uuid(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        try:
+            return str(uuid.UUID(v))
+        except ValueError:
+            raise ValueError(f"{v[:64]!r} is not a server id (a UUID)") from None
+
+
+#: A UUID in its canonical text form (what ``str(uuid.UUID(…))`` gives).
+CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
 
 def routing_problem(operation: str, client_temp_id: str | None, server_id: str | None) -> tuple[str, str] | None:
     """(field, message) when a change cannot be routed at all."""

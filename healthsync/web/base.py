@@ -54,7 +54,8 @@ gen_log = logging.getLogger("tornado.general")
 JSON_TYPES = ("application/json",)
 ALLOWED_HEADERS = "Authorization, Content-Type, If-Match, If-None-Match"
 EXPOSED_HEADERS = "ETag, Link, Location, Retry-After"
-TRUE_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+#: The only words a boolean query parameter takes (as the API description says).
+BOOLEAN_WORDS = {"true": True, "false": False}
 
 
 def tornado_body_limit(limit: int) -> int:
@@ -302,11 +303,13 @@ class BaseHandler(RedactedLogs):
             raise Invalid(f"{name} is not valid UTF-8", [{"field": name, "message": "not UTF-8"}]) from None
 
     def bool_arg(self, name: str, default: bool = False) -> bool:
+        """``true`` or ``false`` exactly (absent: ``default``); anything else, empty
+        included, is a 400 naming ``name``."""
         value = self.arg(name)
-        if value is None or value == "":
+        if value is None:
             return default
         try:
-            return TRUE_WORDS[value.lower()]
+            return BOOLEAN_WORDS[value]
         except KeyError:
             raise Invalid(
                 f"{name} must be true or false", [{"field": name, "message": f"{value[:40]!r} is not true or false"}]

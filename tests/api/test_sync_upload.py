@@ -177,7 +177,7 @@ async def test_every_outcome(api):
         {"server_id": gone["id"], "reason": "deleted_on_server"},
         {"server_id": r["id"], "reason": "server_newer"},
     ]
-    assert (await api.get(f"/api/records/{gone['id']}/?include_deleted=1")).json["server_version"] == 2
+    assert (await api.get(f"/api/records/{gone['id']}/?include_deleted=true")).json["server_version"] == 2
     conflicts = (await api.get("/api/conflicts/?device_id=device123")).json
     assert [c["reason"] for c in conflicts] == ["version_mismatch", "deleted_on_server", "server_newer"]
 
@@ -220,9 +220,9 @@ async def test_patient_update_is_merge_patch_and_delete_tombstones_records(api):
         change("delete", "Patient", server_id=p["id"]),
     ])
     assert [x["status"] for x in resp.json["results"]] == ["updated", "updated", "deleted"]
-    tomb = (await api.get(f"/api/patients/{p['id']}/?include_deleted=1")).json
+    tomb = (await api.get(f"/api/patients/{p['id']}/?include_deleted=true")).json
     assert tomb["identifiers"] == {"mrn": "1", "nhs": "9"} and tomb["deleted"] and tomb["server_version"] == 3
-    rec = (await api.get(f"/api/records/{r['id']}/?include_deleted=1")).json
+    rec = (await api.get(f"/api/records/{r['id']}/?include_deleted=true")).json
     assert rec["data"] == {"a": 1, "c": 3} and rec["deleted"] and rec["server_version"] == 3
 
 
