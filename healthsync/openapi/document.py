@@ -83,6 +83,9 @@ def _nullable(schema: dict[str, Any], description: str | None = None) -> dict[st
 
 
 UUID_S = {"type": "string", "format": "uuid"}
+#: Holds a character that is not white space (Python's ``str.isspace``, which the server's check uses).
+NOT_BLANK = ("[^\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+             "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000]")
 DATE_TIME_S = {"type": "string", "format": "date-time"}
 
 
@@ -97,6 +100,8 @@ def _components() -> dict[str, Any]:
         for key in ("id", "owner", "server_version", "updated_at", "deleted"):
             schemas[name]["properties"][key] = {"description": read_only}
     patient, record = schemas["PatientIn"]["properties"], schemas["RecordIn"]["properties"]
+    patient["name"] = {**patient["name"], "pattern": NOT_BLANK,
+                       "description": "1 to 256 characters, not all white space."}
     patient["dob"] = _nullable({"type": "string", "format": "date"},
                                "YYYY-MM-DD (a calendar date, `format: date`), not in the future; or null.")
     record["patient"] = {**UUID_S, "description": "An existing, not deleted patient's id."}
@@ -116,6 +121,16 @@ def _components() -> dict[str, Any]:
         {**DATE_TIME_S, "maxLength": 64},
         "When the device last changed the item (`server_newer` conflict if the server's copy is newer). "
         "One that is not a time gets this change `rejected`.")
+    # Routing: a create names its client_temp_id, an update or delete its server_id (400 otherwise).
+    schemas["Change"]["allOf"] = [{
+        "if": {"properties": {"operation": {"const": "create"}}, "required": ["operation"]},
+        "then": {"required": ["client_temp_id"], "properties": {"client_temp_id": {"type": "string"}}},
+        "else": {"required": ["server_id"], "properties": {"server_id": {"type": "string"}}},
+    }]
+    schemas["Change"]["description"] = ("One change of an upload. A `create` needs `client_temp_id`, an `update` "
+                                        "or `delete` needs `server_id` (the batch is refused whole, 400, "
+                                        "otherwise). What the payload says is judged per change when the batch "
+                                        "is applied.")
     change["payload"] = {
         "anyOf": [_ref("PatientPayload"), _ref("RecordPayload")],
         "description": "The item's fields: a `PatientPayload` for `Patient`, a `RecordPayload` for any other "

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from typing_extensions import TypedDict
 
 from ..errors import Invalid, TooLarge
-from ..models import ABSENT, CANONICAL_UUID, UploadRequest, routing_problem, validation_details
+from ..models import ABSENT, CANONICAL_UUID, MAX_VERSION, UploadRequest, routing_problem, validation_details
 
 
 class ChangeFields(TypedDict, total=False):
@@ -146,7 +146,7 @@ def _plain_change(change: Any) -> bool:
     if value is not None and (type(value) is not str or len(value) > 64):
         return False
     value = change.get("base_version")
-    if value is not None and (type(value) is not int or value < 0):
+    if value is not None and (type(value) is not int or not 0 <= value <= MAX_VERSION):
         return False
     value = change.get("payload", ABSENT)
     if value is ABSENT:

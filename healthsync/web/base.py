@@ -316,8 +316,9 @@ class BaseHandler(RedactedLogs):
             ) from None
 
     def int_arg(self, name: str, *, minimum: int, maximum: int) -> int | None:
+        """A whole number in range (absent: None); anything else, empty included, is a 400 naming ``name``."""
         value = self.arg(name)
-        if value is None or value == "":
+        if value is None:
             return None
         if not value.isascii() or not value.isdigit() or not minimum <= int(value) <= maximum:
             raise Invalid(
