@@ -124,7 +124,7 @@ function linksBlock(links) {
   if (!links || !Object.keys(links).length) return null;
   return el("ul", { class: "links" }, Object.values(links).map((link) => el("li", {},
     "Next: ", el("a", { href: "#" + link.operationId }, el("code", {}, link.operationId)),
-    " with ", Object.entries(link.parameters || {}).map(([name, expr], i) =>
+    " with ", Object.entries(link.parameters || {}).flatMap(([name, expr], i) =>
       [i ? ", " : "", el("code", {}, name), " = ", el("code", {}, expr)]),
   )));
 }
