@@ -36,7 +36,14 @@ from .web.files import STATIC_DIR
 from .web.health import HealthHandler, MetricsHandler
 from .web.openapi import DocsHandler, SchemaHandler
 from .web.resources import PatientHandler, PatientListHandler, RecordHandler, RecordListHandler
-from .web.sync import ConflictHandler, ConflictListHandler, DeviceListHandler, DownloadHandler, UploadHandler
+from .web.sync import (
+    ConflictHandler,
+    ConflictListHandler,
+    ConflictResolveHandler,
+    DeviceListHandler,
+    DownloadHandler,
+    UploadHandler,
+)
 from .web.ws import SyncSocket
 
 log = logging.getLogger("healthsync")
@@ -181,7 +188,7 @@ def make_app(settings: Settings) -> HealthSyncApp:
         (r"/api/devices/?", DeviceListHandler, kw),
         (r"/api/conflicts/?", ConflictListHandler, kw),
         (rf"/api/conflicts/{uuid_ish}/?", ConflictHandler, kw),
-        (rf"/api/conflicts/{uuid_ish}/resolve/?", ConflictHandler, kw),
+        (rf"/api/conflicts/{uuid_ish}/resolve/?", ConflictResolveHandler, kw),
         (r"/api/audit/?", AuditHandler, kw),
         (r"/api/health/?", HealthHandler, kw),
         (r"/api/schema/?", SchemaHandler, kw),

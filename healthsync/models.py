@@ -296,6 +296,8 @@ def parse_model(model: type[BaseModel], body: Any, what: str) -> Any:
 ROUTING_KEYS = frozenset({"patient_id", "patient_temp_id"})
 
 _ID = Annotated[str, StringConstraints(min_length=1, max_length=256), Strict()]
+#: The largest ``server_version`` (a signed 64-bit integer in the database).
+MAX_VERSION = 2**63 - 1
 
 
 class Change(BaseModel):
@@ -309,8 +311,30 @@ class Change(BaseModel):
     client_temp_id: _ID | None = None
     server_id: _ID | None = None
     client_updated_at: Annotated[str, StringConstraints(max_length=64)] | None = None
-    base_version: Annotated[int, Field(ge=0)] | None = None
+    base_version: Annotated[int, Field(ge=0, le=MAX_VERSION)] | None = None
     payload: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("base_version", mode="before")
+    @classmethod
+    def _integral(cls, v: Any) -> Any:
+        # JSON does not tell 3 from 3.0 (JSON Schema's "integer" is either): a whole float is that number
+        if type(v) is float and v.is_integer() and 0 <= v <= MAX_VERSION:
+            return int(v)
+        return v
+
+    @field_validator("server_id")
+    @classmethod
+    def _server_uuid(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        try:
+            return str(uuid.UUID(v))
+        except ValueError:
+            raise ValueError(f"{v[:64]!r} is not a server id (a UUID)") from None
+
+
+#: A UUID in its canonical text form (what ``str(uuid.UUID(…))`` gives).
+CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

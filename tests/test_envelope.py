@@ -34,7 +34,7 @@ changes = st.fixed_dictionaries(
         "operation": st.sampled_from(["create", "update", "delete", "zap", "Create"]) | json_scalars,
         "resource_type": st.sampled_from(["Patient", "Observation"]) | ids,
         "client_temp_id": ids,
-        "server_id": ids,
+        "server_id": ids | st.uuids().map(str),
         "client_updated_at": st.sampled_from(["2020-01-01T00:00:00Z", "x" * 64, "x" * 65]) | json_scalars,
         "base_version": st.integers(min_value=-2, max_value=3) | json_scalars,
         "payload": st.dictionaries(st.text(max_size=4), json_values, max_size=3) | json_values,
@@ -46,7 +46,8 @@ plain_changes = st.fixed_dictionaries(
     {"operation": st.sampled_from(["create", "update", "delete"]), "resource_type": st.sampled_from(["Patient", "X"])},
     optional={
         "client_temp_id": st.text(min_size=1, max_size=4) | st.none(),
-        "server_id": st.text(min_size=1, max_size=4) | st.none(),
+        "server_id": st.uuids().map(str) | st.uuids().map(lambda u: str(u).upper()) | st.text(min_size=1, max_size=4)
+        | st.none(),
         "client_updated_at": st.text(max_size=4) | st.none(),
         "base_version": st.integers(min_value=0, max_value=3) | st.none(),
         "payload": st.dictionaries(st.text(max_size=4), json_values, max_size=3),
@@ -123,13 +124,16 @@ def test_change_dump_is_the_models_dump(items):
         except ValidationError:
             continue
         dumped = model.model_dump(by_alias=True, exclude_none=True)
-        assert list(change_dump(fields(item) | {"payload": model.payload}).items()) == list(dumped.items())
+        # the model makes server_id canonical, as check_upload does in place
+        made = fields(item) | {"payload": model.payload, "server_id": model.server_id}
+        assert list(change_dump(made).items()) == list(dumped.items())
 
 
 def test_stored_request_is_the_models_dump():
     body = {"device_id": "d", "async": True, "batch_id": BATCH_ID.upper(), "changes": [
         {"operation": "create", "resource_type": "Patient", "client_temp_id": "a", "server_id": None},
-        {"payload": {"dob": None}, "base_version": 0, "server_id": "s", "operation": "update", "resource_type": "P"},
+        {"payload": {"dob": None}, "base_version": 0, "server_id": BATCH_ID, "operation": "update",
+         "resource_type": "P"},
     ]}
     model = UploadRequest.model_validate(body)
     expected = model.model_dump(by_alias=True, exclude={"async_"}, exclude_none=True)

@@ -19,8 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from .. import __version__ as _version
-from ..fhir import R4_RESOURCE_TYPES
-from .responses import BATCH_STATUSES, REQUEST_MODELS, RESPONSE_MODELS, UUID_EXAMPLE
+from .responses import REQUEST_MODELS, RESPONSE_MODELS, UUID_EXAMPLE
 
 REF = "#/components/schemas/{model}"
 
@@ -57,19 +56,37 @@ def _add(components: dict[str, Any], model: type[BaseModel], mode: Literal["vali
 
 
 def _patch_schema(source: dict[str, Any], title: str) -> dict[str, Any]:
-    """A JSON Merge Patch body for ``source``: every key optional, null removes it."""
+    """A JSON Merge Patch body for ``source``: every key optional; null removes a key
+    that may be absent (a required one, such as a patient's ``name``, may not be null)."""
+    required = set(source.get("required", ()))
     props = {}
     for name, sub in source["properties"].items():
         sub = {k: v for k, v in sub.items() if k != "default"}
-        props[name] = sub if not sub or "anyOf" in sub else {"anyOf": [sub, {"type": "null"}]}
+        nullable = name not in required and "type" in sub  # (read-only keys: any value, ignored)
+        props[name] = {"anyOf": [sub, {"type": "null"}]} if nullable else sub
     return {
         "title": title,
         "description": "JSON Merge Patch (RFC 7396): keys given replace, null removes, absent keys stay; "
-        "object fields merge key by key. Read-only keys are ignored; unknown keys are refused.",
+        "object fields merge key by key. A key the item must have (" + ", ".join(f"`{k}`" for k in sorted(required))
+        + ") may be left out but not null. Read-only keys are ignored; unknown keys are refused.",
         "type": "object",
         "properties": props,
         "additionalProperties": False,
     }
+
+
+def _nullable(schema: dict[str, Any], description: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"anyOf": [schema, {"type": "null"}]}
+    if description:
+        out["description"] = description
+    return out
+
+
+UUID_S = {"type": "string", "format": "uuid"}
+#: Holds a character that is not white space (Python's ``str.isspace``, which the server's check uses).
+NOT_BLANK = ("[^\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+             "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000]")
+DATE_TIME_S = {"type": "string", "format": "date-time"}
 
 
 def _components() -> dict[str, Any]:
@@ -78,12 +95,75 @@ def _components() -> dict[str, Any]:
         _add(schemas, model, "validation")
     for model in RESPONSE_MODELS:
         _add(schemas, model, "serialization")
-    schemas["PatientPatch"] = _patch_schema(schemas["PatientIn"], "PatientPatch")
-    schemas["RecordPatch"] = _patch_schema(schemas["RecordIn"], "RecordPatch")
     read_only = "Read-only: accepted when a client sends its copy back, and ignored."
     for name in ("PatientIn", "RecordIn"):
         for key in ("id", "owner", "server_version", "updated_at", "deleted"):
-            schemas[name]["properties"][key]["description"] = read_only
+            schemas[name]["properties"][key] = {"description": read_only}
+    patient, record = schemas["PatientIn"]["properties"], schemas["RecordIn"]["properties"]
+    patient["name"] = {**patient["name"], "pattern": NOT_BLANK,
+                       "description": "1 to 256 characters, not all white space."}
+    patient["dob"] = _nullable({"type": "string", "format": "date"},
+                               "YYYY-MM-DD (a calendar date, `format: date`), not in the future; or null.")
+    record["patient"] = {**UUID_S, "description": "An existing, not deleted patient's id."}
+    record["resource_type"] = {**_ref("RecordResourceType"), "description": "A FHIR R4 resource type other than "
+                               "Patient (400 naming `resource_type` otherwise)."}
+    schemas["PatientPatch"] = _patch_schema(schemas["PatientIn"], "PatientPatch")
+    schemas["RecordPatch"] = _patch_schema(schemas["RecordIn"], "RecordPatch")
+
+    # The sync upload: what its envelope refuses whole (400) is declared, and each
+    # payload's shape, which is judged per change (a `rejected` result, not a 400).
+    change = schemas["Change"]["properties"]
+    change["resource_type"] = {**_ref("ResourceType"), "description": "A FHIR R4 resource type. Another type "
+                               "gets this change `rejected` (the rest of the batch still applies)."}
+    change["server_id"] = _nullable({**UUID_S}, "The item's server id: required for update and delete; on a "
+                                    "create, optional: the id the device made for the new item (a batch with one "
+                                    "that is not a UUID is refused whole, 400).")
+    change["client_updated_at"] = _nullable(
+        {**DATE_TIME_S, "maxLength": 64},
+        "When the device last changed the item (`server_newer` conflict if the server's copy is newer). "
+        "One that is not a time gets this change `rejected`.")
+    # Routing: a create names its client_temp_id, an update or delete its server_id (400 otherwise).
+    schemas["Change"]["allOf"] = [{
+        "if": {"properties": {"operation": {"const": "create"}}, "required": ["operation"]},
+        "then": {"required": ["client_temp_id"], "properties": {"client_temp_id": {"type": "string"}}},
+        "else": {"required": ["server_id"], "properties": {"server_id": {"type": "string"}}},
+    }]
+    schemas["Change"]["description"] = ("One change of an upload. A `create` needs `client_temp_id`, an `update` "
+                                        "or `delete` needs `server_id` (the batch is refused whole, 400, "
+                                        "otherwise). What the payload says is judged per change when the batch "
+                                        "is applied.")
+    change["payload"] = {
+        "anyOf": [_ref("PatientPayload"), _ref("RecordPayload")],
+        "description": "The item's fields: a `PatientPayload` for `Patient`, a `RecordPayload` for any other "
+        "type. On update a merge patch (null removes a key). Judged per change: a payload that does not fit "
+        "gets this change `rejected`; a delete's payload is not read.",
+    }
+    schemas["UploadRequest"]["properties"]["batch_id"] = _nullable(
+        {**UUID_S}, "A UUID the device makes for this batch, so that a retry after a lost answer applies "
+        "nothing twice (it gets the stored answer).")
+    schemas["PatientPayload"] = {
+        **_patch_schema(schemas["PatientIn"], "PatientPayload"),
+        "description": "A patient change's payload: a create needs `name` (and may give `dob`, `identifiers`, "
+        "`fhir`); an update is a JSON Merge Patch of those fields (`name` may not be null). Read-only keys "
+        "are ignored; any other key gets the change `rejected`. On create, `id` is the same as the change's "
+        "`server_id` (the id the device made).",
+    }
+    schemas["PatientPayload"].setdefault("properties", {})["id"] = {
+        **UUID_S, "description": "On create: the id the device made for the patient (as `server_id`)."}
+    schemas["RecordPayload"] = {
+        "title": "RecordPayload",
+        "description": "A health record change's payload: the record's `data` (any keys but these two), and on "
+        "create its patient, named by `patient_id` (a server id) or `patient_temp_id` (the `client_temp_id` "
+        "of a patient created by this device, in this batch or before). An update is a JSON Merge Patch of "
+        "`data`.",
+        "type": "object",
+        "properties": {
+            "patient_id": {**UUID_S, "description": "An existing, not deleted patient's server id."},
+            "patient_temp_id": {"type": "string", "minLength": 1, "maxLength": 256,
+                                "description": "The `client_temp_id` this device created the patient with."},
+        },
+        "additionalProperties": True,
+    }
     # A create's body is the same but for ``id``: the new item's id, made by the client.
     for name, create in (("PatientIn", "PatientCreate"), ("RecordIn", "RecordCreate")):
         body = copy.deepcopy(schemas[name])
@@ -95,9 +175,6 @@ def _components() -> dict[str, Any]:
             "(a retry: 200).",
         }
         schemas[create] = body
-    schemas["PatientIn"]["properties"]["dob"]["description"] = "YYYY-MM-DD, not in the future, or null."
-    schemas["RecordIn"]["properties"]["resource_type"]["description"] = "A FHIR R4 resource type other than Patient."
-    schemas["RecordIn"]["properties"]["patient"]["description"] = "An existing, not deleted patient's id (UUID)."
     return schemas
 
 
@@ -150,12 +227,15 @@ LINK = {"Link": {"description": 'RFC 8288 `<…>; rel="next"` while more remain 
                  "schema": {"type": "string"}}}
 
 
-def _ok(description: str, content: dict[str, Any] | None, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+def _ok(description: str, content: dict[str, Any] | None, headers: dict[str, Any] | None = None,
+        links: dict[str, Any] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"description": description}
     if content is not None:
         out["content"] = content
     if headers:
         out["headers"] = headers
+    if links:
+        out["links"] = links
     return out
 
 
@@ -182,8 +262,8 @@ def build_schema(*, page_limit_max: int = 10000, max_batch_changes: int = 10000)
     after = _param("after", "query", {"type": "integer", "minimum": 0, "maximum": 2**62},
                    "Page key from a previous page's `Link` header.")
     include_deleted = _param("include_deleted", "query", {"type": "boolean"},
-                             "Also show tombstones (deleted items).")
-    record_types = sorted(R4_RESOURCE_TYPES - {"Patient"})
+                             "`true` also shows tombstones (deleted items); `true` or `false` only "
+                             "(anything else, empty included, is a 400 naming it).")
     if_match = _param("If-Match", "header", {"type": "string"},
                       'Only if the current version matches (`W/"<server_version>"`, or `*`): else 412.')
     if_none_match = _param("If-None-Match", "header", {"type": "string"},
@@ -206,6 +286,12 @@ def build_schema(*, page_limit_max: int = 10000, max_batch_changes: int = 10000)
         if public:
             out["security"] = []
         return out
+
+    def item_links(kind: str, source: str) -> dict[str, Any]:
+        """OpenAPI links from an answer naming an item (``source``, a runtime expression) to its operations."""
+        return {f"{verb.capitalize()}{kind.capitalize()}": {
+            "operationId": f"{verb}_{kind}", "parameters": {"id": source},
+            "description": f"{verb.capitalize()} this {kind}."} for verb in ("get", "replace", "patch", "delete")}
 
     def item_ops(kind: str, tag: str, in_name: str, patch_name: str, out_name: str, example: Any) -> dict[str, Any]:
         pid = _id_param("id", kind)
@@ -243,6 +329,8 @@ def build_schema(*, page_limit_max: int = 10000, max_batch_changes: int = 10000)
         ],
     }
     conflict_id = _id_param("id", "conflict")
+    batch_link = {"operationId": "get_batch", "parameters": {"batch_id": "$response.body#/batch_id"},
+                  "description": "This batch's status (and once done, its results)."}
     resolve = op("Conflicts", "Mark a conflict resolved",
                  {200: _ok("The conflict, resolved.", _json("Conflict")), **write_errors, 404: _error(404)},
                  op_id="resolve_conflict", parameters=[conflict_id], body=_json(
@@ -256,9 +344,11 @@ def build_schema(*, page_limit_max: int = 10000, max_batch_changes: int = 10000)
                       op_id="list_patients", parameters=[include_deleted, limit, after],
                       description="Everything by default (a plain JSON array); `limit` pages it."),
             "post": op("Patients", "Create a patient",
-                       {201: _ok("Created.", _json("Patient"), {**ETAG, "Location": {"schema": {"type": "string"}}}),
+                       {201: _ok("Created.", _json("Patient"), {**ETAG, "Location": {"schema": {"type": "string"}}},
+                                 links=item_links("patient", "$response.body#/id")),
                         200: _ok(REPEATED_CREATE, _json("Patient"),
-                                 {**ETAG, "Location": {"schema": {"type": "string"}}}),
+                                 {**ETAG, "Location": {"schema": {"type": "string"}}},
+                                 links=item_links("patient", "$response.body#/id")),
                         **write_errors, 409: _error(409, USED_ID)},
                        op_id="create_patient", body=_json("PatientCreate", example=patient_example)),
         },
@@ -270,13 +360,15 @@ def build_schema(*, page_limit_max: int = 10000, max_batch_changes: int = 10000)
                       op_id="list_records",
                       parameters=[include_deleted, limit, after,
                                   _param("patient", "query", uuid_s, "Only this patient's records."),
-                                  _param("resource_type", "query", {"type": "string", "enum": record_types},
+                                  _param("resource_type", "query", _ref("RecordResourceType"),
                                          "Only this FHIR R4 type.")]),
             "post": op("Records", "Create a health record",
                        {201: _ok("Created.", _json("HealthRecord"),
-                                 {**ETAG, "Location": {"schema": {"type": "string"}}}),
+                                 {**ETAG, "Location": {"schema": {"type": "string"}}},
+                                 links=item_links("record", "$response.body#/id")),
                         200: _ok(REPEATED_CREATE, _json("HealthRecord"),
-                                 {**ETAG, "Location": {"schema": {"type": "string"}}}),
+                                 {**ETAG, "Location": {"schema": {"type": "string"}}},
+                                 links=item_links("record", "$response.body#/id")),
                         **write_errors, 409: _error(409, USED_ID)},
                        op_id="create_record", body=_json("RecordCreate", example=record_example),
                        description="The patient must exist and not be deleted (else 400 naming `patient`)."),
@@ -286,10 +378,13 @@ def build_schema(*, page_limit_max: int = 10000, max_batch_changes: int = 10000)
         "/api/sync/upload/": {
             "post": op("Sync", "Upload a device's batch of changes",
                        {200: _ok("Applied in one transaction; one result per change, in order.",
-                                 _json("UploadResponse")),
+                                 _json("UploadResponse"), links={"GetBatch": batch_link}),
                         202: _ok("`async: true`: stored as pending; apply it with the trigger endpoint. "
                                  "Also a retried `batch_id` not done yet, with its current `status`.",
-                                 _json("AsyncUploadAccepted")),
+                                 _json("AsyncUploadAccepted"), links={"GetBatch": batch_link, "TriggerBatch": {
+                                     "operationId": "trigger_batch",
+                                     "parameters": {"batch_id": "$response.body#/batch_id"},
+                                     "description": "Apply this stored batch."}}),
                         **write_errors, 409: _error(409, "The `batch_id` belongs to another device.")},
                        op_id="upload", body=_json("UploadRequest", example=upload_example),
                        description=f"At most {max_batch_changes} changes (else 413). A malformed batch is refused "
@@ -299,7 +394,9 @@ def build_schema(*, page_limit_max: int = 10000, max_batch_changes: int = 10000)
         },
         "/api/sync/download/": {
             "get": op("Sync", "Download changes after a time or cursor",
-                      {200: _ok("A page of changes, oldest first.", _json("DownloadPage")), **common_errors,
+                      {200: _ok("A page of changes, oldest first.", _json("DownloadPage")),
+                       **common_errors, 400: _error(400, "A bad parameter (named in `details`), or neither `since` "
+                                                "nor `cursor` given."),
                        410: _error(410)},
                       op_id="download",
                       parameters=[
@@ -309,15 +406,17 @@ def build_schema(*, page_limit_max: int = 10000, max_batch_changes: int = 10000)
                           _param("cursor", "query", {"type": "string", "pattern": "^[0-9]{1,19}$"},
                                  "A previous page's `cursor` (wins over `since`). `0` is the start."),
                           limit,
-                          _param("resource_type", "query",
-                                 {"type": "string", "enum": sorted(R4_RESOURCE_TYPES)}, "Only this type."),
+                          _param("resource_type", "query", _ref("ResourceType"), "Only this type."),
                           _param("patient", "query", uuid_s, "A patient's own entry and its records' entries."),
                           _param("device_id", "query", {"type": "string", "minLength": 1, "maxLength": 256},
                                  "Record this device's progress (shown at /api/devices/). In token mode only "
                                  "that device's own token or an admin may name it (403 otherwise)."),
                       ],
                       description="The latest version of every patient and record changed after that point, "
-                      "tombstones included. A cut page's `server_time` and `cursor` are its last entry's."),
+                      "tombstones included. A cut page's `server_time` and `cursor` are its last entry's.\n\n"
+                      "**`since` or `cursor` is required** (400 naming them otherwise; `cursor` wins when both are "
+                      "given). OpenAPI cannot say that one of two parameters is required, so both are declared "
+                      "optional here."),
         },
         "/api/sync/trigger/{batch_id}/": {
             "post": op("Sync", "Apply a stored (async) batch in the background",
@@ -334,8 +433,7 @@ def build_schema(*, page_limit_max: int = 10000, max_batch_changes: int = 10000)
                       {200: _ok("Batches (without results).", _list_of("Batch"), LINK), **common_errors},
                       op_id="list_batches",
                       parameters=[_param("device_id", "query", {"type": "string"}, "Only this device's."),
-                                  _param("status", "query", {"type": "string", "enum": list(BATCH_STATUSES)},
-                                         "Only batches in this status."),
+                                  _param("status", "query", _ref("BatchStatus"), "Only batches in this status."),
                                   limit, after]),
         },
         "/api/sync/batches/{batch_id}/": {
@@ -349,10 +447,18 @@ def build_schema(*, page_limit_max: int = 10000, max_batch_changes: int = 10000)
         },
         "/api/conflicts/": {
             "get": op("Conflicts", "List recorded conflicts",
-                      {200: _ok("Conflicts, oldest first.", _list_of("Conflict"), LINK), **common_errors},
+                      {200: _ok("Conflicts, oldest first.", _list_of("Conflict"), LINK, links={
+                          "GetConflict": {"operationId": "get_conflict", "parameters": {"id": "$response.body#/0/id"},
+                                          "description": "The first conflict listed."},
+                          "ResolveConflict": {"operationId": "resolve_conflict",
+                                              "parameters": {"id": "$response.body#/0/id"},
+                                              "description": "Resolve the first conflict listed."}}),
+                       **common_errors},
                       op_id="list_conflicts",
                       parameters=[_param("device_id", "query", {"type": "string"}, "Only this device's."),
-                                  _param("resolved", "query", {"type": "boolean"}, "Only resolved or unresolved."),
+                                  _param("resolved", "query", {"type": "boolean"},
+                                         "Only resolved (`true`) or unresolved (`false`) ones; `true` or `false` "
+                                         "only (anything else, empty included, is a 400 naming it)."),
                                   limit, after]),
         },
         "/api/conflicts/{id}/": {
@@ -361,7 +467,9 @@ def build_schema(*, page_limit_max: int = 10000, max_batch_changes: int = 10000)
                       op_id="get_conflict", parameters=[conflict_id]),
             "patch": resolve,
         },
-        "/api/conflicts/{id}/resolve/": {"post": {**resolve, "operationId": "resolve_conflict_post"}},
+        "/api/conflicts/{id}/resolve/": {"post": {**resolve, "operationId": "resolve_conflict_post",
+                                                  "description": "The same as PATCH on `/api/conflicts/{id}/`. "
+                                                  + resolve["description"]}},
         "/api/audit/": {
             "get": op("Audit", "The audit trail (admin)",
                       {200: _ok("Entries, oldest first.", _list_of("AuditEntry"), LINK), **common_errors},

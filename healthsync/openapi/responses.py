@@ -9,16 +9,69 @@ models the handlers validate with (``models.py``).  Pure: no I/O.
 
 from __future__ import annotations
 
+from datetime import date, datetime
+from enum import Enum, StrEnum
 from typing import Any, Literal
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
+from ..fhir import R4_RESOURCE_TYPES
 from ..models import PatientIn, RecordIn, UploadRequest
 
 UUID_EXAMPLE = "3f2b8c1e-8d4a-4c6e-9b7a-2d1e5f6a7b8c"
 TIME_EXAMPLE = "2025-09-12T19:25:18.331000Z"
 BATCH_STATUSES = ("pending", "processing", "done", "failed")
 CONFLICT_REASONS = ("version_mismatch", "server_newer", "deleted_on_server")
+
+
+# Enums: one named schema each, referenced wherever the set of values appears ------------
+#
+# Timestamps are ``datetime`` (``format: date-time``), ids ``UUID`` (``format: uuid``) and
+# dates of birth ``date`` (``format: date``): what the server sends is exactly that text.
+
+
+class BatchStatus(StrEnum):
+    """Where a stored sync batch is: ``pending`` until triggered, ``processing``, then ``done`` or ``failed``."""
+
+    pending = "pending"
+    processing = "processing"
+    done = "done"
+    failed = "failed"
+
+
+class ConflictReason(StrEnum):
+    """Why an upload's change was a conflict: its ``base_version`` is not the server's
+    (``version_mismatch``), the server's copy changed after its ``client_updated_at``
+    (``server_newer``), or the item was deleted on the server (``deleted_on_server``)."""
+
+    version_mismatch = "version_mismatch"
+    server_newer = "server_newer"
+    deleted_on_server = "deleted_on_server"
+
+
+class UploadStatus(StrEnum):
+    """The outcome of one change of an upload."""
+
+    created = "created"
+    updated = "updated"
+    deleted = "deleted"
+    not_found = "not_found"
+    conflict = "conflict"
+    rejected = "rejected"
+
+
+#: Every FHIR R4 resource type (``Patient`` included): what sync changes and download entries name.
+ResourceType = Enum("ResourceType", {t: t for t in sorted(R4_RESOURCE_TYPES)}, type=str)  # type: ignore[misc]
+ResourceType.__doc__ = "A FHIR R4 resource type."
+#: The FHIR R4 resource types a health record may have: all but ``Patient``.
+RecordResourceType = Enum(  # type: ignore[misc]
+    "RecordResourceType", {t: t for t in sorted(R4_RESOURCE_TYPES - {"Patient"})}, type=str
+)
+RecordResourceType.__doc__ = "A FHIR R4 resource type other than Patient: what a health record may be."
+
+assert {s.value for s in BatchStatus} == set(BATCH_STATUSES)
+assert {r.value for r in ConflictReason} == set(CONFLICT_REASONS)
 
 
 # Response models ------------------------------------------------------------------
@@ -34,33 +87,33 @@ class _Out(BaseModel):
 class Patient(_Out):
     """A patient as the API returns it."""
 
-    id: str = Field(description="Server id (UUID).", json_schema_extra={"format": "uuid"})
+    id: UUID = Field(description="Server id.")
     owner: str | None = Field(description="Name of the token that created it (null in open mode).")
     name: str
-    dob: str | None = Field(description="Date of birth, YYYY-MM-DD.")
+    dob: date | None = Field(description="Date of birth, YYYY-MM-DD.")
     identifiers: dict[str, Any]
     fhir: dict[str, Any] | None
     server_version: int = Field(ge=1, description="1 on create, +1 on every change (deletes included).")
-    updated_at: str = Field(description="Server UTC time with microseconds.", examples=[TIME_EXAMPLE])
+    updated_at: datetime = Field(description="Server UTC time with microseconds.", examples=[TIME_EXAMPLE])
     deleted: bool = Field(description="A tombstone (only shown with include_deleted=true).")
 
 
 class HealthRecord(_Out):
     """A health record (a FHIR R4 resource of a patient)."""
 
-    id: str = Field(json_schema_extra={"format": "uuid"})
-    patient: str = Field(description="The patient's id.", json_schema_extra={"format": "uuid"})
-    resource_type: str = Field(description="A FHIR R4 resource type other than Patient.", examples=["Observation"])
+    id: UUID
+    patient: UUID = Field(description="The patient's id.")
+    resource_type: RecordResourceType
     data: dict[str, Any]
     server_version: int = Field(ge=1)
-    updated_at: str
+    updated_at: datetime
     deleted: bool
 
 
 class PatientEntryData(_Out):
     owner: str | None
     name: str
-    dob: str | None
+    dob: date | None
     identifiers: dict[str, Any]
     fhir: dict[str, Any] | None
 
@@ -80,11 +133,11 @@ def _created_by() -> Any:
 class PatientEntry(_Out):
     """A patient's download entry: its fields in ``data``."""
 
-    server_id: str
+    server_id: UUID
     resource_type: Literal["Patient"]
     data: PatientEntryData
     server_version: int
-    updated_at: str
+    updated_at: datetime
     deleted: bool
     created_by: CreatedBy | None = _created_by()
 
@@ -92,12 +145,12 @@ class PatientEntry(_Out):
 class RecordEntry(_Out):
     """A record's download entry, naming its ``patient``."""
 
-    server_id: str
-    resource_type: str
-    patient: str
+    server_id: UUID
+    resource_type: RecordResourceType
+    patient: UUID
     data: dict[str, Any]
     server_version: int
-    updated_at: str
+    updated_at: datetime
     deleted: bool
     created_by: CreatedBy | None = _created_by()
 
@@ -110,7 +163,7 @@ class DownloadPage(_Out):
     """``GET /api/sync/download/``: changes oldest first."""
 
     changes: list[DownloadEntry]
-    server_time: str = Field(description="Follow it as the next `since`.")
+    server_time: datetime = Field(description="Follow it as the next `since`.")
     cursor: str = Field(description="Opaque; follow it as the next `cursor`.", examples=["42"])
     has_more: bool = Field(description="Another page follows (from `cursor`).")
 
@@ -118,29 +171,29 @@ class DownloadPage(_Out):
 class UploadResult(_Out):
     """The outcome of one change, in the order of ``changes``."""
 
-    status: Literal["created", "updated", "deleted", "not_found", "conflict", "rejected"]
+    status: UploadStatus
     client_temp_id: str = Field(None, description="Echoed for creates.")
-    server_id: str = Field(None, description="The item's server id (for a create: the id the device chose, "
-                           "else a new one; absent for a rejected create that chose none).")
+    server_id: UUID = Field(None, description="The item's server id (for a create: the id the device chose, "
+                            "else a new one; absent for a rejected create that chose none).")
     server_version: int | None = Field(None, description="The new version of an applied change.")
     error: str = Field(None, description="Why a `rejected` change could not apply.")
-    reason: Literal[CONFLICT_REASONS] = Field(None, description="Why a `conflict`.")  # type: ignore[valid-type]
-    conflict_id: str = Field(None, description="The conflict recorded at /api/conflicts/.")
+    reason: ConflictReason = Field(None, description="Why a `conflict`.")
+    conflict_id: UUID = Field(None, description="The conflict recorded at /api/conflicts/.")
     server_copy: Patient | HealthRecord = Field(None, description="The server's copy, for a `conflict`.")
 
 
 class ConflictSummary(_Out):
-    server_id: str
-    reason: Literal[CONFLICT_REASONS]  # type: ignore[valid-type]
+    server_id: UUID
+    reason: ConflictReason
 
 
 class UploadResponse(_Out):
     """A synchronous upload's answer (also returned again for a retried ``batch_id``)."""
 
-    batch_id: str
+    batch_id: UUID
     results: list[UploadResult]
     conflicts: list[ConflictSummary]
-    server_time: str
+    server_time: datetime
     cursor: str
 
 
@@ -148,25 +201,25 @@ class AsyncUploadAccepted(_Out):
     """An ``async: true`` upload, stored to be applied when triggered; or a retried
     ``batch_id`` whose batch is not done yet, with its current status."""
 
-    batch_id: str
-    status: Literal["pending", "processing", "failed"]
+    batch_id: UUID
+    status: BatchStatus = Field(description="`pending`, `processing` or `failed` (a `done` batch answers 200).")
     error: str | None = Field(None, description="Why a `failed` batch failed (trigger it again).")
 
 
 class Conflict(_Out):
     """A recorded conflict: the device's change and the server's copy."""
 
-    id: str
-    batch_id: str
+    id: UUID
+    batch_id: UUID
     device_id: str
-    server_id: str
-    resource_type: str
-    reason: Literal[CONFLICT_REASONS]  # type: ignore[valid-type]
+    server_id: UUID
+    resource_type: ResourceType
+    reason: ConflictReason
     change: dict[str, Any] = Field(description="The change as the device sent it.")
     server_copy: Patient | HealthRecord | None
-    created_at: str
+    created_at: datetime
     resolved: bool
-    resolved_at: str | None
+    resolved_at: datetime | None
     resolution: str | None
 
 
@@ -180,20 +233,20 @@ class ConflictResolution(_Out):
 class Batch(_Out):
     """A stored sync batch; once ``done`` (by id) it carries its upload response."""
 
-    batch_id: str
+    batch_id: UUID
     device_id: str
-    status: Literal[BATCH_STATUSES]  # type: ignore[valid-type]
+    status: BatchStatus
     change_count: int
     attempts: int
     task_id: str | None
-    created_at: str
-    claimed_at: str | None
-    finished_at: str | None
-    updated_at: str
+    created_at: datetime
+    claimed_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
     error: str | None
     results: list[UploadResult] = Field(None, description="Only by id, once applied.")
     conflicts: list[ConflictSummary] = Field(None, description="Only by id, once applied.")
-    server_time: str = Field(None, description="Only by id, once applied.")
+    server_time: datetime = Field(None, description="Only by id, once applied.")
     cursor: str = Field(None, description="Only by id, once applied.")
 
 
@@ -201,10 +254,10 @@ class Device(_Out):
     """A device seen by upload or download (with ``device_id``)."""
 
     device_id: str
-    first_seen: str
-    last_seen: str
-    last_upload_at: str | None
-    last_download_at: str | None
+    first_seen: datetime
+    last_seen: datetime
+    last_upload_at: datetime | None
+    last_download_at: datetime | None
     last_cursor: str | None
     behind: int | None = Field(description="Changes committed after its last download's cursor.")
     pending_batches: int
@@ -213,7 +266,7 @@ class Device(_Out):
 
 class AuditEntry(_Out):
     id: int
-    at: str
+    at: datetime
     who: str | None
     role: str | None
     method: str

@@ -25,22 +25,29 @@ FROM_THE_START = clock.format_us(0)
 
 
 def parse_position(since: str | None, cursor: str | None) -> tuple[int | None, str | None]:
-    """(after_seq, after_time) from the query: ``cursor`` wins over ``since``."""
-    if cursor is not None and cursor != "":
+    """(after_seq, after_time) from the query: ``cursor`` wins over ``since``.
+
+    Either given is checked, both when both are (an empty one is not a value:
+    400 naming it); neither given is a 400 too.
+    """
+    after_time = None
+    if since is not None:
+        try:
+            after_time = clock.canonical(since)
+        except ValueError as exc:
+            raise Invalid(
+                f"since is not an ISO 8601 timestamp, e.g. {SINCE_EXAMPLE}",
+                [{"field": "since", "message": str(exc)}],
+            ) from None
+    if cursor is not None:
         return decode_cursor(cursor), None
-    if since is None or since == "":
+    if after_time is None:
         raise Invalid(
             f"since is required: an ISO 8601 timestamp, e.g. {SINCE_EXAMPLE} "
             "(or cursor=<the cursor of your last download>)",
             [{"field": "since", "message": "required"}],
         )
-    try:
-        return None, clock.canonical(since)
-    except ValueError as exc:
-        raise Invalid(
-            f"since is not an ISO 8601 timestamp, e.g. {SINCE_EXAMPLE}",
-            [{"field": "since", "message": str(exc)}],
-        ) from None
+    return None, after_time
 
 
 def check_resource_type(resource_type: str | None) -> None:

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from typing_extensions import TypedDict
 
 from ..errors import Invalid, TooLarge
-from ..models import ABSENT, UploadRequest, routing_problem, validation_details
+from ..models import ABSENT, CANONICAL_UUID, MAX_VERSION, UploadRequest, routing_problem, validation_details
 
 
 class ChangeFields(TypedDict, total=False):
@@ -131,15 +131,22 @@ def _plain_change(change: Any) -> bool:
     if type(operation) is not str or operation not in _OPERATIONS or not _is_id(change.get("resource_type")):
         return False
     temp_id, server_id = change.get("client_temp_id"), change.get("server_id")
-    if (temp_id is not None and not _is_id(temp_id)) or (server_id is not None and not _is_id(server_id)):
+    if temp_id is not None and not _is_id(temp_id):
         return False
+    if server_id is not None and not (type(server_id) is str and CANONICAL_UUID.fullmatch(server_id)):
+        if not _is_id(server_id):
+            return False
+        try:
+            change["server_id"] = str(uuid.UUID(server_id))  # as Change._server_uuid
+        except ValueError:
+            return False
     if routing_problem(operation, temp_id, server_id) is not None:
         return False
     value = change.get("client_updated_at")
     if value is not None and (type(value) is not str or len(value) > 64):
         return False
     value = change.get("base_version")
-    if value is not None and (type(value) is not int or value < 0):
+    if value is not None and (type(value) is not int or not 0 <= value <= MAX_VERSION):
         return False
     value = change.get("payload", ABSENT)
     if value is ABSENT:

@@ -62,7 +62,8 @@ gen_log = logging.getLogger("tornado.general")
 JSON_TYPES = ("application/json",)
 ALLOWED_HEADERS = "Authorization, Content-Encoding, Content-Type, If-Match, If-None-Match"
 EXPOSED_HEADERS = "ETag, Link, Location, Retry-After"
-TRUE_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+#: The only words a boolean query parameter takes (as the API description says).
+BOOLEAN_WORDS = {"true": True, "false": False}
 
 
 def tornado_body_limit(limit: int) -> int:
@@ -458,19 +459,22 @@ class BaseHandler(RedactedLogs):
             raise Invalid(f"{name} is not valid UTF-8", [{"field": name, "message": "not UTF-8"}]) from None
 
     def bool_arg(self, name: str, default: bool = False) -> bool:
+        """``true`` or ``false`` exactly (absent: ``default``); anything else, empty
+        included, is a 400 naming ``name``."""
         value = self.arg(name)
-        if value is None or value == "":
+        if value is None:
             return default
         try:
-            return TRUE_WORDS[value.lower()]
+            return BOOLEAN_WORDS[value]
         except KeyError:
             raise Invalid(
                 f"{name} must be true or false", [{"field": name, "message": f"{value[:40]!r} is not true or false"}]
             ) from None
 
     def int_arg(self, name: str, *, minimum: int, maximum: int) -> int | None:
+        """A whole number in range (absent: None); anything else, empty included, is a 400 naming ``name``."""
         value = self.arg(name)
-        if value is None or value == "":
+        if value is None:
             return None
         if not value.isascii() or not value.isdigit() or not minimum <= int(value) <= maximum:
             raise Invalid(

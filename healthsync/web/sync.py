@@ -52,8 +52,7 @@ class DeviceListHandler(BaseHandler):
 
 class ConflictListHandler(BaseHandler):
     async def get(self) -> None:
-        resolved_arg = self.arg("resolved")
-        resolved = None if resolved_arg in (None, "") else self.bool_arg("resolved")
+        resolved = None if self.arg("resolved") is None else self.bool_arg("resolved")
         items, next_after = await self.ctx.sync.list_conflicts(
             device_id=self.arg("device_id"),
             resolved=resolved,
@@ -64,28 +63,42 @@ class ConflictListHandler(BaseHandler):
         self.write_json(items)
 
 
+async def _resolve(handler: BaseHandler, conflict_id: str) -> None:
+    """Mark a conflict resolved from ``{"resolved": true, "resolution": "…"}``."""
+    cid = handler.path_id(conflict_id)
+    body = handler.json_body()
+    if not isinstance(body, dict) or body.get("resolved") is not True:
+        raise Invalid(
+            'send {"resolved": true} (optionally with a "resolution" note) to resolve a conflict',
+            [{"field": "resolved", "message": "must be true"}],
+        )
+    resolution = body.get("resolution")
+    if resolution is not None and (not isinstance(resolution, str) or len(resolution) > 2000):
+        raise Invalid("resolution must be a string of at most 2000 characters",
+                      [{"field": "resolution", "message": "must be a short string"}])
+    unknown = set(body) - {"resolved", "resolution"}
+    if unknown:
+        raise Invalid(f"unknown fields: {', '.join(sorted(unknown))}",
+                      [{"field": k, "message": "unknown field"} for k in sorted(unknown)])
+    handler.write_json(await handler.ctx.sync.resolve_conflict(cid, resolution))
+
+
 class ConflictHandler(BaseHandler):
-    permissions = {"GET": Permission.READ, "PATCH": Permission.RESOLVE, "POST": Permission.RESOLVE}
+    """``/api/conflicts/{id}/``: GET, and PATCH to resolve (any other method: 405 with ``Allow``)."""
+
+    permissions = {"GET": Permission.READ, "PATCH": Permission.RESOLVE}
 
     async def get(self, conflict_id: str) -> None:
         self.write_json(await self.ctx.sync.get_conflict(self.path_id(conflict_id)))
 
     async def patch(self, conflict_id: str) -> None:
-        cid = self.path_id(conflict_id)
-        body = self.json_body()
-        if not isinstance(body, dict) or body.get("resolved") is not True:
-            raise Invalid(
-                'send {"resolved": true} (optionally with a "resolution" note) to resolve a conflict',
-                [{"field": "resolved", "message": "must be true"}],
-            )
-        resolution = body.get("resolution")
-        if resolution is not None and (not isinstance(resolution, str) or len(resolution) > 2000):
-            raise Invalid("resolution must be a string of at most 2000 characters",
-                          [{"field": "resolution", "message": "must be a short string"}])
-        unknown = set(body) - {"resolved", "resolution"}
-        if unknown:
-            raise Invalid(f"unknown fields: {', '.join(sorted(unknown))}",
-                          [{"field": k, "message": "unknown field"} for k in sorted(unknown)])
-        self.write_json(await self.ctx.sync.resolve_conflict(cid, resolution))
+        await _resolve(self, conflict_id)
 
-    post = patch
+
+class ConflictResolveHandler(BaseHandler):
+    """``/api/conflicts/{id}/resolve/``: POST only, the same as PATCH on the conflict."""
+
+    permissions = {"POST": Permission.RESOLVE}
+
+    async def post(self, conflict_id: str) -> None:
+        await _resolve(self, conflict_id)

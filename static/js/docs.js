@@ -76,7 +76,8 @@ function typeOf(schema) {
   if (schema.maxLength !== undefined) limits.push(`max length ${schema.maxLength}`);
   if (schema.minimum !== undefined) limits.push(`≥ ${schema.minimum}`);
   if (schema.maximum !== undefined) limits.push(`≤ ${schema.maximum}`);
-  if (schema.pattern) limits.push(`pattern ${schema.pattern}`);
+  // a long pattern (such as "not all white space") is explained in the notes instead
+  if (schema.pattern) limits.push(schema.pattern.length > 24 ? "pattern (see notes)" : `pattern ${schema.pattern}`);
   if (limits.length) text += `, ${limits.join(", ")}`;
   return [text];
 }
@@ -118,6 +119,16 @@ function mediaBlock(content) {
   return out;
 }
 
+// OpenAPI links: where an answer leads (its id, as the next operation's parameter).
+function linksBlock(links) {
+  if (!links || !Object.keys(links).length) return null;
+  return el("ul", { class: "links" }, Object.values(links).map((link) => el("li", {},
+    "Next: ", el("a", { href: "#" + link.operationId }, el("code", {}, link.operationId)),
+    " with ", Object.entries(link.parameters || {}).flatMap(([name, expr], i) =>
+      [i ? ", " : "", el("code", {}, name), " = ", el("code", {}, expr)]),
+  )));
+}
+
 function operation(path, method, op, id) {
   const isPublic = Array.isArray(op.security) && op.security.length === 0;
   const parts = [
@@ -136,7 +147,7 @@ function operation(path, method, op, id) {
   }
   const responses = Object.entries(op.responses || {}).map(([code, resp]) => el("tr", {},
     el("td", {}, el("span", { class: "status-code" }, code)),
-    el("td", {}, inline(resp.description || "")),
+    el("td", {}, inline(resp.description || ""), linksBlock(resp.links)),
     el("td", {}, mediaBlock(resp.content)),
   ));
   parts.push(el("h4", {}, "Responses"), el("table", {},

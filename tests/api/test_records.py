@@ -35,7 +35,7 @@ async def test_seed_create_list_retrieve_update_delete(api):
     deleted = await api.delete(f"/api/records/{r['id']}/")
     assert deleted.status == 204 and deleted.body == b""
     assert (await api.get(f"/api/records/{r['id']}/")).status == 404
-    tomb = await api.get(f"/api/records/{r['id']}/?include_deleted=1")
+    tomb = await api.get(f"/api/records/{r['id']}/?include_deleted=true")
     assert tomb.json["deleted"] is True and tomb.json["server_version"] == 4
 
 

@@ -156,13 +156,12 @@ async def test_every_outcome(api):
         change("create", "Patient", client_temp_id="b5", payload={"name": "y" * 300}),  # rejected
         change("delete", server_id=gone["id"]),                                         # deleted (twice)
         change("update", server_id=r["id"], client_updated_at="2000-01-01T00:00:00+05:00", payload={}),  # server_newer
-        change("update", server_id="not-a-uuid", payload={}),                           # not_found
         change("update", server_id=r["id"], client_updated_at="yesterday", payload={}),  # rejected
     ])
     assert resp.status == 200, resp.body
     statuses = [x["status"] for x in resp.json["results"]]
     assert statuses == ["updated", "conflict", "conflict", "not_found", "not_found", "rejected", "rejected",
-                        "rejected", "rejected", "rejected", "deleted", "conflict", "not_found", "rejected"]
+                        "rejected", "rejected", "rejected", "deleted", "conflict", "rejected"]
     results = resp.json["results"]
     assert results[0]["server_version"] == 2
     assert results[1]["reason"] == "version_mismatch" and results[1]["server_copy"]["server_version"] == 2
@@ -170,14 +169,14 @@ async def test_every_outcome(api):
     assert results[11]["reason"] == "server_newer"
     assert "dob" in results[5]["error"] and "Banana" in results[6]["error"]
     assert "does not exist" in results[7]["error"] and "patient_id" in results[8]["error"]
-    assert "name" in results[9]["error"] and "ISO 8601" in results[13]["error"]
+    assert "name" in results[9]["error"] and "ISO 8601" in results[12]["error"]
     assert results[10]["server_version"] == 2  # deleting twice changes nothing
     assert resp.json["conflicts"] == [
         {"server_id": r["id"], "reason": "version_mismatch"},
         {"server_id": gone["id"], "reason": "deleted_on_server"},
         {"server_id": r["id"], "reason": "server_newer"},
     ]
-    assert (await api.get(f"/api/records/{gone['id']}/?include_deleted=1")).json["server_version"] == 2
+    assert (await api.get(f"/api/records/{gone['id']}/?include_deleted=true")).json["server_version"] == 2
     conflicts = (await api.get("/api/conflicts/?device_id=device123")).json
     assert [c["reason"] for c in conflicts] == ["version_mismatch", "deleted_on_server", "server_newer"]
 
@@ -220,9 +219,9 @@ async def test_patient_update_is_merge_patch_and_delete_tombstones_records(api):
         change("delete", "Patient", server_id=p["id"]),
     ])
     assert [x["status"] for x in resp.json["results"]] == ["updated", "updated", "deleted"]
-    tomb = (await api.get(f"/api/patients/{p['id']}/?include_deleted=1")).json
+    tomb = (await api.get(f"/api/patients/{p['id']}/?include_deleted=true")).json
     assert tomb["identifiers"] == {"mrn": "1", "nhs": "9"} and tomb["deleted"] and tomb["server_version"] == 3
-    rec = (await api.get(f"/api/records/{r['id']}/?include_deleted=1")).json
+    rec = (await api.get(f"/api/records/{r['id']}/?include_deleted=true")).json
     assert rec["data"] == {"a": 1, "c": 3} and rec["deleted"] and rec["server_version"] == 3
 
 
@@ -238,10 +237,12 @@ BAD_BATCHES = [
     ({"device_id": "d", "changes": [{"operation": "create", "resource_type": "Patient", "client_temp_id": "a",
                                      "payload": []}]},
      400, "payload"),
-    ({"device_id": "d", "changes": [{"operation": "update", "resource_type": "Patient", "server_id": "x",
-                                     "base_version": "3"}]},
+    ({"device_id": "d", "changes": [{"operation": "update", "resource_type": "Patient",
+                                     "server_id": str(uuid.UUID(int=1)), "base_version": "3"}]},
      400, "base_version"),
     ({"device_id": "d", "changes": [7]}, 400, "change"),
+    ({"device_id": "d", "changes": [{"operation": "update", "resource_type": "Patient", "server_id": "not-a-uuid"}]},
+     400, "server_id"),  # refused whole, as the API description says (it was a not_found)
     ({"device_id": 5, "changes": []}, 400, "device_id"),
     ({"device_id": "d", "changes": [], "batch_id": "not-a-uuid"}, 400, "batch_id"),
     ({"device_id": "d", "changes": [], "async": "yes"}, 400, "async"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 pytestmark = pytest.mark.both_backends
@@ -24,9 +26,13 @@ async def test_injection_in_filters_and_bodies(api, attack):
                  f"/api/sync/download/?cursor=0&device_id={q}"):
         resp = await api.get(path)
         assert resp.status in (200, 400, 404), (path, resp.status)
+    create = {"operation": "create", "resource_type": "Patient", "client_temp_id": attack, "payload": {"name": attack}}
+    refused = await api.post("/api/sync/upload/", {"device_id": attack, "changes": [
+        {"operation": "update", "resource_type": "Patient", "server_id": attack, "payload": {"name": attack}}, create]})
+    assert refused.status == 400 and refused.json["details"][0]["field"] == "server_id"  # not a UUID: nothing applied
     up = await api.post("/api/sync/upload/", {"device_id": attack, "changes": [
-        {"operation": "update", "resource_type": "Patient", "server_id": attack, "payload": {"name": attack}},
-        {"operation": "create", "resource_type": "Patient", "client_temp_id": attack, "payload": {"name": attack}}]})
+        {"operation": "update", "resource_type": "Patient", "server_id": str(uuid.UUID(int=3)),
+         "payload": {"name": attack}}, create]})
     assert up.status == 200
     assert [x["status"] for x in up.json["results"]] == ["not_found", "created"]
     got = (await api.get(f"/api/patients/{p['id']}/")).json

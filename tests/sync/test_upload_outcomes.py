@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -198,14 +199,15 @@ async def _scenario(api: Any, settings: Any) -> dict[str, Any]:
     out["async"]["stored_request"] = norm(stored)
     out["temp_ids"] = [list(r) for r in temp_ids]
 
+    X, Y = str(uuid.UUID(int=1)), str(uuid.UUID(int=2))  # server ids: UUIDs, or the batch is refused for them
     malformed = [
         {"device_id": "d", "changes": [create("ok", {"name": "x"}), 7]},
         {"device_id": "d", "changes": [create("ok", {"name": "x"}), {"operation": "zap", "resource_type": "X"}]},
         {"device_id": "d", "changes": [{"operation": "create", "resource_type": "Patient", "payload": []}]},
-        {"device_id": "d", "changes": [update("x", {}, base_version="3"), update("y", {}, base_version=-1)]},
+        {"device_id": "d", "changes": [update(X, {}, base_version="3"), update(Y, {}, base_version=-1)]},
         {"device_id": "d", "changes": [{"operation": "update", "resource_type": "Patient"}, create("", {})]},
         {"device_id": "d", "changes": [create("a", {}, rtype=""), {**create("b", {}), "extra": 1}]},
-        {"device_id": "d", "changes": [update("x", {}, client_updated_at=5), update("x", {}, client_temp_id=3)]},
+        {"device_id": "d", "changes": [update(X, {}, client_updated_at=5), update(X, {}, client_temp_id=3)]},
         {"device_id": "d", "changes": [{**create("a", {}), "payload": None}]},
         {"device_id": 5, "changes": {}, "batch_id": "nope", "async": "yes", "more": 1},
         {"changes": [{"operation": "create"}]},
