@@ -104,7 +104,12 @@ def positive_acceptance(ctx: Any, response: Any, case: Any) -> bool | None:
 @schemathesis.check
 def negative_rejection(ctx: Any, response: Any, case: Any) -> bool | None:
     """``negative_data_rejection``; an upload's invalid change may be refused on its own
-    (``rejected`` or ``not_found`` in a 200), as the document says of payloads and types."""
+    (``rejected`` or ``not_found`` in a 200), as the document says of payloads and types,
+    and a write whose ``If-Match`` fails is refused (412) before its body is read."""
+    if response.status_code == 412:
+        return None  # an If-Match that does not match is judged before the body: refused all the same
+    if case.operation.path == "/api/sync/upload/" and response.status_code == 202:
+        return None  # a queued upload's changes are judged when its batch is applied (the document says so)
     if case.operation.path == "/api/sync/upload/" and response.status_code == 200:
         results = response.json().get("results", [])
         if any(r.get("status") in ("rejected", "not_found") for r in results):
