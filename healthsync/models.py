@@ -29,6 +29,7 @@ from pydantic import (
     Strict,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
@@ -324,9 +325,11 @@ class Change(BaseModel):
 
     @field_validator("server_id")
     @classmethod
-    def _server_uuid(cls, v: str | None) -> str | None:
+    def _server_uuid(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is None:
             return None
+        if info.data.get("operation") == "create":
+            return v  # the id a device made for a new item is taken as it is, or refused (routing_problem)
         try:
             return str(uuid.UUID(v))
         except ValueError:

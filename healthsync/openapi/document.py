@@ -125,7 +125,10 @@ def _components() -> dict[str, Any]:
     # Routing: a create names its client_temp_id, an update or delete its server_id (400 otherwise).
     schemas["Change"]["allOf"] = [{
         "if": {"properties": {"operation": {"const": "create"}}, "required": ["operation"]},
-        "then": {"required": ["client_temp_id"], "properties": {"client_temp_id": {"type": "string"}}},
+        "then": {"required": ["client_temp_id"], "properties": {
+            "client_temp_id": {"type": "string"},
+            # a create's own id is taken as it is: canonical (lower-case) only
+            "server_id": {"anyOf": [{"type": "string", "pattern": CANONICAL_UUID}, {"type": "null"}]}}},
         "else": {"required": ["server_id"], "properties": {"server_id": {"type": "string"}}},
     }]
     schemas["Change"]["description"] = ("One change of an upload. A `create` needs `client_temp_id`, an `update` "

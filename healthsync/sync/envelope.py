@@ -134,7 +134,7 @@ def _plain_change(change: Any) -> bool:
     if temp_id is not None and not _is_id(temp_id):
         return False
     if server_id is not None and not (type(server_id) is str and CANONICAL_UUID.fullmatch(server_id)):
-        if not _is_id(server_id):
+        if not _is_id(server_id) or operation == "create":  # a create's own id: canonical, or refused (slow path)
             return False
         try:
             change["server_id"] = str(uuid.UUID(server_id))  # as Change._server_uuid
