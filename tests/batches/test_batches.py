@@ -15,7 +15,7 @@ from healthsync.batches import claim, purge_old_batches, requeue_stale, run_clai
 from healthsync.storage import Database, make_storage
 from healthsync.tasks import make_huey
 from tests.support.databases import execute
-from tests.support.http import patient_changes
+from tests.support.http import patient_changes, wait_status
 from tests.support.servers import make_settings
 
 # On PostgreSQL the queue is whatever make_huey gives (SQLite in the data dir for now).
@@ -30,16 +30,6 @@ def settings(settings_with):
 async def patient_count(db) -> int:
     return len(await db.read(lambda snap: snap.list_patients(include_deleted=False, limit=None, after=0)))
 
-
-async def wait_status(api, batch_id: str, wanted: str, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        resp = await api.get(f"/api/sync/batches/{batch_id}/")
-        assert resp.status == 200
-        if resp.json["status"] == wanted:
-            return resp.json
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"batch {batch_id} never reached {wanted}: {resp.json}")
 
 
 async def test_async_upload_trigger_poll_done(api):

@@ -32,26 +32,9 @@ from healthsync.tasks import (
     queue_name,
 )
 from tests.support import postgres as pg
-from tests.support.http import call, patient_changes
+from tests.support.http import call, patient_changes, upload_async, wait_status
 from tests.support.redis import free_port
 from tests.support.servers import RunPy, make_settings
-
-
-async def wait_status(api, batch_id: str, wanted: str, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        resp = await api.get(f"/api/sync/batches/{batch_id}/")
-        if resp.json["status"] == wanted:
-            return resp.json
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"batch {batch_id} never reached {wanted}: {resp.json}")
-
-
-async def upload_async(api, n: int = 3, prefix: str = "p") -> str:
-    resp = await api.post("/api/sync/upload/",
-                          {"device_id": "tab-1", "changes": patient_changes(n, prefix), "async": True})
-    assert resp.status == 202, resp.body
-    return resp.json["batch_id"]
 
 
 def storage(url: str, name: str = "q") -> PostgresQueueStorage:

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -178,3 +180,23 @@ def post_chunked(url: str, pieces: Iterator[bytes], headers: dict[str, str] | No
             assert more, "connection closed inside the response body"
             body += more
         return Response(int(status_line.split()[1]), headers_in, body)
+
+
+async def wait_status(api: Api, batch_id: str, wanted: str, timeout: float = 30) -> dict[str, Any]:
+    """The batch's status answer once it is ``wanted`` (polling); AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        resp = await api.get(f"/api/sync/batches/{batch_id}/")
+        assert resp.status == 200, resp.body
+        if resp.json["status"] == wanted:
+            return resp.json  # type: ignore[no-any-return]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"batch {batch_id} never reached {wanted}: {resp.json}")
+        await asyncio.sleep(0.05)
+
+
+async def upload_async(api: Api, n: int = 3, prefix: str = "p", device: str = "tab-1") -> str:
+    """A queued upload of ``n`` new patients: its batch_id."""
+    resp = await api.post(UPLOAD, {"device_id": device, "changes": patient_changes(n, prefix), "async": True})
+    assert resp.status == 202, resp.body
+    return str(resp.json["batch_id"])
