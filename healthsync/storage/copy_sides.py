@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import HealthSyncError
-from .copy import CHUNK, CLOCK, DB_FILE, TABLES, CopyFailed, CopyRefused, Table, is_url, redact
+from .copy_tables import CHUNK, CLOCK, DB_FILE, TABLES, CopyFailed, CopyRefused, Table, is_url, redact
 
 
 class Side(Protocol):
