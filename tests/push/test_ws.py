@@ -234,8 +234,9 @@ async def test_slow_subscriber_does_not_hold_back_others(app, api, ws):
         biggest_frame = max(biggest_frame, max(len(orjson.dumps(m)) for m in fast.messages))
         for sub in hub.subs:
             assert sub.buffered <= hub.max_buffer + biggest_frame + 4096
+    # (Whether a later frame found it still paused, and was dropped, or already catching
+    # up by reads once the kernel took its bytes, depends on the machine's timing.)
     assert hub.stats["lagged"] >= 1, "the slow reader was never paused"
-    assert hub.stats["frames_dropped"] >= 1
     # once it reads again it is caught up by reads: nothing missed, nothing repeated
     got = await slow.changes_until(total, timeout=30)
     assert [e["server_id"] for e in got] == [e["server_id"] for e in fast.changes]
