@@ -324,18 +324,19 @@ class PostgresDatabase:
         """Take a write from ``key``'s bucket in ``rate_buckets``, for the whole site."""
         pool = await self._ready()
         try:
-            async with pool.connection() as conn:  # autocommit: the statement is its own transaction
+            async with pool.connection(self._wait()) as conn:  # autocommit: the statement is its own transaction
                 cur = await conn.execute(_TAKE_RATE_TOKEN, {"key": key, "cap": float(per_minute)})
                 row = await cur.fetchone()
                 if time.monotonic() - self._buckets_swept > IDLE_SECONDS:
                     self._buckets_swept = time.monotonic()
                     await conn.execute(_FORGET_RATE_BUCKETS, (IDLE_SECONDS,))
         except (psycopg.Error, OSError) as exc:
-            fault = machine_fault(exc)
+            fault = self._fault(exc)
             if fault is None:
                 raise
             log.warning("rate limit not checked: %s (%s)", fault.message, exc)
             raise fault from exc
+        self._down = False
         assert row is not None
         return None if row[0] else retry_after(float(row[1]), per_minute)
 
