@@ -33,6 +33,7 @@ from healthsync.tasks import (
 )
 from tests.support import postgres as pg
 from tests.support.http import call, patient_changes, upload_async, wait_status
+from tests.support.queues import check_once_per_site
 from tests.support.redis import free_port
 from tests.support.servers import RunPy, make_settings
 
@@ -340,16 +341,7 @@ def test_a_periodic_job_runs_once_per_period_whatever_the_consumers(tmp_path, po
     # two processes' queues (data dirs of their own) on one database: what one runs, the other skips
     first, second = (make_huey(make_settings(tmp_path / d, database_url=postgres_url)) for d in ("a", "b"))
     try:
-        runs: list[str] = []
-        assert once_per_site(first, "job", "2026-01-01T00:00", lambda: runs.append("first") or 1) == 1
-        assert once_per_site(second, "job", "2026-01-01T00:00", lambda: runs.append("second") or 2) is None
-        assert once_per_site(second, "job", "2026-01-01T00:01", lambda: runs.append("second") or 2) == 2
-        inner: list[object] = []
-        once_per_site(first, "job", "2026-01-01T00:02",
-                      lambda: inner.append(once_per_site(second, "job", "2026-01-01T00:02", lambda: runs.append("x"))))
-        assert inner == [None] and runs == ["first", "second"]
-        first.put("healthsync.lock.job", time.time() - 7200)  # left by a consumer that died long ago
-        assert once_per_site(second, "job", "2026-01-01T00:03", lambda: "ran") == "ran"
+        check_once_per_site(first, second)
         # the registered job is the guarded one
         first.maintenance.call_local()  # type: ignore[attr-defined]
         assert second.get("healthsync.last.maintenance", peek=True) is not None

@@ -14,6 +14,7 @@ import settings as settings_mod
 from healthsync.redact import redact_url
 from healthsync.tasks import once_per_site, queue_info
 from tests.support.http import call, patient_changes, upload_async, wait_status
+from tests.support.queues import check_once_per_site
 from tests.support.redis import queue_keys
 from tests.support.servers import RunPy, make_settings, run_cli
 
@@ -122,18 +123,7 @@ def test_the_queue_url_is_shown_without_its_password(tmp_path):
 def test_a_periodic_job_runs_once_per_period_whatever_the_consumers(tmp_path, redis_queue, make_queue):
     # two processes' queues on one Redis queue name: what one runs, the other skips
     first, second = (make_queue(make_settings(tmp_path / d, **redis_queue)) for d in ("a", "b"))
-    runs: list[str] = []
-    assert once_per_site(first, "job", "2026-01-01T00:00", lambda: runs.append("first") or 1) == 1
-    assert once_per_site(second, "job", "2026-01-01T00:00", lambda: runs.append("second") or 2) is None
-    assert once_per_site(second, "job", "2026-01-01T00:01", lambda: runs.append("second") or 2) == 2
-    # while one runs it, another skips it
-    inner: list[object] = []
-    once_per_site(first, "job", "2026-01-01T00:02",
-                  lambda: inner.append(once_per_site(second, "job", "2026-01-01T00:02", lambda: runs.append("x"))))
-    assert inner == [None] and runs == ["first", "second"]
-    # a lock left by a consumer that died long ago is taken over
-    first.put("healthsync.lock.job", time.time() - 7200)
-    assert once_per_site(second, "job", "2026-01-01T00:03", lambda: "ran") == "ran"
+    check_once_per_site(first, second)
     # the registered job is the guarded one (and the SQLite queue has the same guard)
     local = make_queue(make_settings(tmp_path / "c"))
     local.maintenance.call_local()
